@@ -1,0 +1,4 @@
+//! Subcommand implementations behind the thin `main.rs`. Each file owns one group of commands.
+
+pub mod engine_cmds;
+pub mod model_cmds;

@@ -1,0 +1,47 @@
+//! The crate's one error type. Each variant names its area and carries the context a user needs
+//! to find the bad input (path, pipeline field, stage id, layer, tensor key). Areas keep their
+//! variants in their own block below, so work on one area does not collide with another.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // ---- general ----------------------------------------------------------------------------
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Msg(String),
+
+    // ---- model --------------------------------------------------------------------------------
+
+    // ---- data ---------------------------------------------------------------------------------
+
+    // ---- engine -------------------------------------------------------------------------------
+
+    // ---- pipeline -----------------------------------------------------------------------------
+
+    // ---- prune --------------------------------------------------------------------------------
+
+    // ---- search -------------------------------------------------------------------------------
+
+    // ---- export -------------------------------------------------------------------------------
+}
+
+impl Error {
+    /// An I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub fn msg(s: impl Into<String>) -> Self {
+        Error::Msg(s.into())
+    }
+}

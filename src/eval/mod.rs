@@ -1,0 +1,1 @@
+//! Perplexity (the ALGORITHM.md §11 protocol), generation and the forward speed benchmark.

@@ -1,0 +1,87 @@
+//! The resolved model configuration: one `LayerDims` per decoder layer, so a pruned model with
+//! per-layer widths is described exactly. Loaders fill it from HF `config.json` (see `HfConfig`)
+//! or GGUF metadata; nothing optional is left once it is built.
+
+use serde::{Deserialize, Serialize};
+
+/// The widths of one decoder layer. A count of 0 means the branch is removed: `n_q == 0` (and
+/// then `n_kv == 0`) drops attention, `d_ff == 0` drops the FFN; the removed branch adds exactly
+/// zero to the residual stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerDims {
+    /// Query heads kept in this layer.
+    pub n_q: usize,
+    /// K/V heads kept in this layer.
+    pub n_kv: usize,
+    /// For each kept query head (in storage order), the index of the K/V head it reads, `< n_kv`.
+    /// Groups may have different sizes.
+    pub kv_map: Vec<usize>,
+    /// FFN intermediate channels kept in this layer.
+    pub d_ff: usize,
+}
+
+impl LayerDims {
+    /// The dense layout: `n_q / n_kv` consecutive query heads share each K/V head.
+    pub fn dense(n_q: usize, n_kv: usize, d_ff: usize) -> Self {
+        let group = if n_kv == 0 { 1 } else { n_q / n_kv };
+        LayerDims { n_q, n_kv, kv_map: (0..n_q).map(|h| h / group.max(1)).collect(), d_ff }
+    }
+}
+
+/// Llama-3.1 style RoPE frequency scaling (`rope_scaling.rope_type == "llama3"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Llama3RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
+}
+
+/// A Llama-family decoder, fully resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub hidden_size: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub layers: Vec<LayerDims>,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<Llama3RopeScaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    pub attention_bias: bool,
+    pub mlp_bias: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+impl ModelConfig {
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Parameters of decoder layer `l` (projections, norms and biases), ALGORITHM.md §3.
+    pub fn layer_params(&self, l: usize) -> usize {
+        let d = &self.layers[l];
+        let (h, dh) = (self.hidden_size, self.head_dim);
+        let mut p = h * dh * (2 * d.n_q + 2 * d.n_kv) + 3 * h * d.d_ff + 2 * h;
+        if self.attention_bias {
+            p += dh * (d.n_q + 2 * d.n_kv);
+        }
+        if self.mlp_bias {
+            p += 2 * d.d_ff + if d.d_ff > 0 { h } else { 0 };
+        }
+        p
+    }
+
+    /// Parameters of all decoder layers.
+    pub fn decoder_params(&self) -> usize {
+        (0..self.n_layers()).map(|l| self.layer_params(l)).sum()
+    }
+
+    /// Decoder + embeddings + final norm + an untied `lm_head`.
+    pub fn total_params(&self) -> usize {
+        let emb = self.vocab_size * self.hidden_size;
+        self.decoder_params() + emb + self.hidden_size + if self.tie_word_embeddings { 0 } else { emb }
+    }
+}

@@ -1,0 +1,59 @@
+//! Where weights come from. Every loader (GGUF, HF safetensors, our saved format, a random model
+//! in tests) implements `TensorSource`; the forward pass asks it for tensors by HF name, one layer
+//! at a time, so a model larger than memory is never materialised whole.
+
+use candle_core::Tensor;
+
+use crate::Result;
+
+/// A read-only store of named weights.
+///
+/// Contract: names are Hugging Face Llama names (`model.embed_tokens.weight`,
+/// `model.layers.{l}.self_attn.q_proj.weight`, …, `model.norm.weight`, `lm_head.weight`);
+/// tensors come back as f32 on the CPU in HF layout (linear weights `[out, in]`), with Q/K rows
+/// already in HF order (loaders undo llama.cpp's RoPE permutation).
+pub trait TensorSource: Send + Sync {
+    /// The tensor `name`; an error naming the tensor and the file when it is missing.
+    fn tensor(&self, name: &str) -> Result<Tensor>;
+    /// Whether `name` exists.
+    fn contains(&self, name: &str) -> bool;
+    /// Every tensor name, sorted.
+    fn names(&self) -> Vec<String>;
+}
+
+/// Weights held in memory, by HF name. Used for random test models and small converted models.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySource {
+    tensors: std::collections::BTreeMap<String, Tensor>,
+}
+
+impl MemorySource {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, name: impl Into<String>, t: Tensor) {
+        self.tensors.insert(name.into(), t);
+    }
+
+    pub fn into_map(self) -> std::collections::BTreeMap<String, Tensor> {
+        self.tensors
+    }
+}
+
+impl TensorSource for MemorySource {
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        self.tensors
+            .get(name)
+            .cloned()
+            .ok_or_else(|| crate::Error::msg(format!("in-memory model: no tensor named `{name}`")))
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+}

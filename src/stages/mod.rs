@@ -1,0 +1,1 @@
+//! Thin adapters that expose each algorithm step as an engine stage.

@@ -23,7 +23,75 @@ pub enum Error {
     // ---- model --------------------------------------------------------------------------------
 
     // ---- data ---------------------------------------------------------------------------------
-
+    /// The package client could not be started at all (not installed, not on `PATH`).
+    #[error(
+        "data source pip `{package}`: cannot run the package client `{client}`: {source}; \
+         install Python 3 with pip, or use a `path` source"
+    )]
+    DataPipClient {
+        package: String,
+        client: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The package client ran but did not download the package.
+    #[error(
+        "data source pip `{spec}`: download failed ({status}); last lines of its output:\n{stderr_tail}"
+    )]
+    DataPipDownload {
+        spec: String,
+        status: String,
+        stderr_tail: String,
+    },
+    /// A wheel or sdist that cannot be read as an archive.
+    #[error("data source pip `{package}`: cannot read archive {archive}: {reason}")]
+    DataArchive {
+        package: String,
+        archive: PathBuf,
+        reason: String,
+    },
+    /// No archive member matches the requested path or glob.
+    #[error(
+        "data source pip `{package}`: no member matches `{member}` in {archive}; \
+         it holds {count} files, e.g. {examples:?}"
+    )]
+    DataMemberMissing {
+        package: String,
+        member: String,
+        archive: PathBuf,
+        count: usize,
+        examples: Vec<String>,
+    },
+    /// A glob that matches more than one archive member.
+    #[error(
+        "data source pip `{package}`: `{member}` matches {} members, name one: {matches:?}",
+        matches.len()
+    )]
+    DataMemberAmbiguous {
+        package: String,
+        member: String,
+        matches: Vec<String>,
+    },
+    /// A field of the data section that is out of range or malformed.
+    #[error("data: `{field}` {reason}")]
+    DataParam { field: String, reason: String },
+    /// A corpus file with no text in it.
+    #[error("{path}: the corpus holds no text (no non-empty documents)")]
+    DataEmpty { path: PathBuf },
+    /// A JSONL field or parquet column that is not there.
+    #[error("{path}: no {kind} named `{name}`; available: {available:?}")]
+    DataField {
+        path: PathBuf,
+        kind: String,
+        name: String,
+        available: Vec<String>,
+    },
+    /// A corpus file whose content cannot be read in the declared format.
+    #[error("{path}: {reason}")]
+    DataFormat { path: PathBuf, reason: String },
+    /// Too few tokens for what was asked of them.
+    #[error("data: the text has {tokens} tokens, fewer than one window of seq_len = {seq_len}")]
+    DataTooShort { tokens: usize, seq_len: usize },
     // ---- engine -------------------------------------------------------------------------------
 
     // ---- pipeline -----------------------------------------------------------------------------
@@ -38,7 +106,10 @@ pub enum Error {
 impl Error {
     /// An I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn msg(s: impl Into<String>) -> Self {

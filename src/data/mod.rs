@@ -1,2 +1,14 @@
-//! Text sources (`path`, `pip`), readers (plain text, JSONL, parquet), tokenization and seeded
-//! fixed-length sampling.
+//! Text sources (`path`, `pip`), readers (plain text, JSONL, parquet), the seeded calibration
+//! pool and evaluation windows. Tokenization belongs to the model layer: it comes in as a
+//! closure ([`Tokenize`]), so this area does not depend on the model.
+
+pub mod archive;
+pub mod pool;
+pub mod reader;
+pub mod source;
+pub mod windows;
+
+pub use pool::{Pool, PoolParams, PoolReport, Tokenize, build_pool};
+pub use reader::{TextDocuments, TextFormat, read_documents};
+pub use source::{DataSource, Fetched, PipClient, fetch, fetch_with, file_digest};
+pub use windows::{EvalWindows, eval_windows, token_stream};

@@ -131,3 +131,45 @@ fn evaluation_windows_follow_the_protocol() {
     let err = eval_windows(&stream, 12, None).unwrap_err().to_string();
     assert!(err.contains("11 tokens") && err.contains("12"), "{err}");
 }
+
+proptest::proptest! {
+    /// For any corpus and sizes: the pool holds min(calib_tokens, corpus tokens); every piece is
+    /// non-empty, at most seq_len long and from one document; each used document contributes a
+    /// prefix of itself, cut only at multiples of seq_len (or at the final cut).
+    #[test]
+    fn pool_invariants_hold_for_any_corpus(
+        lens in proptest::collection::vec(0usize..40, 1..12),
+        seq_len in 1usize..10,
+        calib_tokens in 1usize..200,
+        seed in 0u64..1000,
+    ) {
+        let docs = corpus(&lens);
+        let available: usize = lens.iter().sum();
+        let result = build_pool(&docs, &words, &params(seq_len, calib_tokens, seed));
+        if available == 0 {
+            proptest::prop_assert!(result.is_err());
+            return Ok(());
+        }
+        let (pool, report) = result.unwrap();
+        proptest::prop_assert_eq!(pool.total_tokens(), calib_tokens.min(available));
+        proptest::prop_assert_eq!(report.corpus_exhausted, calib_tokens > available);
+        let mut per_doc: Vec<Vec<Vec<u32>>> = vec![Vec::new(); lens.len()];
+        for p in &pool.pieces {
+            proptest::prop_assert!(!p.is_empty() && p.len() <= seq_len);
+            let d = (p[0] / 1000) as usize;
+            proptest::prop_assert!(p.iter().all(|&t| (t / 1000) as usize == d));
+            per_doc[d].push(p.clone());
+        }
+        let mut short_not_last = 0;
+        for (d, pieces) in per_doc.iter().enumerate() {
+            let flat: Vec<u32> = pieces.iter().flatten().copied().collect();
+            let prefix: Vec<u32> = (0..flat.len() as u32).map(|i| 1000 * d as u32 + i).collect();
+            proptest::prop_assert_eq!(&flat, &prefix);
+            short_not_last += pieces[..pieces.len().saturating_sub(1)]
+                .iter()
+                .filter(|p| p.len() < seq_len)
+                .count();
+        }
+        proptest::prop_assert_eq!(short_not_last, 0);
+    }
+}

@@ -180,7 +180,10 @@ fn a_finished_search_resumes_to_the_same_result_without_scoring() {
     let out = run(
         &p,
         None,
-        &mut |prog| Ok(last = Some(prog.clone())),
+        &mut |prog| {
+            last = Some(prog.clone());
+            Ok(())
+        },
         &mut Vec::new(),
     )
     .unwrap();
@@ -196,7 +199,10 @@ fn a_progress_record_of_another_search_is_rejected() {
     run(
         &params(3, 3),
         None,
-        &mut |prog| Ok(last = Some(prog.clone())),
+        &mut |prog| {
+            last = Some(prog.clone());
+            Ok(())
+        },
         &mut Vec::new(),
     )
     .unwrap();
@@ -217,7 +223,10 @@ fn infinite_fitness_survives_a_json_round_trip() {
     let mut scorer =
         |r: &ScoreRequest<'_>| -> Result<Vec<f64>> { Ok(vec![f64::NAN; r.candidates.len()]) };
     search
-        .run(None, &mut scorer, &mut |prog| Ok(last = Some(prog.clone())))
+        .run(None, &mut scorer, &mut |prog| {
+            last = Some(prog.clone());
+            Ok(())
+        })
         .unwrap();
     let last = last.unwrap();
     assert_eq!(last.parent_fitness, Some(f64::INFINITY));

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use tyr::rng::Stream;
-use tyr::search::fitness::{full_kl, piece_offsets, reference, top_k_kl};
+use tyr::search::fitness::{full_kl, piece_offsets, reference, top_k_kl, top_k_kl_gathered};
 use tyr::search::{KlMean, TeacherTopK, TopKIds};
 
 fn logits(rows: &[&[f32]]) -> Tensor {
@@ -215,4 +215,32 @@ fn teacher_rows_out_of_range_are_an_error() {
     let t = TeacherTopK::from_logits(&logits(&[&[0.0, 1.0], &[1.0, 0.0]]), 1).unwrap();
     assert_eq!(t.rows(), 2);
     assert!(t.tensors(1, 2, &Device::Cpu).is_err());
+}
+
+#[test]
+fn pieces_appended_equal_one_extraction_and_gathered_kl_equals_kl() {
+    let (rows, vocab, k) = (6, 50, 5);
+    let zt = random_logits(8, rows, vocab, 2.0);
+    let zs = random_logits(9, rows, vocab, 2.0);
+    let all = Tensor::from_vec(zt.clone(), (rows, vocab), &Device::Cpu).unwrap();
+    let whole = TeacherTopK::from_logits(&all, k).unwrap();
+    let mut parts = TeacherTopK::from_logits(&all.narrow(0, 0, 2).unwrap(), k).unwrap();
+    parts
+        .append(&TeacherTopK::from_logits(&all.narrow(0, 2, 4).unwrap(), k).unwrap())
+        .unwrap();
+    assert_eq!(parts, whole);
+    let other_k = TeacherTopK::from_logits(&all, k + 1).unwrap();
+    assert!(parts.append(&other_k).is_err());
+
+    let s = Tensor::from_vec(zs, (rows, vocab), &Device::Cpu).unwrap();
+    let (ids, values) = whole.tensors(0, rows, &Device::Cpu).unwrap();
+    let direct = top_k_kl(&s, &ids, &values)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let gathered = top_k_kl_gathered(&s.gather(&ids, 1).unwrap(), &values)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(direct, gathered);
 }

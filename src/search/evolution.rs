@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::search::config::{Configuration, SearchSpace};
 use crate::search::mutate::{MutationParams, generate_offspring};
-use crate::search::select::{Scorer, SelectionContext, Stage, Winner, select, validate_stages};
+use crate::search::select::{
+    Scorer, SelectionContext, Stage, Winner, paper_stages, select, validate_stages,
+};
 use crate::{Error, Result};
 
 /// Everything that steers one round's search.
@@ -23,6 +25,23 @@ pub struct SearchParams {
     pub seed: u64,
     /// The round index t (part of every stream key).
     pub round: u64,
+}
+
+impl SearchParams {
+    /// The paper's settings (ALGORITHM.md §8): 50 generations, λ = 128, M = 4, stages
+    /// `[[2048,16],[16384,4],[131072,1]]`.
+    pub fn paper(seed: u64, round: u64) -> Self {
+        SearchParams {
+            generations: 50,
+            mutation: MutationParams {
+                max_swaps: 4,
+                offspring: 128,
+            },
+            stages: paper_stages(),
+            seed,
+            round,
+        }
+    }
 }
 
 /// What happened in one generation.

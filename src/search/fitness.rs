@@ -109,6 +109,30 @@ impl TeacherTopK {
         Ok(())
     }
 
+    /// Appends another record's rows (e.g. pieces extracted separately, in pool order).
+    pub fn append(&mut self, other: &TeacherTopK) -> Result<()> {
+        if (other.k, other.vocab) != (self.k, self.vocab) {
+            return Err(Error::Fitness {
+                reason: format!(
+                    "appending a teacher record with k = {}, V = {} to one with k = {}, V = {}",
+                    other.k, other.vocab, self.k, self.vocab
+                ),
+            });
+        }
+        match (&mut self.ids, &other.ids) {
+            (TopKIds::U16(a), TopKIds::U16(b)) => a.extend_from_slice(b),
+            (TopKIds::U32(a), TopKIds::U32(b)) => a.extend_from_slice(b),
+            // Only a record decoded from a damaged checkpoint can get here.
+            _ => {
+                return Err(Error::Fitness {
+                    reason: "teacher records with equal V but different id widths".into(),
+                });
+            }
+        }
+        self.values.extend_from_slice(&other.values);
+        Ok(())
+    }
+
     pub fn k(&self) -> usize {
         self.k
     }
@@ -183,7 +207,16 @@ pub fn top_k_kl(
     teacher_values: &Tensor,
 ) -> candle_core::Result<Tensor> {
     // Gather first, so only n·k values are converted to f32.
-    let zs = student.gather(teacher_ids, 1)?.to_dtype(DType::F32)?; // [n, k]
+    top_k_kl_gathered(&student.gather(teacher_ids, 1)?, teacher_values)
+}
+
+/// The same from student logits already gathered at the teacher's ids (`[n, k]`, column j is id
+/// `teacher_ids[:, j]`), e.g. from an `lm_head` evaluated only on those rows.
+pub fn top_k_kl_gathered(
+    student_at_ids: &Tensor,
+    teacher_values: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let zs = student_at_ids.to_dtype(DType::F32)?; // [n, k]
     let log_ps = candle_nn::ops::log_softmax(&zs, 1)?;
     let log_pt = candle_nn::ops::log_softmax(&teacher_values.to_dtype(DType::F32)?, 1)?;
     kl_rows(&log_pt, &log_ps)

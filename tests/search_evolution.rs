@@ -239,3 +239,78 @@ fn infinite_fitness_survives_a_json_round_trip() {
         "all-NaN offspring never replace the parent"
     );
 }
+
+/// The plumbing the model-based scorer will use: minibatch slices → pool rows via
+/// `piece_offsets`, student logits per piece, `KlMean` over the teacher's top-k. The stand-in
+/// "student" is the teacher's logits plus noise scaled by the squared distance to the target,
+/// so the KL is 0 exactly at the target and grows with the distance.
+#[test]
+fn search_on_top_k_kl_reaches_zero_divergence_at_the_target() {
+    use candle_core::{Device, Tensor};
+    use tyr::rng::Stream;
+    use tyr::search::KlMean;
+    use tyr::search::TeacherTopK;
+    use tyr::search::fitness::piece_offsets;
+
+    let pieces = [20usize, 20, 13, 7, 20, 9];
+    let (total, vocab) = (pieces.iter().sum::<usize>(), 32);
+    let mut rng = Stream::new(4, "test-logits", &[]);
+    let mut draw = |n| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
+    let teacher_logits =
+        Tensor::from_vec(draw(total * vocab), (total, vocab), &Device::Cpu).unwrap();
+    let noise = Tensor::from_vec(draw(total * vocab), (total, vocab), &Device::Cpu).unwrap();
+    let teacher = TeacherTopK::from_logits(&teacher_logits, 8).unwrap();
+    let offsets = piece_offsets(&pieces);
+
+    let s = space();
+    let p = SearchParams {
+        generations: 30,
+        mutation: MutationParams {
+            max_swaps: 4,
+            offspring: 10,
+        },
+        stages: vec![
+            Stage {
+                tokens: 30,
+                keep: 3,
+            },
+            Stage {
+                tokens: 60,
+                keep: 1,
+            },
+        ],
+        seed: 5,
+        round: 2,
+    };
+    let search = Search {
+        space: &s,
+        params: &p,
+        piece_lens: &pieces,
+    };
+    let mut scorer = |r: &ScoreRequest<'_>| -> Result<Vec<f64>> {
+        r.candidates
+            .iter()
+            .map(|c| {
+                let d: f64 = c
+                    .levels
+                    .iter()
+                    .zip(target())
+                    .map(|(&l, t)| (f64::from(l) - f64::from(t)).powi(2))
+                    .sum();
+                let mut mean = KlMean::default();
+                for slice in &r.minibatch.slices {
+                    let start = offsets[slice.piece];
+                    let student = (teacher_logits.narrow(0, start, slice.len)?
+                        + (noise.narrow(0, start, slice.len)? * (d / 100.0))?)?;
+                    mean.add_top_k(&student, &teacher, start)?;
+                }
+                mean.mean()
+            })
+            .collect()
+    };
+    let out = search.run(None, &mut scorer, &mut |_| Ok(())).unwrap();
+    assert_eq!(out.choice.levels, target());
+    assert!(out.fitness.unwrap().abs() < 1e-6);
+    let best = out.best_fitness();
+    assert!(best[0] > 0.0);
+}

@@ -89,18 +89,25 @@ impl TeacherTopK {
             .flatten_all()?
             .to_device(&Device::Cpu)?
             .to_vec1()?;
-        let mut order: Vec<u32> = Vec::with_capacity(vocab);
-        for r in 0..rows {
-            let row = &flat[r * vocab..(r + 1) * vocab];
-            order.clear();
-            order.extend(0..vocab as u32);
-            let cmp = |a: &u32, b: &u32| rank(row, *a, *b);
-            if self.k < vocab {
-                order.select_nth_unstable_by(self.k - 1, cmp);
+        // Rows are independent: split them over the cores, then concatenate in row order, so
+        // the result does not depend on the thread count.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk_rows = rows.div_ceil(threads).max(1);
+        let k = self.k;
+        let parts: Vec<Vec<u32>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = flat
+                .chunks(chunk_rows * vocab)
+                .map(|chunk| scope.spawn(move || top_k_rows(chunk, vocab, k)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        for (chunk, top) in flat.chunks(chunk_rows * vocab).zip(&parts) {
+            for (row, ids) in chunk.chunks(vocab).zip(top.chunks(k)) {
+                self.values.extend(ids.iter().map(|&i| row[i as usize]));
             }
-            let top = &mut order[..self.k];
-            top.sort_unstable_by(cmp);
-            self.values.extend(top.iter().map(|&i| row[i as usize]));
             match &mut self.ids {
                 TopKIds::U16(v) => v.extend(top.iter().map(|&i| i as u16)),
                 TopKIds::U32(v) => v.extend_from_slice(top),
@@ -184,6 +191,24 @@ impl TeacherTopK {
         }
         Ok(start * self.k..(start + len) * self.k)
     }
+}
+
+/// The top-k ids of each `vocab`-wide row of `flat`, row after row, each row in [`rank`] order.
+fn top_k_rows(flat: &[f32], vocab: usize, k: usize) -> Vec<u32> {
+    let mut out = Vec::with_capacity(flat.len() / vocab * k);
+    let mut order: Vec<u32> = Vec::with_capacity(vocab);
+    for row in flat.chunks(vocab) {
+        order.clear();
+        order.extend(0..vocab as u32);
+        let cmp = |a: &u32, b: &u32| rank(row, *a, *b);
+        if k < vocab {
+            order.select_nth_unstable_by(k - 1, cmp);
+        }
+        let top = &mut order[..k];
+        top.sort_unstable_by(cmp);
+        out.extend_from_slice(top);
+    }
+    out
 }
 
 /// Top-k order: larger logit first, NaN last, ties (including ±0) to the lower id.

@@ -99,6 +99,30 @@ pub enum Error {
     // ---- prune --------------------------------------------------------------------------------
 
     // ---- search -------------------------------------------------------------------------------
+    #[error("search grid of the {module} module of layer {layer}: {reason}")]
+    SearchGrid {
+        layer: usize,
+        module: &'static str,
+        reason: String,
+    },
+    #[error("search configuration: {reason}")]
+    SearchConfiguration { reason: String },
+    #[error("search parameter `{field}`: {reason}")]
+    SearchParams { field: &'static str, reason: String },
+    #[error(
+        "search scorer, stage {stage}: returned {got} fitness values for {expected} candidates"
+    )]
+    SearchScorer {
+        stage: usize,
+        expected: usize,
+        got: usize,
+    },
+    #[error("search progress record does not belong to this search: {reason}")]
+    SearchResume { reason: String },
+    #[error("calibration pool: {reason}")]
+    SearchMinibatch { reason: String },
+    #[error("fitness: {reason}")]
+    Fitness { reason: String },
 
     // ---- export -------------------------------------------------------------------------------
 }

@@ -21,6 +21,19 @@ pub enum Error {
     Msg(String),
 
     // ---- model --------------------------------------------------------------------------------
+    // loaders: GGUF, tokenizer, model detection
+    #[error("{path}: {reason}")]
+    GgufRead { path: PathBuf, reason: String },
+    #[error("{path}: unsupported architecture `{arch}` (tyr loads Llama-family models)")]
+    UnsupportedArchitecture { path: PathBuf, arch: String },
+    #[error("{path}: metadata `{key}`: {reason}")]
+    ModelMetadata { path: PathBuf, key: String, reason: String },
+    #[error("{path}: tensor `{name}`: {reason}")]
+    ModelTensor { path: PathBuf, name: String, reason: String },
+    #[error("{path}: tokenizer: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
+    #[error("{path}: not a model: {reason}")]
+    NotAModel { path: PathBuf, reason: String },
 
     // ---- data ---------------------------------------------------------------------------------
 
@@ -33,6 +46,12 @@ pub enum Error {
     // ---- search -------------------------------------------------------------------------------
 
     // ---- export -------------------------------------------------------------------------------
+
+    // ---- eval ---------------------------------------------------------------------------------
+    #[error("the text has {tokens} tokens, fewer than one window of --seq-len {seq_len}")]
+    TextTooShort { tokens: usize, seq_len: usize },
+    #[error("invalid evaluation setting: {0}")]
+    EvalSetting(String),
 }
 
 impl Error {

@@ -20,6 +20,10 @@ enum Command {
     Run(engine_cmds::RunArgs),
     /// Architecture, per-layer dims and parameter counts of a model.
     Inspect(model_cmds::InspectArgs),
+    /// Perplexity of a model on a text (non-overlapping windows, no BOS).
+    Eval(model_cmds::EvalArgs),
+    /// Continue a prompt (greedy unless --temperature is given).
+    Generate(model_cmds::GenerateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -27,6 +31,8 @@ fn main() -> std::process::ExitCode {
     let result = match &cli.command {
         Command::Run(a) => engine_cmds::run(a),
         Command::Inspect(a) => model_cmds::inspect(a),
+        Command::Eval(a) => model_cmds::eval(a),
+        Command::Generate(a) => model_cmds::generate_cmd(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,1 +1,4 @@
 //! Perplexity (the ALGORITHM.md §11 protocol), generation and the forward speed benchmark.
+
+pub mod generate;
+pub mod perplexity;

@@ -9,3 +9,6 @@ pub use source::TensorSource;
 pub mod random;
 
 pub use source::MemorySource;
+pub mod gguf;
+pub mod tokenizer;
+pub mod open;

@@ -21,7 +21,31 @@ pub enum Error {
     Msg(String),
 
     // ---- model --------------------------------------------------------------------------------
-
+    #[error("{location}: no tensor named `{tensor}`")]
+    MissingTensor { tensor: String, location: String },
+    #[error(
+        "{location}: tensor `{tensor}` has shape {found:?}, expected {expected:?} from the model config"
+    )]
+    TensorShape {
+        tensor: String,
+        location: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{location}: tensor `{tensor}`: {msg}")]
+    TensorData {
+        tensor: String,
+        location: String,
+        msg: String,
+    },
+    #[error(
+        "{path}: unsupported architecture `{architecture}` (tyr runs Llama/Mistral-style decoders)"
+    )]
+    UnsupportedArchitecture { path: PathBuf, architecture: String },
+    #[error("{path}: {msg}")]
+    ModelConfig { path: PathBuf, msg: String },
+    #[error("layer {layer}: {msg}")]
+    LayerDims { layer: usize, msg: String },
     // ---- data ---------------------------------------------------------------------------------
 
     // ---- engine -------------------------------------------------------------------------------
@@ -38,7 +62,10 @@ pub enum Error {
 impl Error {
     /// An I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn msg(s: impl Into<String>) -> Self {

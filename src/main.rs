@@ -2,13 +2,17 @@
 //! decides the exit code.
 
 use clap::{Parser, Subcommand};
-use tyr::cli::{engine_cmds, model_cmds};
+use tyr::cli::{bench_cmds, engine_cmds, model_cmds};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
-#[command(name = "tyr", version, about = "Structured pruning of Llama-family models (Týr-the-Pruner)")]
+#[command(
+    name = "tyr",
+    version,
+    about = "Structured pruning of Llama-family models (Týr-the-Pruner)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +24,8 @@ enum Command {
     Run(engine_cmds::RunArgs),
     /// Architecture, per-layer dims and parameter counts of a model.
     Inspect(model_cmds::InspectArgs),
+    /// Speed benchmarks (`tyr bench forward`).
+    Bench(bench_cmds::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -27,6 +33,7 @@ fn main() -> std::process::ExitCode {
     let result = match &cli.command {
         Command::Run(a) => engine_cmds::run(a),
         Command::Inspect(a) => model_cmds::inspect(a),
+        Command::Bench(a) => bench_cmds::bench(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -21,15 +21,46 @@ pub enum Error {
     Msg(String),
 
     // ---- model --------------------------------------------------------------------------------
+    #[error("{location}: no tensor named `{tensor}`")]
+    MissingTensor { tensor: String, location: String },
+    #[error(
+        "{location}: tensor `{tensor}` has shape {found:?}, expected {expected:?} from the model config"
+    )]
+    TensorShape {
+        tensor: String,
+        location: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{location}: tensor `{tensor}`: {msg}")]
+    TensorData {
+        tensor: String,
+        location: String,
+        msg: String,
+    },
+    #[error(
+        "{path}: unsupported architecture `{architecture}` (tyr runs Llama/Mistral-style decoders)"
+    )]
+    UnsupportedArchitecture { path: PathBuf, architecture: String },
+    #[error("{path}: {msg}")]
+    ModelConfig { path: PathBuf, msg: String },
+    #[error("layer {layer}: {msg}")]
+    LayerDims { layer: usize, msg: String },
     // loaders: GGUF, tokenizer, model detection
     #[error("{path}: {reason}")]
     GgufRead { path: PathBuf, reason: String },
-    #[error("{path}: unsupported architecture `{arch}` (tyr loads Llama-family models)")]
-    UnsupportedArchitecture { path: PathBuf, arch: String },
     #[error("{path}: metadata `{key}`: {reason}")]
-    ModelMetadata { path: PathBuf, key: String, reason: String },
+    ModelMetadata {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
     #[error("{path}: tensor `{name}`: {reason}")]
-    ModelTensor { path: PathBuf, name: String, reason: String },
+    ModelTensor {
+        path: PathBuf,
+        name: String,
+        reason: String,
+    },
     #[error("{path}: tokenizer: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
     #[error("{path}: not a model: {reason}")]
@@ -57,7 +88,10 @@ pub enum Error {
 impl Error {
     /// An I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn msg(s: impl Into<String>) -> Self {

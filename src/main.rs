@@ -2,13 +2,17 @@
 //! decides the exit code.
 
 use clap::{Parser, Subcommand};
-use tyr::cli::{engine_cmds, model_cmds};
+use tyr::cli::{bench_cmds, engine_cmds, model_cmds};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
-#[command(name = "tyr", version, about = "Structured pruning of Llama-family models (Týr-the-Pruner)")]
+#[command(
+    name = "tyr",
+    version,
+    about = "Structured pruning of Llama-family models (Týr-the-Pruner)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +28,8 @@ enum Command {
     Eval(model_cmds::EvalArgs),
     /// Continue a prompt (greedy unless --temperature is given).
     Generate(model_cmds::GenerateArgs),
+    /// Speed benchmarks (`tyr bench forward`).
+    Bench(bench_cmds::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(a) => model_cmds::inspect(a),
         Command::Eval(a) => model_cmds::eval(a),
         Command::Generate(a) => model_cmds::generate_cmd(a),
+        Command::Bench(a) => bench_cmds::bench(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -15,10 +15,14 @@ use tyr::model::llama::Llama;
 use tyr::model::open::open_model;
 use tyr::model::random::random_source;
 
-const TEXT: &str = "hello world, hello there. The 12 hello worlds are all here, 3 of them new.\n\nhello again";
+const TEXT: &str =
+    "hello world, hello there. The 12 hello worlds are all here, 3 of them new.\n\nhello again";
 
 fn tyr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tyr")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_tyr"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn stderr(o: &Output) -> String {
@@ -40,7 +44,12 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny.gguf");
     let cfg = tiny_config(true, false);
-    write_tiny_gguf(&model, &cfg, &random_source(&cfg, 5).unwrap(), &GgufOptions::default());
+    write_tiny_gguf(
+        &model,
+        &cfg,
+        &random_source(&cfg, 5).unwrap(),
+        &GgufOptions::default(),
+    );
     let text = dir.path().join("text.txt");
     std::fs::write(&text, TEXT).unwrap();
     (dir, model, text)
@@ -53,7 +62,18 @@ fn s(p: &Path) -> &str {
 #[test]
 fn eval_json_reports_the_library_perplexity_and_its_setting() {
     let (_dir, model, text) = setup();
-    let o = tyr(&["eval", "--model", s(&model), "--data", s(&text), "--seq-len", "8", "--max-tokens", "30", "--json"]);
+    let o = tyr(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&text),
+        "--seq-len",
+        "8",
+        "--max-tokens",
+        "30",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["windows"], 3);
@@ -65,14 +85,30 @@ fn eval_json_reports_the_library_perplexity_and_its_setting() {
     let m = open_model(&model).unwrap();
     let tokens = m.tokenizer().unwrap().encode(TEXT).unwrap();
     let llama = Llama::load(&m.config, m.source.as_ref()).unwrap();
-    let want = perplexity(&tokens, &PerplexityOptions { seq_len: 8, max_tokens: Some(30) }, |w| {
-        Ok(llama.forward(&Tensor::new(w, &Device::Cpu)?.unsqueeze(0)?)?.squeeze(0)?)
-    })
+    let want = perplexity(
+        &tokens,
+        &PerplexityOptions {
+            seq_len: 8,
+            max_tokens: Some(30),
+        },
+        |w| {
+            Ok(llama
+                .forward(&Tensor::new(w, &Device::Cpu)?.unsqueeze(0)?)?
+                .squeeze(0)?)
+        },
+    )
     .unwrap();
     let got = v["perplexity"].as_f64().unwrap();
-    assert!((got - want.perplexity).abs() < 1e-9, "{got} vs {}", want.perplexity);
+    assert!(
+        (got - want.perplexity).abs() < 1e-9,
+        "{got} vs {}",
+        want.perplexity
+    );
     // A random model is poor but not absurd: between 1 and the vocab size times a margin.
-    assert!(got > 1.0 && got < 10.0 * m.config.vocab_size as f64, "{got}");
+    assert!(
+        got > 1.0 && got < 10.0 * m.config.vocab_size as f64,
+        "{got}"
+    );
 }
 
 #[test]
@@ -87,7 +123,15 @@ fn eval_of_an_empty_text_fails_naming_the_file() {
 #[test]
 fn eval_with_seq_len_longer_than_the_text_fails_naming_the_file() {
     let (_dir, model, text) = setup();
-    let o = tyr(&["eval", "--model", s(&model), "--data", s(&text), "--seq-len", "4096"]);
+    let o = tyr(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&text),
+        "--seq-len",
+        "4096",
+    ]);
     assert_failed_cleanly(&o, &["text.txt", "fewer than one window", "4096"]);
 }
 
@@ -102,7 +146,13 @@ fn eval_of_a_missing_model_fails_naming_it() {
 #[test]
 fn eval_of_a_missing_text_fails_naming_it() {
     let (dir, model, _) = setup();
-    let o = tyr(&["eval", "--model", s(&model), "--data", s(&dir.path().join("gone.txt"))]);
+    let o = tyr(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&dir.path().join("gone.txt")),
+    ]);
     assert_failed_cleanly(&o, &["gone.txt"]);
 }
 
@@ -117,18 +167,39 @@ fn inspect_json_lists_per_layer_dims_and_parameter_counts() {
     assert_eq!(v["decoder_params"], cfg.decoder_params());
     let layers = v["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 3);
-    assert_eq!((layers[1]["n_q"].as_u64(), layers[1]["n_kv"].as_u64(), layers[1]["d_ff"].as_u64()), (Some(2), Some(1), Some(32)));
+    assert_eq!(
+        (
+            layers[1]["n_q"].as_u64(),
+            layers[1]["n_kv"].as_u64(),
+            layers[1]["d_ff"].as_u64()
+        ),
+        (Some(2), Some(1), Some(32))
+    );
     assert_eq!(layers[2]["params"], cfg.layer_params(2));
     assert_eq!(v["format"], "gguf");
     // The table form works too.
     let o = tyr(&["inspect", "--model", s(&model)]);
-    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("total params"), "{}", stderr(&o));
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("total params"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn generate_is_deterministic_and_continues_the_prompt() {
     let (_dir, model, _) = setup();
-    let run = || tyr(&["generate", "--model", s(&model), "--prompt", "hello", "--max-new-tokens", "6"]);
+    let run = || {
+        tyr(&[
+            "generate",
+            "--model",
+            s(&model),
+            "--prompt",
+            "hello",
+            "--max-new-tokens",
+            "6",
+        ])
+    };
     let (a, b) = (run(), run());
     assert!(a.status.success(), "{}", stderr(&a));
     assert_eq!(a.stdout, b.stdout);
@@ -137,6 +208,12 @@ fn generate_is_deterministic_and_continues_the_prompt() {
 
 #[test]
 fn generate_with_a_missing_model_fails_naming_it() {
-    let o = tyr(&["generate", "--model", "/nonexistent/dir/model", "--prompt", "hi"]);
+    let o = tyr(&[
+        "generate",
+        "--model",
+        "/nonexistent/dir/model",
+        "--prompt",
+        "hi",
+    ]);
     assert_failed_cleanly(&o, &["/nonexistent/dir/model"]);
 }

@@ -2,10 +2,10 @@
 //! tokenizer from GGUF metadata and from tokenizer.json, and the real SmolLM2 GGUF against
 //! numbers obtained from Hugging Face transformers.
 
-#[path = "common/tiny_gguf.rs"]
-mod tiny_gguf;
 #[path = "common/smollm2.rs"]
 mod smollm2;
+#[path = "common/tiny_gguf.rs"]
+mod tiny_gguf;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
@@ -19,7 +19,16 @@ use tyr::model::tokenizer::Tokenizer;
 use tyr::model::{LayerDims, TensorSource};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    a.sub(b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn round_trip(hetero: bool, tied: bool) {
@@ -35,7 +44,11 @@ fn round_trip(hetero: bool, tied: bool) {
     for name in src.names() {
         let (a, b) = (src.tensor(&name).unwrap(), got.tensor(&name).unwrap());
         assert_eq!(a.dims(), b.dims(), "{name}");
-        assert_eq!(max_abs_diff(&a, &b), 0.0, "{name} differs after the GGUF round trip");
+        assert_eq!(
+            max_abs_diff(&a, &b),
+            0.0,
+            "{name} differs after the GGUF round trip"
+        );
     }
 
     let ids = Tensor::new(&[[5u32, 80, 140, 7, 33, 200, 262, 1]], &Device::Cpu).unwrap();
@@ -76,16 +89,31 @@ fn every_quant_type_candle_writes_dequantizes_to_what_candle_reads() {
     let dir = tempfile::tempdir().unwrap();
     for dtype in types {
         let path = dir.path().join(format!("{dtype:?}.gguf"));
-        let written = write_tiny_gguf(&path, &cfg, &src, &GgufOptions { dtype, ..Default::default() });
+        let written = write_tiny_gguf(
+            &path,
+            &cfg,
+            &src,
+            &GgufOptions {
+                dtype,
+                ..Default::default()
+            },
+        );
         let (_, got) = open_gguf(&path).unwrap();
         // q_proj: the loader's f32 must be candle's own dequantization, un-permuted.
-        let (_, q) = written.iter().find(|(n, _)| n == "blk.0.attn_q.weight").unwrap();
+        let (_, q) = written
+            .iter()
+            .find(|(n, _)| n == "blk.0.attn_q.weight")
+            .unwrap();
         let deq = q.dequantize(&Device::Cpu).unwrap();
         let want = tyr::model::gguf::unpermute_rows(&deq, 4, 64).unwrap();
-        let have = got.tensor("model.layers.0.self_attn.q_proj.weight").unwrap();
+        let have = got
+            .tensor("model.layers.0.self_attn.q_proj.weight")
+            .unwrap();
         assert_eq!(max_abs_diff(&want, &have), 0.0, "{dtype:?}");
         // And it is close to the original weights (quantization error only).
-        let orig = src.tensor("model.layers.0.self_attn.q_proj.weight").unwrap();
+        let orig = src
+            .tensor("model.layers.0.self_attn.q_proj.weight")
+            .unwrap();
         let err = max_abs_diff(&orig, &have);
         assert!(err < 0.05, "{dtype:?}: max error {err}");
     }
@@ -96,7 +124,12 @@ fn truncated_gguf_is_a_clear_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cut.gguf");
     let cfg = tiny_config(false, false);
-    write_tiny_gguf(&path, &cfg, &random_source(&cfg, 1).unwrap(), &GgufOptions::default());
+    write_tiny_gguf(
+        &path,
+        &cfg,
+        &random_source(&cfg, 1).unwrap(),
+        &GgufOptions::default(),
+    );
     let bytes = std::fs::read(&path).unwrap();
     for keep in [bytes.len() - 100, bytes.len() / 2, 200, 10] {
         std::fs::write(&path, &bytes[..keep]).unwrap();
@@ -112,14 +145,22 @@ fn a_file_that_is_not_gguf_is_a_clear_error_naming_it() {
     let path = dir.path().join("notes.txt");
     std::fs::write(&path, "just some text, not a model\n").unwrap();
     let err = open_model(&path).unwrap_err().to_string();
-    assert!(err.contains("notes.txt") && err.contains("not GGUF"), "{err}");
+    assert!(
+        err.contains("notes.txt") && err.contains("not GGUF"),
+        "{err}"
+    );
     let err = GgufFile::open(&path).err().unwrap().to_string();
-    assert!(err.contains("notes.txt") && err.contains("not a GGUF file"), "{err}");
+    assert!(
+        err.contains("notes.txt") && err.contains("not a GGUF file"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_missing_model_path_is_an_error_naming_it() {
-    let err = open_model(std::path::Path::new("/nonexistent/model.gguf")).unwrap_err().to_string();
+    let err = open_model(std::path::Path::new("/nonexistent/model.gguf"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("/nonexistent/model.gguf"), "{err}");
 }
 
@@ -128,16 +169,32 @@ fn an_unsupported_architecture_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("other.gguf");
     let cfg = tiny_config(false, false);
-    write_tiny_gguf(&path, &cfg, &random_source(&cfg, 1).unwrap(), &GgufOptions { arch: "gpt2", ..Default::default() });
+    write_tiny_gguf(
+        &path,
+        &cfg,
+        &random_source(&cfg, 1).unwrap(),
+        &GgufOptions {
+            arch: "gpt2",
+            ..Default::default()
+        },
+    );
     let err = open_model(&path).unwrap_err().to_string();
-    assert!(err.contains("other.gguf") && err.contains("unsupported architecture `gpt2`"), "{err}");
+    assert!(
+        err.contains("other.gguf") && err.contains("unsupported architecture `gpt2`"),
+        "{err}"
+    );
 }
 
 fn tiny_tokenizer() -> (tempfile::TempDir, Tokenizer) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tok.gguf");
     let cfg = tiny_config(false, false);
-    write_tiny_gguf(&path, &cfg, &random_source(&cfg, 1).unwrap(), &GgufOptions::default());
+    write_tiny_gguf(
+        &path,
+        &cfg,
+        &random_source(&cfg, 1).unwrap(),
+        &GgufOptions::default(),
+    );
     let t = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
     (dir, t)
 }
@@ -147,9 +204,15 @@ fn gguf_tokenizer_applies_merges_splits_digits_and_adds_no_prefix_space() {
     let (_dir, t) = tiny_tokenizer();
     let id = |s: &str| t.token_to_id(s).unwrap();
     // "hello" merges to one token; " world" starts with the merged "Ġw", then "or", "l", "d".
-    assert_eq!(t.encode("hello world").unwrap(), vec![id("hello"), id("Ġw"), id("or"), id("l"), id("d")]);
+    assert_eq!(
+        t.encode("hello world").unwrap(),
+        vec![id("hello"), id("Ġw"), id("or"), id("l"), id("d")]
+    );
     // SmolLM's pre-tokenizer: every digit alone, whitespace before digits kept apart.
-    assert_eq!(t.encode("a 12").unwrap(), vec![id("a"), id("Ġ"), id("1"), id("2")]);
+    assert_eq!(
+        t.encode("a 12").unwrap(),
+        vec![id("a"), id("Ġ"), id("1"), id("2")]
+    );
     // The control token is matched whole; no BOS is added.
     assert_eq!(t.encode("<|endoftext|>he").unwrap(), vec![0, id("he")]);
     let text = "naïve café 🙂\n\n  x = 3.14\t";
@@ -162,10 +225,20 @@ fn tokenizer_json_round_trip_keeps_token_ids() {
     let json = dir.path().join("tokenizer.json");
     t.save(&json).unwrap();
     let back = Tokenizer::from_file(&json).unwrap();
-    for text in ["hello world", "a 12 <|endoftext|> b", "  spaces\n\nand lines 🙂"] {
-        assert_eq!(back.encode(text).unwrap(), t.encode(text).unwrap(), "{text:?}");
+    for text in [
+        "hello world",
+        "a 12 <|endoftext|> b",
+        "  spaces\n\nand lines 🙂",
+    ] {
+        assert_eq!(
+            back.encode(text).unwrap(),
+            t.encode(text).unwrap(),
+            "{text:?}"
+        );
     }
-    let err = Tokenizer::from_file(&dir.path().join("missing.json")).unwrap_err().to_string();
+    let err = Tokenizer::from_file(&dir.path().join("missing.json"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("missing.json"), "{err}");
 }
 
@@ -173,7 +246,12 @@ fn tokenizer_json_round_trip_keeps_token_ids() {
 fn open_model_finds_the_single_gguf_in_a_directory() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(false, false);
-    write_tiny_gguf(&dir.path().join("m.gguf"), &cfg, &random_source(&cfg, 1).unwrap(), &GgufOptions::default());
+    write_tiny_gguf(
+        &dir.path().join("m.gguf"),
+        &cfg,
+        &random_source(&cfg, 1).unwrap(),
+        &GgufOptions::default(),
+    );
     let m = open_model(dir.path()).unwrap();
     assert_eq!(m.format, ModelFormat::Gguf);
     assert_eq!(m.config, cfg);
@@ -184,7 +262,9 @@ fn open_model_finds_the_single_gguf_in_a_directory() {
 /// departs from SmolLM2's own pre-tokenizer (see `smollm2.rs`).
 #[test]
 fn smollm2_gguf_tokenizer_matches_the_reference_token_ids() {
-    let Some(path) = smollm2::gguf_path() else { return };
+    let Some(path) = smollm2::gguf_path() else {
+        return;
+    };
     let t = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
     for (text, want) in smollm2::TOKENIZER_TEXTS.iter().zip(smollm2::REFERENCE_IDS) {
         assert_eq!(t.encode(text).unwrap(), want.to_vec(), "{text:?}");
@@ -194,15 +274,30 @@ fn smollm2_gguf_tokenizer_matches_the_reference_token_ids() {
 
 #[test]
 fn smollm2_gguf_perplexity_matches_transformers() {
-    let Some(path) = smollm2::gguf_path() else { return };
+    let Some(path) = smollm2::gguf_path() else {
+        return;
+    };
     let m = open_model(&path).unwrap();
-    assert_eq!((m.config.n_layers(), m.config.hidden_size, m.config.vocab_size), (30, 576, 49152));
+    assert_eq!(
+        (
+            m.config.n_layers(),
+            m.config.hidden_size,
+            m.config.vocab_size
+        ),
+        (30, 576, 49152)
+    );
     let text = include_str!("data/model_loaders_text.txt");
     let tokens = m.tokenizer().unwrap().encode(text).unwrap();
-    assert_eq!(&tokens[..smollm2::TEXT_PREFIX_IDS.len()], smollm2::TEXT_PREFIX_IDS);
+    assert_eq!(
+        &tokens[..smollm2::TEXT_PREFIX_IDS.len()],
+        smollm2::TEXT_PREFIX_IDS
+    );
     assert_eq!(tokens.len(), smollm2::TEXT_TOKENS);
     let model = Llama::load(&m.config, m.source.as_ref()).unwrap();
-    let opts = PerplexityOptions { seq_len: 128, max_tokens: Some(256) };
+    let opts = PerplexityOptions {
+        seq_len: 128,
+        max_tokens: Some(256),
+    };
     let r = perplexity(&tokens, &opts, |w| {
         let ids = Tensor::new(w, &Device::Cpu)?.unsqueeze(0)?;
         Ok(model.forward(&ids)?.squeeze(0)?)
@@ -210,5 +305,10 @@ fn smollm2_gguf_perplexity_matches_transformers() {
     .unwrap();
     assert_eq!(r.windows, 2);
     let diff = (r.perplexity - smollm2::TRANSFORMERS_PPL_2X128).abs();
-    assert!(diff < 0.01, "tyr {} vs transformers {}", r.perplexity, smollm2::TRANSFORMERS_PPL_2X128);
+    assert!(
+        diff < 0.01,
+        "tyr {} vs transformers {}",
+        r.perplexity,
+        smollm2::TRANSFORMERS_PPL_2X128
+    );
 }

@@ -74,7 +74,10 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         .enumerate()
         .map(|(l, d)| json!({"layer": l, "n_q": d.n_q, "n_kv": d.n_kv, "kv_map": d.kv_map, "d_ff": d.d_ff, "params": cfg.layer_params(l)}))
         .collect();
-    let tokenizer = m.tokenizer.as_ref().map(|t| json!({"vocab_size": t.vocab_size(), "path": t.path()}));
+    let tokenizer = m
+        .tokenizer
+        .as_ref()
+        .map(|t| json!({"vocab_size": t.vocab_size(), "path": t.path()}));
     if args.json {
         let out = json!({
             "model": args.model,
@@ -104,22 +107,47 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     if let Some(s) = &cfg.rope_scaling {
         println!("rope scaling llama3: {s:?}");
     }
-    println!("{:>5} {:>5} {:>5} {:>7} {:>12}", "layer", "n_q", "n_kv", "d_ff", "params");
+    println!(
+        "{:>5} {:>5} {:>5} {:>7} {:>12}",
+        "layer", "n_q", "n_kv", "d_ff", "params"
+    );
     for (l, d) in cfg.layers.iter().enumerate() {
-        println!("{l:>5} {:>5} {:>5} {:>7} {:>12}", d.n_q, d.n_kv, d.d_ff, cfg.layer_params(l));
+        println!(
+            "{l:>5} {:>5} {:>5} {:>7} {:>12}",
+            d.n_q,
+            d.n_kv,
+            d.d_ff,
+            cfg.layer_params(l)
+        );
     }
-    println!("decoder params {}  total params {}", cfg.decoder_params(), cfg.total_params());
+    println!(
+        "decoder params {}  total params {}",
+        cfg.decoder_params(),
+        cfg.total_params()
+    );
     match &m.tokenizer {
-        Some(t) => println!("tokenizer   {} tokens ({})", t.vocab_size(), t.path().display()),
-        None => println!("tokenizer   none: {}", m.tokenizer().err().map(|e| e.to_string()).unwrap_or_default()),
+        Some(t) => println!(
+            "tokenizer   {} tokens ({})",
+            t.vocab_size(),
+            t.path().display()
+        ),
+        None => println!(
+            "tokenizer   none: {}",
+            m.tokenizer()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        ),
     }
     Ok(())
 }
 
 /// Read `path` as the evaluation text: UTF-8, not blank.
 fn read_text(path: &Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read text file {}", path.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("text file {} is not UTF-8: {e}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read text file {}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("text file {} is not UTF-8: {e}", path.display()))?;
     if text.trim().is_empty() {
         bail!("text file {} is empty", path.display());
     }
@@ -131,14 +159,24 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let text = read_text(&args.data)?;
     let m = open(&args.model)?;
     let tokenizer = m.tokenizer()?;
-    let tokens = tokenizer.encode(&text).with_context(|| format!("tokenizing {}", args.data.display()))?;
-    let opts = PerplexityOptions { seq_len: args.seq_len, max_tokens: args.max_tokens };
+    let tokens = tokenizer
+        .encode(&text)
+        .with_context(|| format!("tokenizing {}", args.data.display()))?;
+    let opts = PerplexityOptions {
+        seq_len: args.seq_len,
+        max_tokens: args.max_tokens,
+    };
     // Check the text is long enough before loading any weights.
     windows(&tokens, &opts).with_context(|| format!("text file {}", args.data.display()))?;
     if args.seq_len > m.config.max_position_embeddings {
-        bail!("--seq-len {} exceeds the model's context of {} positions", args.seq_len, m.config.max_position_embeddings);
+        bail!(
+            "--seq-len {} exceeds the model's context of {} positions",
+            args.seq_len,
+            m.config.max_position_embeddings
+        );
     }
-    let model = Llama::load(&m.config, m.source.as_ref()).with_context(|| format!("loading weights of {}", args.model.display()))?;
+    let model = Llama::load(&m.config, m.source.as_ref())
+        .with_context(|| format!("loading weights of {}", args.model.display()))?;
     let report = perplexity(&tokens, &opts, |w| {
         let ids = Tensor::new(w, &Device::Cpu)?.unsqueeze(0)?;
         // [1, S, vocab] → [S, vocab]
@@ -179,12 +217,20 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
 pub fn generate_cmd(args: &GenerateArgs) -> anyhow::Result<()> {
     let m = open(&args.model)?;
     let tokenizer = m.tokenizer()?;
-    let model = Llama::load(&m.config, m.source.as_ref()).with_context(|| format!("loading weights of {}", args.model.display()))?;
+    let model = Llama::load(&m.config, m.source.as_ref())
+        .with_context(|| format!("loading weights of {}", args.model.display()))?;
     let sampling = match args.temperature {
         None => Sampling::Greedy,
-        Some(temperature) => Sampling::Temperature { temperature, seed: args.seed },
+        Some(temperature) => Sampling::Temperature {
+            temperature,
+            seed: args.seed,
+        },
     };
-    let opts = GenerateOptions { max_new_tokens: args.max_new_tokens, sampling, eos_token_id: m.config.eos_token_id };
+    let opts = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        sampling,
+        eos_token_id: m.config.eos_token_id,
+    };
     let g = generate(&model, tokenizer, &args.prompt, &opts)?;
     println!("{}{}", args.prompt, g.text);
     Ok(())

@@ -40,7 +40,11 @@ pub struct Generation {
 }
 
 /// Continue `prompt_tokens` with `model`.
-pub fn generate_tokens(model: &Llama, prompt_tokens: &[u32], opts: &GenerateOptions) -> Result<(Vec<u32>, bool)> {
+pub fn generate_tokens(
+    model: &Llama,
+    prompt_tokens: &[u32],
+    opts: &GenerateOptions,
+) -> Result<(Vec<u32>, bool)> {
     if prompt_tokens.is_empty() {
         return Err(Error::EvalSetting("the prompt encodes to no tokens".into()));
     }
@@ -56,7 +60,9 @@ pub fn generate_tokens(model: &Llama, prompt_tokens: &[u32], opts: &GenerateOpti
         Sampling::Greedy => None,
         Sampling::Temperature { temperature, seed } => {
             if !(*temperature > 0.0) {
-                return Err(Error::EvalSetting(format!("temperature must be > 0, got {temperature}")));
+                return Err(Error::EvalSetting(format!(
+                    "temperature must be > 0, got {temperature}"
+                )));
             }
             Some(Stream::new(*seed, "generate", &[]))
         }
@@ -66,9 +72,14 @@ pub fn generate_tokens(model: &Llama, prompt_tokens: &[u32], opts: &GenerateOpti
     let mut input = Tensor::new(prompt_tokens, &Device::Cpu)?.unsqueeze(0)?;
     for _ in 0..opts.max_new_tokens {
         // [1, vocab] → [vocab]
-        let logits: Vec<f32> = model.forward_step(&input, &mut cache)?.squeeze(0)?.to_vec1()?;
+        let logits: Vec<f32> = model
+            .forward_step(&input, &mut cache)?
+            .squeeze(0)?
+            .to_vec1()?;
         let next = match (&opts.sampling, stream.as_mut()) {
-            (Sampling::Temperature { temperature, .. }, Some(s)) => sample(&logits, *temperature, s),
+            (Sampling::Temperature { temperature, .. }, Some(s)) => {
+                sample(&logits, *temperature, s)
+            }
             _ => argmax(&logits),
         };
         if Some(next) == opts.eos_token_id {
@@ -81,11 +92,21 @@ pub fn generate_tokens(model: &Llama, prompt_tokens: &[u32], opts: &GenerateOpti
 }
 
 /// Encode `prompt`, continue it, decode the continuation.
-pub fn generate(model: &Llama, tokenizer: &Tokenizer, prompt: &str, opts: &GenerateOptions) -> Result<Generation> {
+pub fn generate(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    opts: &GenerateOptions,
+) -> Result<Generation> {
     let prompt_tokens = tokenizer.encode(prompt)?;
     let (new_tokens, stopped_at_eos) = generate_tokens(model, &prompt_tokens, opts)?;
     let text = tokenizer.decode(&new_tokens, true)?;
-    Ok(Generation { prompt_tokens, new_tokens, text, stopped_at_eos })
+    Ok(Generation {
+        prompt_tokens,
+        new_tokens,
+        text,
+        stopped_at_eos,
+    })
 }
 
 /// Index of the largest logit; the first one on ties (NaN never wins).
@@ -101,10 +122,20 @@ fn argmax(logits: &[f32]) -> u32 {
 
 /// Draw from `softmax(logits / t)` by inverting the CDF with one uniform draw.
 fn sample(logits: &[f32], t: f64, s: &mut Stream) -> u32 {
-    let max = logits.iter().copied().filter(|x| !x.is_nan()).fold(f32::NEG_INFINITY, f32::max) as f64;
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|x| !x.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max) as f64;
     let weights: Vec<f64> = logits
         .iter()
-        .map(|&x| if x.is_nan() { 0.0 } else { ((x as f64 - max) / t).exp() })
+        .map(|&x| {
+            if x.is_nan() {
+                0.0
+            } else {
+                ((x as f64 - max) / t).exp()
+            }
+        })
         .collect();
     let total: f64 = weights.iter().sum();
     let mut u = s.next_f64() * total;

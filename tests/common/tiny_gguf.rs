@@ -5,13 +5,20 @@
 
 use std::path::Path;
 
+use candle_core::Tensor;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::Tensor;
 use tyr::model::{LayerDims, MemorySource, ModelConfig, TensorSource};
 
 /// Extra tokens after the 256 byte tokens, and the merges that build them.
-pub const MERGES: &[(&str, &str)] = &[("h", "e"), ("l", "l"), ("he", "ll"), ("hell", "o"), ("Ġ", "w"), ("o", "r")];
+pub const MERGES: &[(&str, &str)] = &[
+    ("h", "e"),
+    ("l", "l"),
+    ("he", "ll"),
+    ("hell", "o"),
+    ("Ġ", "w"),
+    ("o", "r"),
+];
 pub const SPECIAL: &str = "<|endoftext|>";
 
 /// GPT-2's byte → printable character map.
@@ -19,7 +26,8 @@ pub fn byte_chars() -> Vec<char> {
     let mut out = vec!['\0'; 256];
     let mut next = 256u32;
     for b in 0..256u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         out[b as usize] = if printable {
             char::from_u32(b).unwrap()
         } else {
@@ -42,7 +50,11 @@ pub fn vocab() -> Vec<String> {
 /// A tiny config whose vocab is the test tokenizer's. `hetero` gives each layer its own widths.
 pub fn tiny_config(hetero: bool, tied: bool) -> ModelConfig {
     let layers = if hetero {
-        vec![LayerDims::dense(4, 2, 64), LayerDims::dense(2, 1, 32), LayerDims::dense(4, 4, 48)]
+        vec![
+            LayerDims::dense(4, 2, 64),
+            LayerDims::dense(2, 1, 32),
+            LayerDims::dense(4, 4, 48),
+        ]
     } else {
         vec![LayerDims::dense(4, 2, 64); 2]
     };
@@ -50,7 +62,12 @@ pub fn tiny_config(hetero: bool, tied: bool) -> ModelConfig {
 }
 
 /// A config with the test tokenizer's vocab and the given widths.
-pub fn config_with(hidden_size: usize, head_dim: usize, layers: Vec<LayerDims>, tied: bool) -> ModelConfig {
+pub fn config_with(
+    hidden_size: usize,
+    head_dim: usize,
+    layers: Vec<LayerDims>,
+    tied: bool,
+) -> ModelConfig {
     ModelConfig {
         hidden_size,
         head_dim,
@@ -115,23 +132,39 @@ pub struct GgufOptions {
 
 impl Default for GgufOptions {
     fn default() -> Self {
-        GgufOptions { arch: "llama", dtype: GgmlDType::F32, with_tokenizer: true }
+        GgufOptions {
+            arch: "llama",
+            dtype: GgmlDType::F32,
+            with_tokenizer: true,
+        }
     }
 }
 
 /// Write `src` (HF names, HF layout) as a llama.cpp-style GGUF file. Returns the quantized
 /// tensors written, by GGUF name, before any permutation is undone.
-pub fn write_tiny_gguf(path: &Path, cfg: &ModelConfig, src: &MemorySource, opts: &GgufOptions) -> Vec<(String, QTensor)> {
+pub fn write_tiny_gguf(
+    path: &Path,
+    cfg: &ModelConfig,
+    src: &MemorySource,
+    opts: &GgufOptions,
+) -> Vec<(String, QTensor)> {
     let mut tensors = Vec::new();
     for name in src.names() {
         let mut t = src.tensor(&name).unwrap();
-        let layer: Option<usize> = name.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok());
+        let layer: Option<usize> = name
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|l| l.parse().ok());
         if name.contains("q_proj") {
             t = llama_cpp_permute(&t, cfg.layers[layer.unwrap()].n_q);
         } else if name.contains("k_proj") {
             t = llama_cpp_permute(&t, cfg.layers[layer.unwrap()].n_kv);
         }
-        let dtype = if t.rank() == 1 { GgmlDType::F32 } else { opts.dtype };
+        let dtype = if t.rank() == 1 {
+            GgmlDType::F32
+        } else {
+            opts.dtype
+        };
         tensors.push((gguf_name(&name), QTensor::quantize(&t, dtype).unwrap()));
     }
     let a = opts.arch;
@@ -145,28 +178,68 @@ pub fn write_tiny_gguf(path: &Path, cfg: &ModelConfig, src: &MemorySource, opts:
     };
     let mut meta: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(a.into())),
-        (format!("{a}.block_count"), Value::U32(cfg.n_layers() as u32)),
-        (format!("{a}.context_length"), Value::U32(cfg.max_position_embeddings as u32)),
-        (format!("{a}.embedding_length"), Value::U32(cfg.hidden_size as u32)),
+        (
+            format!("{a}.block_count"),
+            Value::U32(cfg.n_layers() as u32),
+        ),
+        (
+            format!("{a}.context_length"),
+            Value::U32(cfg.max_position_embeddings as u32),
+        ),
+        (
+            format!("{a}.embedding_length"),
+            Value::U32(cfg.hidden_size as u32),
+        ),
         (format!("{a}.feed_forward_length"), per_layer(&|d| d.d_ff)),
         (format!("{a}.attention.head_count"), per_layer(&|d| d.n_q)),
-        (format!("{a}.attention.head_count_kv"), per_layer(&|d| d.n_kv)),
-        (format!("{a}.attention.key_length"), Value::U32(cfg.head_dim as u32)),
-        (format!("{a}.rope.dimension_count"), Value::U32(cfg.head_dim as u32)),
-        (format!("{a}.rope.freq_base"), Value::F32(cfg.rope_theta as f32)),
-        (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_norm_eps as f32)),
+        (
+            format!("{a}.attention.head_count_kv"),
+            per_layer(&|d| d.n_kv),
+        ),
+        (
+            format!("{a}.attention.key_length"),
+            Value::U32(cfg.head_dim as u32),
+        ),
+        (
+            format!("{a}.rope.dimension_count"),
+            Value::U32(cfg.head_dim as u32),
+        ),
+        (
+            format!("{a}.rope.freq_base"),
+            Value::F32(cfg.rope_theta as f32),
+        ),
+        (
+            format!("{a}.attention.layer_norm_rms_epsilon"),
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
     ];
     if opts.with_tokenizer {
         let v = vocab();
-        let types: Vec<Value> = (0..v.len()).map(|i| Value::I32(if i == 0 { 3 } else { 1 })).collect();
+        let types: Vec<Value> = (0..v.len())
+            .map(|i| Value::I32(if i == 0 { 3 } else { 1 }))
+            .collect();
         meta.extend([
-            ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
-            ("tokenizer.ggml.pre".to_string(), Value::String("smollm".into())),
-            ("tokenizer.ggml.tokens".to_string(), Value::Array(v.into_iter().map(Value::String).collect())),
+            (
+                "tokenizer.ggml.model".to_string(),
+                Value::String("gpt2".into()),
+            ),
+            (
+                "tokenizer.ggml.pre".to_string(),
+                Value::String("smollm".into()),
+            ),
+            (
+                "tokenizer.ggml.tokens".to_string(),
+                Value::Array(v.into_iter().map(Value::String).collect()),
+            ),
             ("tokenizer.ggml.token_type".to_string(), Value::Array(types)),
             (
                 "tokenizer.ggml.merges".to_string(),
-                Value::Array(MERGES.iter().map(|(x, y)| Value::String(format!("{x} {y}"))).collect()),
+                Value::Array(
+                    MERGES
+                        .iter()
+                        .map(|(x, y)| Value::String(format!("{x} {y}")))
+                        .collect(),
+                ),
             ),
             ("tokenizer.ggml.bos_token_id".to_string(), Value::U32(0)),
             ("tokenizer.ggml.eos_token_id".to_string(), Value::U32(0)),

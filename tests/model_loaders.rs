@@ -110,12 +110,23 @@ fn every_quant_type_candle_writes_dequantizes_to_what_candle_reads() {
             .tensor("model.layers.0.self_attn.q_proj.weight")
             .unwrap();
         assert_eq!(max_abs_diff(&want, &have), 0.0, "{dtype:?}");
-        // And it is close to the original weights (quantization error only).
+        // And it is close to the original weights (quantization error only; a row mix-up would
+        // give a relative RMS error near 1.4).
         let orig = src
             .tensor("model.layers.0.self_attn.q_proj.weight")
             .unwrap();
-        let err = max_abs_diff(&orig, &have);
-        assert!(err < 0.05, "{dtype:?}: max error {err}");
+        let rms = |t: &Tensor| -> f32 {
+            t.sqr()
+                .unwrap()
+                .mean_all()
+                .unwrap()
+                .sqrt()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        let rel = rms(&orig.sub(&have).unwrap()) / rms(&orig);
+        assert!(rel < 0.6, "{dtype:?}: relative RMS error {rel}");
     }
 }
 

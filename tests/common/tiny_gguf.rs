@@ -73,7 +73,8 @@ pub fn config_with(
         head_dim,
         vocab_size: vocab().len(),
         layers,
-        rms_norm_eps: 1e-5,
+        // GGUF stores the epsilon as f32.
+        rms_norm_eps: 1e-5f32 as f64,
         rope_theta: 10_000.0,
         rope_scaling: None,
         max_position_embeddings: 512,

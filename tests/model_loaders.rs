@@ -323,3 +323,55 @@ fn smollm2_gguf_perplexity_matches_transformers() {
         smollm2::TRANSFORMERS_PPL_2X128
     );
 }
+
+#[test]
+fn a_gguf_model_saved_by_tyr_reopens_as_saved_format_with_the_same_logits_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("m.gguf");
+    let cfg = tiny_config(true, false);
+    write_tiny_gguf(
+        &gguf,
+        &cfg,
+        &random_source(&cfg, 9).unwrap(),
+        &GgufOptions::default(),
+    );
+    let m = open_model(&gguf).unwrap();
+    let tok_json = dir.path().join("tokenizer.json");
+    m.tokenizer().unwrap().save(&tok_json).unwrap();
+    let out = dir.path().join("saved");
+    let opts = tyr::model::SaveOptions {
+        tokenizer_json: Some(tok_json),
+        ..Default::default()
+    };
+    tyr::model::save_model(&out, &m.config, m.source.as_ref(), &opts).unwrap();
+
+    let back = open_model(&out).unwrap();
+    assert_eq!(back.format, ModelFormat::Saved);
+    assert_eq!(back.config.layers, m.config.layers);
+    let text = "hello world 42 <|endoftext|>";
+    let ids = m.tokenizer().unwrap().encode(text).unwrap();
+    assert_eq!(back.tokenizer().unwrap().encode(text).unwrap(), ids);
+    let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let a = Llama::load(&m.config, m.source.as_ref())
+        .unwrap()
+        .forward(&x)
+        .unwrap();
+    let b = Llama::load(&back.config, back.source.as_ref())
+        .unwrap()
+        .forward(&x)
+        .unwrap();
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+}
+
+#[test]
+fn a_directory_without_config_or_gguf_is_not_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = open_model(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("not a model") && err.contains(dir.path().to_str().unwrap()),
+        "{err}"
+    );
+}

@@ -375,3 +375,66 @@ fn a_directory_without_config_or_gguf_is_not_a_model() {
         "{err}"
     );
 }
+
+/// llama.cpp's converter: the per-frequency divisors of Llama-3 RoPE scaling.
+fn llama3_rope_freqs(theta: f64, head_dim: usize, factor: f64, orig: f64) -> Vec<f32> {
+    let (low, high) = (1.0, 4.0);
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            if wavelen < orig / high {
+                1.0
+            } else if wavelen > orig / low {
+                factor as f32
+            } else {
+                let smooth = (orig / wavelen - low) / (high - low);
+                (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn llama3_rope_scaling_is_recovered_from_rope_freqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l3.gguf");
+    let mut cfg = tiny_config(false, false);
+    cfg.rope_theta = 500_000.0;
+    let freqs = llama3_rope_freqs(cfg.rope_theta, cfg.head_dim, 8.0, 8192.0);
+    // The tiny head (8 dims) covers all three bands: kept, smoothed and divided by the factor.
+    assert!(
+        freqs[0] == 1.0 && freqs[2] > 1.0 && freqs[2] < 8.0 && freqs[3] == 8.0,
+        "{freqs:?}"
+    );
+    let src = random_source(&cfg, 2).unwrap();
+    let opts = GgufOptions {
+        rope_freqs: Some(freqs),
+        ..Default::default()
+    };
+    write_tiny_gguf(&path, &cfg, &src, &opts);
+    let (got, source) = open_gguf(&path).unwrap();
+    let s = got.rope_scaling.clone().expect("rope scaling");
+    assert_eq!(
+        (
+            s.factor,
+            s.low_freq_factor,
+            s.high_freq_factor,
+            s.original_max_position_embeddings
+        ),
+        (8.0, 1.0, 4.0, 8192)
+    );
+    assert!(!source.contains("rope_freqs.weight"));
+
+    // Divisors no Llama-3 setting produces are refused, naming the tensor.
+    let bad = GgufOptions {
+        rope_freqs: Some(vec![1.0, 3.0, 1.0, 2.0]),
+        ..Default::default()
+    };
+    write_tiny_gguf(&path, &cfg, &src, &bad);
+    let err = open_gguf(&path).err().unwrap().to_string();
+    assert!(
+        err.contains("l3.gguf") && err.contains("rope_freqs.weight"),
+        "{err}"
+    );
+}

@@ -59,7 +59,7 @@ pub fn generate_tokens(
     let mut stream = match &opts.sampling {
         Sampling::Greedy => None,
         Sampling::Temperature { temperature, seed } => {
-            if !(*temperature > 0.0) {
+            if temperature.is_nan() || *temperature <= 0.0 {
                 return Err(Error::EvalSetting(format!(
                     "temperature must be > 0, got {temperature}"
                 )));

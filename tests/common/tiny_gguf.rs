@@ -129,6 +129,8 @@ pub struct GgufOptions {
     /// Quant type of 2-D weights (1-D norms are always F32, as llama.cpp writes them).
     pub dtype: GgmlDType,
     pub with_tokenizer: bool,
+    /// llama.cpp's `rope_freqs.weight` (Llama-3 RoPE divisors), when the model has RoPE scaling.
+    pub rope_freqs: Option<Vec<f32>>,
 }
 
 impl Default for GgufOptions {
@@ -137,6 +139,7 @@ impl Default for GgufOptions {
             arch: "llama",
             dtype: GgmlDType::F32,
             with_tokenizer: true,
+            rope_freqs: None,
         }
     }
 }
@@ -167,6 +170,13 @@ pub fn write_tiny_gguf(
             opts.dtype
         };
         tensors.push((gguf_name(&name), QTensor::quantize(&t, dtype).unwrap()));
+    }
+    if let Some(f) = &opts.rope_freqs {
+        let t = Tensor::new(f.as_slice(), &candle_core::Device::Cpu).unwrap();
+        tensors.push((
+            "rope_freqs.weight".into(),
+            QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+        ));
     }
     let a = opts.arch;
     let per_layer = |f: &dyn Fn(&LayerDims) -> usize| {

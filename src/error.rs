@@ -21,6 +21,50 @@ pub enum Error {
     Msg(String),
 
     // ---- model --------------------------------------------------------------------------------
+    #[error("{location}: no tensor named `{tensor}`")]
+    MissingTensor { tensor: String, location: String },
+    #[error(
+        "{location}: tensor `{tensor}` has shape {found:?}, expected {expected:?} from the model config"
+    )]
+    TensorShape {
+        tensor: String,
+        location: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{location}: tensor `{tensor}`: {msg}")]
+    TensorData {
+        tensor: String,
+        location: String,
+        msg: String,
+    },
+    #[error(
+        "{path}: unsupported architecture `{architecture}` (tyr runs Llama/Mistral-style decoders)"
+    )]
+    UnsupportedArchitecture { path: PathBuf, architecture: String },
+    #[error("{path}: {msg}")]
+    ModelConfig { path: PathBuf, msg: String },
+    #[error("layer {layer}: {msg}")]
+    LayerDims { layer: usize, msg: String },
+    // loaders: GGUF, tokenizer, model detection
+    #[error("{path}: {reason}")]
+    GgufRead { path: PathBuf, reason: String },
+    #[error("{path}: metadata `{key}`: {reason}")]
+    ModelMetadata {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+    #[error("{path}: tensor `{name}`: {reason}")]
+    ModelTensor {
+        path: PathBuf,
+        name: String,
+        reason: String,
+    },
+    #[error("{path}: tokenizer: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
+    #[error("{path}: not a model: {reason}")]
+    NotAModel { path: PathBuf, reason: String },
 
     // ---- data ---------------------------------------------------------------------------------
     /// The package client could not be started at all (not installed, not on `PATH`).
@@ -125,6 +169,12 @@ pub enum Error {
     Fitness { reason: String },
 
     // ---- export -------------------------------------------------------------------------------
+
+    // ---- eval ---------------------------------------------------------------------------------
+    #[error("the text has {tokens} tokens, fewer than one window of --seq-len {seq_len}")]
+    TextTooShort { tokens: usize, seq_len: usize },
+    #[error("invalid evaluation setting: {0}")]
+    EvalSetting(String),
 }
 
 impl Error {

@@ -2,7 +2,7 @@
 //! decides the exit code.
 
 use clap::{Parser, Subcommand};
-use tyr::cli::{engine_cmds, model_cmds};
+use tyr::cli::{bench_cmds, engine_cmds, model_cmds};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -24,6 +24,12 @@ enum Command {
     Run(engine_cmds::RunArgs),
     /// Architecture, per-layer dims and parameter counts of a model.
     Inspect(model_cmds::InspectArgs),
+    /// Perplexity of a model on a text (non-overlapping windows, no BOS).
+    Eval(model_cmds::EvalArgs),
+    /// Continue a prompt (greedy unless --temperature is given).
+    Generate(model_cmds::GenerateArgs),
+    /// Speed benchmarks (`tyr bench forward`).
+    Bench(bench_cmds::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,6 +37,9 @@ fn main() -> std::process::ExitCode {
     let result = match &cli.command {
         Command::Run(a) => engine_cmds::run(a),
         Command::Inspect(a) => model_cmds::inspect(a),
+        Command::Eval(a) => model_cmds::eval(a),
+        Command::Generate(a) => model_cmds::generate_cmd(a),
+        Command::Bench(a) => bench_cmds::bench(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

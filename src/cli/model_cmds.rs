@@ -1,6 +1,17 @@
-//! `tyr eval | generate | inspect | bench`: commands that work on one model.
+//! `tyr eval | generate | inspect`: commands that work on one model (a GGUF file, a Hugging Face
+//! directory or a model saved by tyr).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use candle_core::{Device, Tensor};
+use serde_json::json;
+
+use crate::eval::generate::{GenerateOptions, Sampling, generate};
+use crate::eval::perplexity::{PerplexityOptions, perplexity, windows};
+use crate::model::llama::Llama;
+use crate::model::open::{OpenedModel, open_model};
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
@@ -12,6 +23,215 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
-pub fn inspect(_args: &InspectArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`tyr inspect` is not implemented yet")
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// A GGUF file, a Hugging Face directory, or a model saved by tyr.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A plain UTF-8 text file, tokenized as one stream.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Tokens per non-overlapping window.
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Keep only the first N tokens of the text [default: all].
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Print one JSON object instead of a sentence.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// A GGUF file, a Hugging Face directory, or a model saved by tyr.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The text to continue (encoded without BOS or a chat template).
+    #[arg(long)]
+    pub prompt: String,
+    /// Tokens to generate at most.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Sample with this temperature instead of greedy decoding.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Seed of the sampling stream (with --temperature).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+fn open(path: &Path) -> anyhow::Result<OpenedModel> {
+    open_model(path).with_context(|| format!("cannot open model {}", path.display()))
+}
+
+pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
+    let m = open(&args.model)?;
+    let cfg = &m.config;
+    let layers: Vec<_> = cfg
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(l, d)| json!({"layer": l, "n_q": d.n_q, "n_kv": d.n_kv, "kv_map": d.kv_map, "d_ff": d.d_ff, "params": cfg.layer_params(l)}))
+        .collect();
+    let tokenizer = m
+        .tokenizer
+        .as_ref()
+        .map(|t| json!({"vocab_size": t.vocab_size(), "path": t.path()}));
+    if args.json {
+        let out = json!({
+            "model": args.model,
+            "format": m.format,
+            "config": cfg,
+            "layers": layers,
+            "decoder_params": cfg.decoder_params(),
+            "total_params": cfg.total_params(),
+            "tensors": m.source.names().len(),
+            "tokenizer": tokenizer,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("model       {} ({:?})", args.model.display(), m.format);
+    println!(
+        "hidden {}  head_dim {}  vocab {}  layers {}  rope_theta {}  rms_eps {:e}  context {}  tied {}",
+        cfg.hidden_size,
+        cfg.head_dim,
+        cfg.vocab_size,
+        cfg.n_layers(),
+        cfg.rope_theta,
+        cfg.rms_norm_eps,
+        cfg.max_position_embeddings,
+        cfg.tie_word_embeddings
+    );
+    if let Some(s) = &cfg.rope_scaling {
+        println!("rope scaling llama3: {s:?}");
+    }
+    println!(
+        "{:>5} {:>5} {:>5} {:>7} {:>12}",
+        "layer", "n_q", "n_kv", "d_ff", "params"
+    );
+    for (l, d) in cfg.layers.iter().enumerate() {
+        println!(
+            "{l:>5} {:>5} {:>5} {:>7} {:>12}",
+            d.n_q,
+            d.n_kv,
+            d.d_ff,
+            cfg.layer_params(l)
+        );
+    }
+    println!(
+        "decoder params {}  total params {}",
+        cfg.decoder_params(),
+        cfg.total_params()
+    );
+    match &m.tokenizer {
+        Some(t) => println!(
+            "tokenizer   {} tokens ({})",
+            t.vocab_size(),
+            t.path().display()
+        ),
+        None => println!(
+            "tokenizer   none: {}",
+            m.tokenizer()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        ),
+    }
+    Ok(())
+}
+
+/// Read `path` as the evaluation text: UTF-8, not blank.
+fn read_text(path: &Path) -> anyhow::Result<String> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read text file {}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("text file {} is not UTF-8: {e}", path.display()))?;
+    if text.trim().is_empty() {
+        bail!("text file {} is empty", path.display());
+    }
+    Ok(text)
+}
+
+pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let text = read_text(&args.data)?;
+    let m = open(&args.model)?;
+    let tokenizer = m.tokenizer()?;
+    let tokens = tokenizer
+        .encode(&text)
+        .with_context(|| format!("tokenizing {}", args.data.display()))?;
+    let opts = PerplexityOptions {
+        seq_len: args.seq_len,
+        max_tokens: args.max_tokens,
+    };
+    // Check the text is long enough before loading any weights.
+    windows(&tokens, &opts).with_context(|| format!("text file {}", args.data.display()))?;
+    if args.seq_len > m.config.max_position_embeddings {
+        bail!(
+            "--seq-len {} exceeds the model's context of {} positions",
+            args.seq_len,
+            m.config.max_position_embeddings
+        );
+    }
+    let model = Llama::load(&m.config, m.source.as_ref())
+        .with_context(|| format!("loading weights of {}", args.model.display()))?;
+    let report = perplexity(&tokens, &opts, |w| {
+        let ids = Tensor::new(w, &Device::Cpu)?.unsqueeze(0)?;
+        // [1, S, vocab] → [S, vocab]
+        Ok(model.forward(&ids)?.squeeze(0)?)
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        let out = json!({
+            "model": args.model,
+            "data": args.data,
+            "perplexity": report.perplexity,
+            "mean_nll": report.mean_nll,
+            "tokens": report.tokens,
+            "windows": report.windows,
+            "seq_len": report.seq_len,
+            "predictions": report.predictions,
+            "text_tokens": tokens.len(),
+            "max_tokens": args.max_tokens,
+            "seconds": seconds,
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "perplexity {:.4} on {} ({} windows of {} tokens, {} of {} text tokens), model {}, {:.1} s",
+            report.perplexity,
+            args.data.display(),
+            report.windows,
+            report.seq_len,
+            report.tokens,
+            tokens.len(),
+            args.model.display(),
+            seconds
+        );
+    }
+    Ok(())
+}
+
+pub fn generate_cmd(args: &GenerateArgs) -> anyhow::Result<()> {
+    let m = open(&args.model)?;
+    let tokenizer = m.tokenizer()?;
+    let model = Llama::load(&m.config, m.source.as_ref())
+        .with_context(|| format!("loading weights of {}", args.model.display()))?;
+    let sampling = match args.temperature {
+        None => Sampling::Greedy,
+        Some(temperature) => Sampling::Temperature {
+            temperature,
+            seed: args.seed,
+        },
+    };
+    let opts = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        sampling,
+        eos_token_id: m.config.eos_token_id,
+    };
+    let g = generate(&model, tokenizer, &args.prompt, &opts)?;
+    println!("{}{}", args.prompt, g.text);
+    Ok(())
 }

@@ -19,6 +19,10 @@ pub trait TensorSource: Send + Sync {
     fn contains(&self, name: &str) -> bool;
     /// Every tensor name, sorted.
     fn names(&self) -> Vec<String>;
+    /// Where `name` lives (the file holding it), for error messages.
+    fn location(&self, _name: &str) -> String {
+        String::from("in-memory model")
+    }
 }
 
 /// Weights held in memory, by HF name. Used for random test models and small converted models.

@@ -1,0 +1,115 @@
+//! The forward speed benchmark: tokens per second of a full-sequence forward at given batch sizes
+//! and sequence length, with or without `lm_head`, on a model (or on random weights of a given
+//! shape — random weights run at the same speed). Speed is measured here, never asserted in tests.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use crate::Result;
+use crate::model::{LayerDims, Llama, ModelConfig};
+
+/// The SmolLM2-135M shape: 30 layers, hidden 576, 9 query / 3 K/V heads of 64, d_ff 1536,
+/// vocabulary 49152, tied embeddings, RoPE θ 100000.
+pub fn smollm2_135m_config() -> ModelConfig {
+    ModelConfig {
+        hidden_size: 576,
+        head_dim: 64,
+        vocab_size: 49152,
+        layers: vec![LayerDims::dense(9, 3, 1536); 30],
+        rms_norm_eps: 1e-5,
+        rope_theta: 100_000.0,
+        rope_scaling: None,
+        max_position_embeddings: 8192,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        mlp_bias: false,
+        bos_token_id: Some(1),
+        eos_token_id: Some(2),
+    }
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    pub seq_len: usize,
+    pub batches: Vec<usize>,
+    /// Untimed forwards before measuring each batch size.
+    pub warmup: usize,
+    /// Timed forwards per batch size; the median is reported.
+    pub iters: usize,
+    /// Include the final norm and `lm_head` over every position.
+    pub logits: bool,
+}
+
+/// One batch size's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub logits: bool,
+    pub iters: usize,
+    pub median_s: f64,
+    pub min_s: f64,
+    pub tokens_per_s: f64,
+}
+
+/// Times `model` on deterministic token ids for each batch size of `spec`.
+pub fn bench_forward(model: &Llama, spec: &BenchSpec) -> Result<Vec<BenchResult>> {
+    let vocab = model.config().vocab_size as u64;
+    let mut out = Vec::new();
+    for &b in &spec.batches {
+        let n = b * spec.seq_len;
+        let ids: Vec<u32> = (0..n as u64)
+            .map(|i| ((i * 2_654_435_761) % vocab) as u32)
+            .collect();
+        let ids = Tensor::from_vec(ids, (b, spec.seq_len), &Device::Cpu)?;
+        let run = || -> Result<()> {
+            if spec.logits {
+                model.forward(&ids)?;
+            } else {
+                model.hidden(&ids)?;
+            }
+            Ok(())
+        };
+        for _ in 0..spec.warmup {
+            run()?;
+        }
+        let mut times = Vec::with_capacity(spec.iters);
+        for _ in 0..spec.iters.max(1) {
+            let t = Instant::now();
+            run()?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        tracing::info!(
+            batch = b,
+            seq_len = spec.seq_len,
+            median_s = median,
+            "forward benchmark"
+        );
+        out.push(BenchResult {
+            batch: b,
+            seq_len: spec.seq_len,
+            logits: spec.logits,
+            iters: times.len(),
+            median_s: median,
+            min_s: times[0],
+            tokens_per_s: n as f64 / median,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smollm2_shape_has_the_published_parameter_count() {
+        assert_eq!(smollm2_135m_config().decoder_params(), 106_202_880);
+        assert_eq!(smollm2_135m_config().total_params(), 134_515_008);
+    }
+}

@@ -1,0 +1,289 @@
+//! The Llama-family model with per-layer widths, as parts a pruning stage can drive one at a
+//! time — `Embeddings` (token ids → hidden states), `Block` (one decoder layer, `llama_block.rs`),
+//! `Head` (final norm + `lm_head`, only when logits are wanted) — and `Llama`, which holds them
+//! all for evaluation and generation (full-sequence forward and incremental decoding with a KV
+//! cache).
+
+use candle_core::{DType, IndexOp, Tensor};
+
+use super::attention::LayerKv;
+use super::llama_block::{Block, validate_dims};
+use super::{ModelConfig, TensorSource};
+use crate::{Error, Result};
+
+fn read(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Tensor> {
+    if !src.contains(name) {
+        return Err(Error::MissingTensor {
+            tensor: name.into(),
+            location: src.location(name),
+        });
+    }
+    let t = src.tensor(name)?;
+    if t.dims() != shape {
+        return Err(Error::TensorShape {
+            tensor: name.into(),
+            location: src.location(name),
+            expected: shape.to_vec(),
+            found: t.dims().to_vec(),
+        });
+    }
+    Ok(t.to_dtype(DType::F32)?.contiguous()?)
+}
+
+/// The token embedding table `[vocab, hidden]`.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    weight: Tensor,
+}
+
+impl Embeddings {
+    pub fn load(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Self> {
+        let weight = read(
+            src,
+            "model.embed_tokens.weight",
+            &[cfg.vocab_size, cfg.hidden_size],
+        )?;
+        Ok(Embeddings { weight })
+    }
+
+    pub fn new(weight: Tensor) -> Result<Self> {
+        weight.dims2()?;
+        Ok(Embeddings {
+            weight: weight.contiguous()?,
+        })
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Token ids `[batch, seq]` (u32) → hidden states `[batch, seq, hidden]`. An id outside the
+    /// vocabulary is an error.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let (vocab, h) = self.weight.dims2()?;
+        let flat = ids.to_dtype(DType::U32)?.flatten_all()?;
+        if let Some(&bad) = flat
+            .to_vec1::<u32>()?
+            .iter()
+            .find(|&&i| i as usize >= vocab)
+        {
+            return Err(Error::msg(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        Ok(self.weight.index_select(&flat, 0)?.reshape((b, s, h))?)
+    }
+
+    /// Convenience: embeds rows of token ids of equal length.
+    pub fn forward_ids(&self, rows: &[Vec<u32>]) -> Result<Tensor> {
+        let s = rows.first().map_or(0, |r| r.len());
+        if rows.iter().any(|r| r.len() != s) {
+            return Err(Error::msg(
+                "token id rows of a batch must have equal length",
+            ));
+        }
+        let flat: Vec<u32> = rows.iter().flatten().copied().collect();
+        self.forward(&Tensor::from_vec(
+            flat,
+            (rows.len(), s),
+            &candle_core::Device::Cpu,
+        )?)
+    }
+}
+
+/// Final RMSNorm and `lm_head` (tied to the embeddings or not).
+#[derive(Debug, Clone)]
+pub struct Head {
+    norm: Tensor,
+    lm_head: Tensor,
+    eps: f32,
+}
+
+impl Head {
+    /// Reads `model.norm.weight` and `lm_head.weight`, or reuses `embeddings` when tied.
+    pub fn load(
+        cfg: &ModelConfig,
+        src: &dyn TensorSource,
+        embeddings: &Embeddings,
+    ) -> Result<Self> {
+        let (v, h) = (cfg.vocab_size, cfg.hidden_size);
+        let norm = read(src, "model.norm.weight", &[h])?;
+        // Some tied checkpoints also store `lm_head.weight`; it is the same matrix, so ignore it.
+        let lm_head = if cfg.tie_word_embeddings {
+            embeddings.weight.clone()
+        } else {
+            read(src, "lm_head.weight", &[v, h])?
+        };
+        Ok(Head {
+            norm,
+            lm_head,
+            eps: cfg.rms_norm_eps as f32,
+        })
+    }
+
+    pub fn new(cfg: &ModelConfig, norm: Tensor, lm_head: Tensor) -> Result<Self> {
+        Ok(Head {
+            norm: norm.contiguous()?,
+            lm_head: lm_head.contiguous()?,
+            eps: cfg.rms_norm_eps as f32,
+        })
+    }
+
+    pub fn norm_weight(&self) -> &Tensor {
+        &self.norm
+    }
+
+    pub fn lm_head_weight(&self) -> &Tensor {
+        &self.lm_head
+    }
+
+    /// The final RMSNorm of hidden states `[batch, seq, hidden]`.
+    pub fn normed(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            &self.norm,
+            self.eps,
+        )?)
+    }
+
+    /// Logits `[batch, seq, vocab]`.
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let n = self.normed(x)?.reshape((b * s, h))?;
+        Ok(n.matmul(&self.lm_head.t()?)?.reshape((b, s, ()))?)
+    }
+
+    /// Logits of only the vocabulary rows `rows` (u32 ids), `[batch, seq, rows.len()]`.
+    pub fn logits_rows(&self, x: &Tensor, rows: &Tensor) -> Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let w = self
+            .lm_head
+            .index_select(&rows.to_dtype(DType::U32)?.flatten_all()?, 0)?;
+        let n = self.normed(x)?.reshape((b * s, h))?;
+        Ok(n.matmul(&w.t()?)?.reshape((b, s, ()))?)
+    }
+
+    /// Logits of the last position only, `[batch, vocab]` (generation).
+    pub fn logits_last(&self, x: &Tensor) -> Result<Tensor> {
+        let s = x.dim(1)?;
+        let last = x.i((.., s - 1..s, ..))?.contiguous()?;
+        Ok(self.logits(&last)?.squeeze(1)?)
+    }
+}
+
+/// Per-layer K/V caches for incremental decoding.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<LayerKv>,
+    pos: usize,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache {
+            layers: vec![LayerKv::default(); n_layers],
+            pos: 0,
+        }
+    }
+
+    /// Positions already processed.
+    pub fn len(&self) -> usize {
+        self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos == 0
+    }
+}
+
+/// A whole model in memory.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    cfg: ModelConfig,
+    embeddings: Embeddings,
+    blocks: Vec<Block>,
+    head: Head,
+}
+
+impl Llama {
+    /// Reads every layer of `cfg` from `src`.
+    pub fn load(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Self> {
+        for (l, d) in cfg.layers.iter().enumerate() {
+            validate_dims(l, d)?;
+        }
+        let embeddings = Embeddings::load(cfg, src)?;
+        let blocks = (0..cfg.n_layers())
+            .map(|l| Block::load(cfg, l, src))
+            .collect::<Result<Vec<_>>>()?;
+        let head = Head::load(cfg, src, &embeddings)?;
+        Ok(Llama {
+            cfg: cfg.clone(),
+            embeddings,
+            blocks,
+            head,
+        })
+    }
+
+    /// Assembles a model from parts; the config's layer dims are taken from the blocks.
+    pub fn from_parts(
+        cfg: &ModelConfig,
+        embeddings: Embeddings,
+        blocks: Vec<Block>,
+        head: Head,
+    ) -> Self {
+        let mut cfg = cfg.clone();
+        cfg.layers = blocks.iter().map(|b| b.dims().clone()).collect();
+        Llama {
+            cfg,
+            embeddings,
+            blocks,
+            head,
+        }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn embeddings(&self) -> &Embeddings {
+        &self.embeddings
+    }
+
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// Hidden states after the last block (before the final norm), `[batch, seq, hidden]`.
+    pub fn hidden(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut x = self.embeddings.forward(ids)?;
+        for b in &self.blocks {
+            x = b.forward(&x)?;
+        }
+        Ok(x)
+    }
+
+    /// Logits of every position, `[batch, seq, vocab]`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.head.logits(&self.hidden(ids)?)
+    }
+
+    /// Feeds new tokens `[batch, new]` after those in `cache`; returns the logits of the last new
+    /// position `[batch, vocab]`. Start with `KvCache::new(n_layers)` and the whole prompt.
+    pub fn forward_step(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        if cache.layers.len() != self.blocks.len() {
+            *cache = KvCache::new(self.blocks.len());
+        }
+        let s = ids.dim(1)?;
+        let mut x = self.embeddings.forward(ids)?;
+        for (b, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            x = b.forward_cached(&x, kv)?;
+        }
+        cache.pos += s;
+        self.head.logits_last(&x)
+    }
+}

@@ -1,4 +1,5 @@
 //! Subcommand implementations behind the thin `main.rs`. Each file owns one group of commands.
 
 pub mod engine_cmds;
+pub mod logging;
 pub mod model_cmds;

@@ -137,9 +137,31 @@ pub enum Error {
     #[error("data: the text has {tokens} tokens, fewer than one window of seq_len = {seq_len}")]
     DataTooShort { tokens: usize, seq_len: usize },
     // ---- engine -------------------------------------------------------------------------------
+    #[error("stage `{stage}`: {message}")]
+    EngineStage { stage: String, message: String },
+    #[error("stage `{stage}` output `{output}`: {message}")]
+    EngineArtifact {
+        stage: String,
+        output: String,
+        message: String,
+    },
+    #[error("unknown stage kind `{kind}` (available: {available})")]
+    EngineUnknownKind { kind: String, available: String },
+    #[error("work directory {} is in use by {holder}; wait for that run to finish or stop it", workdir.display())]
+    EngineLocked { workdir: PathBuf, holder: String },
+    #[error("store {}: {message}", path.display())]
+    EngineStore { path: PathBuf, message: String },
+    #[error("{} stage(s) failed: {}", failed.len(), failed.join("; "))]
+    EngineRunFailed { failed: Vec<String> },
 
     // ---- pipeline -----------------------------------------------------------------------------
-
+    #[error("{}{}: {field}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Pipeline {
+        file: PathBuf,
+        line: Option<usize>,
+        field: String,
+        message: String,
+    },
     // ---- prune --------------------------------------------------------------------------------
 
     // ---- search -------------------------------------------------------------------------------

@@ -14,6 +14,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Structured pruning of Llama-family models (Týr-the-Pruner)"
 )]
 struct Cli {
+    /// Log lines on stderr as text (with progress bars on a terminal) or JSON.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: tyr::cli::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,6 +25,16 @@ struct Cli {
 enum Command {
     /// Run or resume a pipeline; prints where the outputs are.
     Run(engine_cmds::RunArgs),
+    /// Dry run: each stage cached, run or blocked, with the reason.
+    Plan(engine_cmds::PlanArgs),
+    /// What is done, pending or failed; sizes on disk and times.
+    Status(engine_cmds::StatusArgs),
+    /// The pipeline's DAG as Graphviz dot or Mermaid.
+    Graph(engine_cmds::GraphArgs),
+    /// Check every blob's digest and the index; `--repair` fixes what it can.
+    Verify(engine_cmds::VerifyArgs),
+    /// Delete manifests and blobs no pinned run references.
+    Gc(engine_cmds::GcArgs),
     /// Architecture, per-layer dims and parameter counts of a model.
     Inspect(model_cmds::InspectArgs),
     /// Perplexity of a model on a text (non-overlapping windows, no BOS).
@@ -34,8 +47,14 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let ui = tyr::cli::logging::init(cli.log_format);
     let result = match &cli.command {
-        Command::Run(a) => engine_cmds::run(a),
+        Command::Run(a) => engine_cmds::run(a, &ui),
+        Command::Plan(a) => engine_cmds::plan(a),
+        Command::Status(a) => engine_cmds::status(a),
+        Command::Graph(a) => engine_cmds::graph(a),
+        Command::Verify(a) => engine_cmds::verify(a),
+        Command::Gc(a) => engine_cmds::gc(a),
         Command::Inspect(a) => model_cmds::inspect(a),
         Command::Eval(a) => model_cmds::eval(a),
         Command::Generate(a) => model_cmds::generate_cmd(a),

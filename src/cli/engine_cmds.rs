@@ -1,19 +1,340 @@
 //! `tyr run | plan | status | graph | verify | gc`: the engine's commands.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::cli::logging::Ui;
+use crate::engine::store::lock;
+use crate::engine::{self, Graph, Observer, OpenMode, Outcome, Registry, StageState, Store};
 
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub struct PipelineArgs {
     /// The pipeline file (TOML).
     pub pipeline: PathBuf,
-    /// Work directory holding the store [default: `.tyr/` beside the pipeline file].
+    /// Work directory holding the store [default: the file's `workdir`, else `.tyr/` beside it].
     #[arg(long)]
     pub workdir: Option<PathBuf>,
-    /// Override a pipeline parameter, e.g. `--set prune.target=0.25`. Repeatable.
+    /// Override a parameter: `pipeline.seed=3`, `<stage>.<param>=…`, `prune.target=0.25`.
+    /// Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
 }
 
-pub fn run(_args: &RunArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`tyr run` is not implemented yet")
+impl PipelineArgs {
+    fn load(&self) -> anyhow::Result<Graph> {
+        Ok(crate::pipeline::load(
+            &self.pipeline,
+            &self.set,
+            self.workdir.as_deref(),
+            &Registry::with_defaults(),
+        )?)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub p: PipelineArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub p: PipelineArgs,
+    /// One JSON object per stage (`id`, `kind`, `state`, `reason`, `key`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub p: PipelineArgs,
+    /// One JSON object per stage.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GraphArgs {
+    #[command(flatten)]
+    pub p: PipelineArgs,
+    #[arg(long, value_enum, default_value = "dot")]
+    pub format: GraphFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Work directory to check.
+    #[arg(long, default_value = ".tyr")]
+    pub workdir: PathBuf,
+    /// Rebuild the index, restore or drop broken manifests, delete corrupt blobs.
+    #[arg(long)]
+    pub repair: bool,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GcArgs {
+    /// Work directory to clean.
+    #[arg(long, default_value = ".tyr")]
+    pub workdir: PathBuf,
+}
+
+pub fn run(args: &RunArgs, ui: &Ui) -> anyhow::Result<()> {
+    let graph = args.p.load()?;
+    let store = Arc::new(Store::open(&graph.header.workdir, OpenMode::Exclusive)?);
+    let observer: Arc<dyn Observer> = match &ui.bars {
+        Some(bars) => Arc::new(Bars {
+            bars: bars.clone(),
+            live: Mutex::new(BTreeMap::new()),
+        }),
+        None => Arc::new(Lines {
+            last: Mutex::new(BTreeMap::new()),
+        }),
+    };
+    let report = engine::run(&graph, store, observer)?;
+    for (id, o) in &report.stages {
+        match o {
+            Outcome::Ran(s) => println!("ran      {id} ({s:.2}s)"),
+            Outcome::Cached => println!("cached   {id}"),
+            Outcome::Failed(e) => println!("failed   {id}: {e}"),
+            Outcome::Skipped(e) => println!("skipped  {id}: {e}"),
+        }
+    }
+    println!("outputs: {}", report.out_dir.display());
+    for p in &report.published {
+        println!("  {}", p.display());
+    }
+    let failed = report.failed();
+    if !failed.is_empty() {
+        bail!("{} stage(s) failed: {}", failed.len(), failed.join("; "));
+    }
+    Ok(())
+}
+
+pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
+    let graph = args.p.load()?;
+    let store = Store::open(&graph.header.workdir, OpenMode::ReadOnly)?;
+    let plans = engine::plan(&graph, &store);
+    if args.json {
+        for p in &plans {
+            println!("{}", serde_json::to_string(p)?);
+        }
+        return Ok(());
+    }
+    let w = plans.iter().map(|p| p.id.len()).max().unwrap_or(0);
+    for p in &plans {
+        println!(
+            "{:<8} {:<w$}  {:<14} {}",
+            p.state.to_string(),
+            p.id,
+            p.kind,
+            p.reason
+        );
+    }
+    let count = |s: StageState| plans.iter().filter(|p| p.state == s).count();
+    println!(
+        "{} cached, {} to run, {} blocked",
+        count(StageState::Cached),
+        count(StageState::Run),
+        count(StageState::Blocked)
+    );
+    Ok(())
+}
+
+pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let graph = args.p.load()?;
+    let root = &graph.header.workdir;
+    // Reading the run log needs the index, which a running `tyr run` holds.
+    let mode = if root.join("lock").exists() {
+        OpenMode::Inspect
+    } else {
+        OpenMode::ReadOnly
+    };
+    let (store, attempts, holder) = match Store::open(root, mode) {
+        Ok(s) => {
+            let a = s.index().map(|i| i.attempts());
+            (s, a, None)
+        }
+        Err(crate::Error::EngineLocked { .. }) => (
+            Store::open(root, OpenMode::ReadOnly)?,
+            None,
+            Some(lock::holder(&root.join("lock"))),
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    let rows = engine::status::status(&graph, &store, attempts.as_deref(), holder.as_deref());
+    if args.json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+        return Ok(());
+    }
+    let w = rows.iter().map(|r| r.id.len()).max().unwrap_or(0);
+    for r in &rows {
+        let t = r.duration_s.map_or(String::new(), |d| format!("{d:.2}s"));
+        println!(
+            "{:<8} {:<w$}  {:>10}  {:>9}  {}",
+            r.state,
+            r.id,
+            human_bytes(r.size_bytes),
+            t,
+            r.detail
+        );
+    }
+    Ok(())
+}
+
+pub fn graph(args: &GraphArgs) -> anyhow::Result<()> {
+    let graph = args.p.load()?;
+    print!(
+        "{}",
+        match args.format {
+            GraphFormat::Dot => graph.to_dot(),
+            GraphFormat::Mermaid => graph.to_mermaid(),
+        }
+    );
+    Ok(())
+}
+
+pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
+    check_workdir(&args.workdir)?;
+    let report = if args.repair {
+        let store = Store::open(&args.workdir, OpenMode::Exclusive)?;
+        let notes = store.open_notes().to_vec();
+        engine::verify::repair(&store, notes)?
+    } else {
+        engine::verify::verify(&Store::open(&args.workdir, OpenMode::Inspect)?)
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for r in &report.repaired {
+            println!("repaired: {r}");
+        }
+        for p in &report.problems {
+            println!("problem:  {p}");
+        }
+        for n in &report.notes {
+            println!("note:     {n}");
+        }
+        if report.problems.is_empty() {
+            println!("ok: {} is sound", args.workdir.display());
+        }
+    }
+    if !report.problems.is_empty() {
+        bail!(
+            "{} problem(s) found; `tyr verify --repair` fixes them",
+            report.problems.len()
+        );
+    }
+    Ok(())
+}
+
+pub fn gc(args: &GcArgs) -> anyhow::Result<()> {
+    check_workdir(&args.workdir)?;
+    let store = Store::open(&args.workdir, OpenMode::Exclusive)?;
+    let r = engine::verify::gc(&store)?;
+    println!(
+        "removed {} manifest(s) and {} blob(s), freed {}",
+        r.manifests_removed,
+        r.blobs_removed,
+        human_bytes(r.bytes_freed)
+    );
+    Ok(())
+}
+
+fn check_workdir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.join("manifests").is_dir() && !dir.join("index.sled").exists() {
+        bail!(
+            "{} is not a tyr work directory (no manifests/ or index.sled/)",
+            dir.display()
+        );
+    }
+    std::fs::metadata(dir).with_context(|| dir.display().to_string())?;
+    Ok(())
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Progress bars for running stages on an interactive terminal.
+struct Bars {
+    bars: MultiProgress,
+    live: Mutex<BTreeMap<String, ProgressBar>>,
+}
+
+impl Observer for Bars {
+    fn started(&self, id: &str, kind: &str) {
+        let pb = self.bars.add(ProgressBar::new(0));
+        let style = ProgressStyle::with_template(
+            "{spinner} {prefix:.bold} {wide_bar} {pos}/{len} {elapsed}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        pb.set_style(style);
+        pb.set_prefix(format!("{id} ({kind})"));
+        pb.enable_steady_tick(std::time::Duration::from_millis(200));
+        if let Ok(mut l) = self.live.lock() {
+            l.insert(id.to_string(), pb);
+        }
+    }
+    fn progress(&self, id: &str, done: u64, total: u64) {
+        if let Some(pb) = self.live.lock().ok().and_then(|l| l.get(id).cloned()) {
+            pb.set_length(total);
+            pb.set_position(done);
+        }
+    }
+    fn finished(&self, id: &str, _outcome: &Outcome) {
+        if let Some(pb) = self.live.lock().ok().and_then(|mut l| l.remove(id)) {
+            pb.finish_and_clear();
+            self.bars.remove(&pb);
+        }
+    }
+}
+
+/// Progress as log lines, at most one per stage every two seconds.
+struct Lines {
+    last: Mutex<BTreeMap<String, Instant>>,
+}
+
+impl Observer for Lines {
+    fn progress(&self, id: &str, done: u64, total: u64) {
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let due = last
+            .get(id)
+            .is_none_or(|t| now.duration_since(*t).as_secs_f64() >= 2.0);
+        if due || done == total {
+            last.insert(id.to_string(), now);
+            tracing::info!(stage = id, done, total, "progress");
+        }
+    }
 }

@@ -2,4 +2,5 @@
 
 pub mod bench_cmds;
 pub mod engine_cmds;
+pub mod logging;
 pub mod model_cmds;

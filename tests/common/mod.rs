@@ -213,3 +213,6 @@ pub fn random_hidden(batch: usize, seq: usize, hidden: usize, seed: u64) -> Tens
         .collect();
     Tensor::from_vec(v, (batch, seq, hidden), &Device::Cpu).unwrap()
 }
+
+mod engine;
+pub use engine::*;

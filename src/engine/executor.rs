@@ -1,0 +1,393 @@
+//! The executor: runs a validated graph against a store. A tokio coordinator walks the DAG;
+//! each ready stage's key is computed from its inputs' output digests and looked up; stages to
+//! run go to `spawn_blocking` when their resource tokens are free; their outputs are handed to
+//! dependents in memory (and are checkpointed all the same). A failed stage stops its
+//! dependents only. Transient outputs are deleted once every consumer has committed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+
+use crate::engine::artifact::{ArtifactSet, Retention};
+use crate::engine::fault;
+use crate::engine::graph::Graph;
+use crate::engine::job::{self, Committed, Job, Observer, Outcome};
+use crate::engine::key::{Digest, KeyParts};
+use crate::engine::plan::{Lookup, key_parts, lookup};
+use crate::engine::stage::Resources;
+use crate::engine::store::Store;
+use crate::engine::store::manifest::Manifest;
+use crate::{Error, Result};
+
+/// What one `run` did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Stage id and outcome, in topological order.
+    pub stages: Vec<(String, Outcome)>,
+    /// Where published outputs are.
+    pub out_dir: PathBuf,
+    pub published: Vec<PathBuf>,
+}
+
+impl RunReport {
+    /// Ids of the stages that actually ran.
+    pub fn ran(&self) -> Vec<&str> {
+        self.stages
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Ran(_)))
+            .map(|(i, _)| i.as_str())
+            .collect()
+    }
+
+    pub fn failed(&self) -> Vec<String> {
+        self.stages
+            .iter()
+            .filter_map(|(i, o)| match o {
+                Outcome::Failed(e) => Some(format!("`{i}`: {e}")),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+enum State {
+    Pending {
+        force: bool,
+    },
+    Running,
+    Done {
+        manifest: Manifest,
+        set: Arc<ArtifactSet>,
+        available: bool,
+        outcome: Outcome,
+    },
+    Failed(String),
+    Skipped(String),
+}
+
+/// Runs `graph` in `store` (opened with `OpenMode::Exclusive`) and returns what happened.
+/// Stage failures are in the report; `Err` means the store itself failed.
+pub fn run(graph: &Graph, store: Arc<Store>, observer: Arc<dyn Observer>) -> Result<RunReport> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(graph.header.cpu_tokens.max(1) as usize + 4)
+        .enable_time()
+        .build()
+        .map_err(|e| Error::msg(format!("starting the tokio runtime: {e}")))?;
+    rt.block_on(Coordinator::new(graph, store, observer).drive())
+}
+
+struct Coordinator<'g> {
+    graph: &'g Graph,
+    store: Arc<Store>,
+    observer: Arc<dyn Observer>,
+    states: Vec<State>,
+    pins: BTreeMap<String, Digest>,
+    /// Blob digests some manifest keeps; a transient blob with the same content stays.
+    kept: BTreeSet<Digest>,
+    free: Resources,
+}
+
+impl<'g> Coordinator<'g> {
+    fn new(graph: &'g Graph, store: Arc<Store>, observer: Arc<dyn Observer>) -> Self {
+        let h = &graph.header;
+        let (disk, _) = store.disk_manifests();
+        let kept = disk
+            .values()
+            .flat_map(|m| m.outputs.values())
+            .filter(|o| o.retention == Retention::Keep)
+            .map(|o| o.digest)
+            .collect();
+        let mut pins = store.pins(&h.name);
+        pins.retain(|id, _| graph.index_of(id).is_some());
+        Self {
+            graph,
+            states: (0..graph.nodes.len())
+                .map(|_| State::Pending { force: false })
+                .collect(),
+            free: Resources {
+                cpu: h.cpu_tokens,
+                gpu: h.gpu_tokens,
+                mem_bytes: h.mem_budget_bytes,
+            },
+            store,
+            observer,
+            pins,
+            kept,
+        }
+    }
+
+    /// A stage's claim on the pools, clamped so a stage larger than a pool runs alone.
+    fn need(&self, i: usize) -> Resources {
+        let r = self.graph.nodes[i].resources;
+        let h = &self.graph.header;
+        Resources {
+            cpu: r.cpu.min(h.cpu_tokens),
+            gpu: r.gpu.min(h.gpu_tokens),
+            mem_bytes: r.mem_bytes.min(h.mem_budget_bytes),
+        }
+    }
+
+    fn fits(&self, n: Resources) -> bool {
+        n.cpu <= self.free.cpu && n.gpu <= self.free.gpu && n.mem_bytes <= self.free.mem_bytes
+    }
+
+    fn take(&mut self, n: Resources, sign: bool) {
+        if sign {
+            self.free.cpu -= n.cpu;
+            self.free.gpu -= n.gpu;
+            self.free.mem_bytes -= n.mem_bytes;
+        } else {
+            self.free.cpu += n.cpu;
+            self.free.gpu += n.gpu;
+            self.free.mem_bytes += n.mem_bytes;
+        }
+    }
+
+    async fn drive(mut self) -> Result<RunReport> {
+        let mut running: JoinSet<(usize, Result<Committed>)> = JoinSet::new();
+        loop {
+            let ready = self.advance()?;
+            for (i, parts) in ready {
+                let need = self.need(i);
+                if !self.fits(need) {
+                    continue;
+                }
+                self.take(need, true);
+                let job = self.job(i, parts)?;
+                self.states[i] = State::Running;
+                self.observer.started(&job.id, &job.kind);
+                running.spawn_blocking(move || {
+                    let r =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job::run(job)));
+                    (
+                        i,
+                        r.unwrap_or_else(|p| {
+                            Err(Error::msg(format!("stage panicked: {}", panic_text(&p))))
+                        }),
+                    )
+                });
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            let (i, result) = joined.map_err(|e| Error::msg(format!("stage task: {e}")))?;
+            self.take(self.need(i), false);
+            let id = self.graph.nodes[i].id.clone();
+            match result {
+                Ok(c) => {
+                    let outcome = Outcome::Ran(c.manifest.duration_s);
+                    self.observer.finished(&id, &outcome);
+                    self.kept.extend(
+                        c.manifest
+                            .outputs
+                            .values()
+                            .filter(|o| o.retention == Retention::Keep)
+                            .map(|o| o.digest),
+                    );
+                    self.pin(i, c.manifest.key)?;
+                    self.states[i] = State::Done {
+                        manifest: c.manifest,
+                        set: c.set,
+                        available: true,
+                        outcome,
+                    };
+                    self.collect_transients(i)?;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    tracing::error!(stage = %id, error = %msg, "stage failed");
+                    self.observer.finished(&id, &Outcome::Failed(msg.clone()));
+                    self.states[i] = State::Failed(msg);
+                }
+            }
+        }
+        self.finish()
+    }
+
+    /// Resolves every pending stage whose inputs are settled: cached, skipped, or ready to
+    /// run (returned, in topological order).
+    fn advance(&mut self) -> Result<Vec<(usize, KeyParts)>> {
+        let graph = self.graph;
+        let mut ready = Vec::new();
+        for i in 0..graph.nodes.len() {
+            let State::Pending { force } = self.states[i] else {
+                continue;
+            };
+            let node = &graph.nodes[i];
+            let deps = node.deps();
+            if let Some(bad) = deps
+                .iter()
+                .find(|&&d| matches!(self.states[d], State::Failed(_) | State::Skipped(_)))
+            {
+                let why = format!("input `{}` did not complete", graph.nodes[*bad].id);
+                self.observer
+                    .finished(&node.id, &Outcome::Skipped(why.clone()));
+                self.states[i] = State::Skipped(why);
+                continue;
+            }
+            if !deps
+                .iter()
+                .all(|&d| matches!(self.states[d], State::Done { .. }))
+            {
+                continue;
+            }
+            let parts = key_parts(graph, i, |d| match &self.states[d] {
+                State::Done { manifest, .. } => manifest.output_digest,
+                _ => Digest([0; 32]),
+            });
+            if !force {
+                if let Lookup::Done {
+                    manifest,
+                    available,
+                } = lookup(&self.store, &parts, None)
+                {
+                    let set = job::lazy_set(&self.store, &manifest, &node.id);
+                    self.observer.finished(&node.id, &Outcome::Cached);
+                    tracing::info!(stage = %node.id, "cached");
+                    let key = manifest.key;
+                    self.states[i] = State::Done {
+                        manifest,
+                        set,
+                        available,
+                        outcome: Outcome::Cached,
+                    };
+                    self.pin(i, key)?;
+                    self.collect_transients(i)?;
+                    continue;
+                }
+            }
+            // It must run; an input whose transient outputs were collected must run again first.
+            let mut missing = false;
+            for &d in &deps {
+                if let State::Done {
+                    available: false, ..
+                } = self.states[d]
+                {
+                    tracing::info!(stage = %graph.nodes[d].id, consumer = %node.id, "re-running to restore deleted transient outputs");
+                    self.states[d] = State::Pending { force: true };
+                    missing = true;
+                }
+            }
+            if missing {
+                // Revisit from the start: the re-opened inputs come earlier in topological order.
+                return self.advance();
+            }
+            ready.push((i, parts));
+        }
+        Ok(ready)
+    }
+
+    fn job(&self, i: usize, parts: KeyParts) -> Result<Job> {
+        let node = &self.graph.nodes[i];
+        let mut inputs = BTreeMap::new();
+        for b in &node.inputs {
+            let mut sets = Vec::new();
+            for &f in &b.from {
+                match &self.states[f] {
+                    State::Done { set, .. } => sets.push(set.clone()),
+                    _ => {
+                        return Err(Error::msg(format!(
+                            "internal: input `{}` of `{}` not done",
+                            self.graph.nodes[f].id, node.id
+                        )));
+                    }
+                }
+            }
+            inputs.insert(b.slot.clone(), sets);
+        }
+        Ok(Job {
+            id: node.id.clone(),
+            kind: node.kind.clone(),
+            pipeline: self.graph.header.name.clone(),
+            stage: node.stage.clone(),
+            parts,
+            inputs,
+            store: self.store.clone(),
+            observer: self.observer.clone(),
+        })
+    }
+
+    fn pin(&mut self, i: usize, key: Digest) -> Result<()> {
+        let id = &self.graph.nodes[i].id;
+        if self.pins.get(id) != Some(&key) {
+            self.pins.insert(id.clone(), key);
+            self.store.write_pins(&self.graph.header.name, &self.pins)?;
+        }
+        Ok(())
+    }
+
+    /// After node `i` settles: for each input whose consumers have all settled, delete its
+    /// transient blobs and drop its in-memory outputs.
+    fn collect_transients(&mut self, i: usize) -> Result<()> {
+        for d in self.graph.nodes[i].deps() {
+            let all_done = self.graph.consumers[d]
+                .iter()
+                .all(|&c| matches!(self.states[c], State::Done { .. }));
+            if !all_done {
+                continue;
+            }
+            let State::Done {
+                manifest,
+                set,
+                available,
+                ..
+            } = &mut self.states[d]
+            else {
+                continue;
+            };
+            let mut deleted = false;
+            for o in manifest
+                .outputs
+                .values()
+                .filter(|o| o.retention == Retention::Transient)
+            {
+                if !self.kept.contains(&o.digest) && self.store.blob_path(&o.digest).exists() {
+                    fault::hit("transient-before-delete");
+                    self.store.remove_blob(&o.digest)?;
+                    deleted = true;
+                }
+            }
+            if deleted {
+                *available = false;
+            }
+            *set = job::lazy_set(&self.store, manifest, &self.graph.nodes[d].id);
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<RunReport> {
+        let out_dir = self.store.out_dir(&self.graph.header.name);
+        let mut published = Vec::new();
+        let mut stages = Vec::new();
+        for (i, s) in self.states.into_iter().enumerate() {
+            let id = self.graph.nodes[i].id.clone();
+            let outcome = match s {
+                State::Done {
+                    manifest, outcome, ..
+                } => {
+                    published.extend(job::publish(&self.store, &manifest, &out_dir)?);
+                    outcome
+                }
+                State::Failed(e) => Outcome::Failed(e),
+                State::Skipped(e) => Outcome::Skipped(e),
+                State::Pending { .. } | State::Running => Outcome::Skipped("not reached".into()),
+            };
+            stages.push((id, outcome));
+        }
+        Ok(RunReport {
+            stages,
+            out_dir,
+            published,
+        })
+    }
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,216 @@
+//! One attempt of one stage, on a blocking thread: record the attempt and its lease, run the
+//! stage, write its blobs, write its manifest, commit the index, drop its progress record.
+//! The order is what makes a crash at any instant safe: nothing counts as done before the
+//! manifest is durable, and everything before it is either content-addressed (idempotent) or
+//! garbage the next run clears.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use crate::engine::artifact::{ArtifactSet, Entry};
+use crate::engine::fault;
+use crate::engine::fsio;
+use crate::engine::key::{Digest, KeyParts};
+use crate::engine::stage::{DynStage, StageContext};
+use crate::engine::store::Store;
+use crate::engine::store::manifest::{Manifest, OutputEntry, now_s, output_digest};
+use crate::{Error, Result};
+
+/// Reports progress of running stages (progress bars, log lines).
+pub trait Observer: Send + Sync {
+    fn started(&self, _id: &str, _kind: &str) {}
+    fn progress(&self, _id: &str, _done: u64, _total: u64) {}
+    fn finished(&self, _id: &str, _outcome: &Outcome) {}
+}
+
+/// An observer that does nothing (tracing events are still emitted).
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// What happened to a stage in one run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "outcome", content = "detail")]
+pub enum Outcome {
+    /// Ran and committed, in seconds.
+    Ran(f64),
+    Cached,
+    Failed(String),
+    /// Not run because an input failed.
+    Skipped(String),
+}
+
+pub(crate) struct Job {
+    pub id: String,
+    pub kind: String,
+    pub pipeline: String,
+    pub stage: Arc<dyn DynStage>,
+    pub parts: KeyParts,
+    pub inputs: BTreeMap<String, Vec<Arc<ArtifactSet>>>,
+    pub store: Arc<Store>,
+    pub observer: Arc<dyn Observer>,
+}
+
+/// A committed stage with its outputs still in memory for direct handoff.
+pub(crate) struct Committed {
+    pub manifest: Manifest,
+    pub set: Arc<ArtifactSet>,
+}
+
+pub(crate) fn run(job: Job) -> Result<Committed> {
+    let key = job.parts.key();
+    let span = tracing::info_span!("stage", id = %job.id, kind = %job.kind);
+    let _g = span.enter();
+    let index = job.store.index();
+    let attempt = match index {
+        Some(ix) => Some(ix.start_attempt(&job.pipeline, &job.id, key)?),
+        None => None,
+    };
+    let result = attempt_inner(&job, key);
+    if let (Err(e), Some(ix), Some(a)) = (&result, index, attempt) {
+        ix.fail(a, &e.to_string())?;
+    }
+    let committed = result?;
+    if let (Some(ix), Some(a)) = (index, attempt) {
+        ix.commit(a, &committed.manifest)?;
+    }
+    fsio::remove_if_exists(&job.store.progress_path(&key))?;
+    Ok(committed)
+}
+
+fn attempt_inner(job: &Job, key: Digest) -> Result<Committed> {
+    let start = Instant::now();
+    tracing::info!(key = %key.short(), "stage started");
+    fault::hit("stage-before-run");
+    let store = &job.store;
+    let observer = job.observer.clone();
+    let id = job.id.clone();
+    let on_progress = move |done: u64, total: u64| observer.progress(&id, done, total);
+    let mut ctx = StageContext {
+        stage_id: &job.id,
+        seed: job.parts.seed,
+        inputs: &job.inputs,
+        progress_path: store.progress_path(&key),
+        tmp_dir: store.tmp_dir(),
+        on_progress: &on_progress,
+    };
+    let outs = job.stage.run(&mut ctx)?;
+    let mut entries = BTreeMap::new();
+    let mut set = BTreeMap::new();
+    for (name, out) in outs.entries {
+        if let Some(p) = &out.publish {
+            check_publish_path(p).map_err(|m| Error::EngineArtifact {
+                stage: job.id.clone(),
+                output: name.clone(),
+                message: m,
+            })?;
+        }
+        let bytes = out.value.encode()?;
+        let (digest, size_bytes) = store.put_blob(&bytes)?;
+        drop(bytes);
+        let kind = out.value.kind();
+        entries.insert(
+            name.clone(),
+            OutputEntry {
+                kind,
+                digest,
+                size_bytes,
+                retention: out.retention,
+                publish: out.publish,
+            },
+        );
+        let value = OnceLock::new();
+        let _ = value.set(Arc::new(out.value));
+        set.insert(
+            name,
+            Entry {
+                kind,
+                digest,
+                path: store.blob_path(&digest),
+                value,
+            },
+        );
+    }
+    let manifest = Manifest {
+        key,
+        parts: job.parts.clone(),
+        pipeline: job.pipeline.clone(),
+        stage: job.id.clone(),
+        output_digest: output_digest(&entries),
+        outputs: entries,
+        metrics: outs.metrics,
+        committed_at_s: now_s(),
+        duration_s: start.elapsed().as_secs_f64(),
+    };
+    store.write_manifest(&manifest)?;
+    tracing::info!(key = %key.short(), duration_s = manifest.duration_s, "stage committed");
+    Ok(Committed {
+        manifest,
+        set: Arc::new(ArtifactSet::new(job.id.clone(), set)),
+    })
+}
+
+/// The outputs of a committed stage, read lazily from the store.
+pub(crate) fn lazy_set(store: &Store, m: &Manifest, id: &str) -> Arc<ArtifactSet> {
+    let entries = m
+        .outputs
+        .iter()
+        .map(|(name, o)| {
+            (
+                name.clone(),
+                Entry {
+                    kind: o.kind,
+                    digest: o.digest,
+                    path: store.blob_path(&o.digest),
+                    value: OnceLock::new(),
+                },
+            )
+        })
+        .collect();
+    Arc::new(ArtifactSet::new(id.to_string(), entries))
+}
+
+/// Publish paths are relative and stay inside the output folder.
+fn check_publish_path(p: &str) -> std::result::Result<(), String> {
+    let path = std::path::Path::new(p);
+    let ok = !p.is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("publish path `{p}` must be relative without `..`"))
+    }
+}
+
+/// Copies every published output of `m` into `out_dir` (skipping files already identical).
+pub(crate) fn publish(
+    store: &Store,
+    m: &Manifest,
+    out_dir: &std::path::Path,
+) -> Result<Vec<std::path::PathBuf>> {
+    let mut written = Vec::new();
+    for (name, o) in &m.outputs {
+        let Some(rel) = &o.publish else { continue };
+        let dest = out_dir.join(rel);
+        if std::fs::read(&dest)
+            .map(|b| Digest::of(&b) == o.digest)
+            .unwrap_or(false)
+        {
+            written.push(dest);
+            continue;
+        }
+        let src = store.blob_path(&o.digest);
+        let bytes = match std::fs::read(&src) {
+            Ok(b) if Digest::of(&b) == o.digest => b,
+            _ => {
+                tracing::warn!(stage = %m.stage, output = %name, "not published: blob missing or corrupt");
+                continue;
+            }
+        };
+        fsio::write_atomic(&store.tmp_dir(), &dest, &bytes, fsio::WriteKind::Publish)?;
+        written.push(dest);
+    }
+    Ok(written)
+}

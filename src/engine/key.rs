@@ -1,0 +1,250 @@
+//! Content keys. A stage's key is BLAKE3 over a canonical, typed encoding of everything that
+//! decides its result: engine format version, kind, kind `VERSION`, params, the digests of its
+//! inputs in declared order, seed, dtype and device class. The parts are kept beside the key
+//! (in the manifest) so `tyr plan` can say which one changed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Bumped whenever the engine's encoding of keys, manifests or blobs changes.
+pub const ENGINE_FORMAT: u32 = 1;
+
+/// A BLAKE3 digest, shown and stored as 64 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest(*blake3::hash(bytes).as_bytes())
+    }
+
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn short(&self) -> String {
+        self.hex()[..12].to_string()
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || Error::msg(format!("`{s}` is not a 64-digit hex digest"));
+        if s.len() != 64 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Digest(out))
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Digest({})", self.short())
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Digest::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One declared input of a stage as it enters the key: slot name and the output digest of each
+/// upstream stage bound to it, in declared order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputDigest {
+    pub slot: String,
+    pub digests: Vec<Digest>,
+}
+
+/// Everything a stage's result depends on. Hashing the bincode encoding of this struct gives
+/// the key; bincode is length-prefixed and typed, so no two different part lists collide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyParts {
+    pub engine_format: u32,
+    pub kind: String,
+    pub version: u32,
+    /// The params after typed parsing (defaults filled in), as canonical JSON (sorted keys).
+    pub params: String,
+    pub inputs: Vec<InputDigest>,
+    /// State outside the store the result depends on (e.g. a source file's digest), from
+    /// `Stage::fingerprint`.
+    pub external: Option<String>,
+    pub seed: u64,
+    pub dtype: String,
+    pub device_class: String,
+}
+
+impl KeyParts {
+    pub fn key(&self) -> Digest {
+        // Encoding a plain struct of strings and integers cannot fail.
+        let bytes = bincode::serialize(self).unwrap_or_default();
+        let mut h = blake3::Hasher::new();
+        h.update(b"tyr-stage-key");
+        h.update(&bytes);
+        Digest(*h.finalize().as_bytes())
+    }
+
+    /// Human-readable reasons why `self` differs from `old` (empty when equal).
+    pub fn diff(&self, old: &KeyParts) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.engine_format != old.engine_format {
+            out.push(format!(
+                "engine format {} → {}",
+                old.engine_format, self.engine_format
+            ));
+        }
+        if self.kind != old.kind {
+            out.push(format!("kind `{}` → `{}`", old.kind, self.kind));
+        }
+        if self.version != old.version {
+            out.push(format!("kind version {} → {}", old.version, self.version));
+        }
+        if self.params != old.params {
+            out.push(format!(
+                "params changed: {}",
+                params_diff(&old.params, &self.params)
+            ));
+        }
+        if self.inputs != old.inputs {
+            out.push(inputs_diff(&old.inputs, &self.inputs));
+        }
+        if self.external != old.external {
+            out.push(format!(
+                "external input changed: {} → {}",
+                old.external.as_deref().unwrap_or("(none)"),
+                self.external.as_deref().unwrap_or("(none)")
+            ));
+        }
+        if self.seed != old.seed {
+            out.push(format!("seed {} → {}", old.seed, self.seed));
+        }
+        if self.dtype != old.dtype {
+            out.push(format!("dtype {} → {}", old.dtype, self.dtype));
+        }
+        if self.device_class != old.device_class {
+            out.push(format!(
+                "device {} → {}",
+                old.device_class, self.device_class
+            ));
+        }
+        out
+    }
+}
+
+fn params_diff(old: &str, new: &str) -> String {
+    let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).ok();
+    let (Some(serde_json::Value::Object(a)), Some(serde_json::Value::Object(b))) =
+        (parse(old), parse(new))
+    else {
+        return format!("{old} → {new}");
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let show = |v: Option<&serde_json::Value>| v.map_or("(absent)".to_string(), |v| v.to_string());
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("{k}: {} → {}", show(a.get(k)), show(b.get(k))))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn inputs_diff(old: &[InputDigest], new: &[InputDigest]) -> String {
+    let mut changed = Vec::new();
+    for n in new {
+        match old.iter().find(|o| o.slot == n.slot) {
+            Some(o) if o == n => {}
+            Some(_) => changed.push(format!("input `{}` changed", n.slot)),
+            None => changed.push(format!("input `{}` added", n.slot)),
+        }
+    }
+    for o in old.iter().filter(|o| !new.iter().any(|n| n.slot == o.slot)) {
+        changed.push(format!("input `{}` removed", o.slot));
+    }
+    changed.join(", ")
+}
+
+/// Serialises `value` to JSON with every object's keys sorted, so equal params always give
+/// equal text whatever order the fields were written in.
+pub fn canonical_json<T: Serialize>(value: &T) -> Result<String> {
+    fn sort(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut entries: Vec<_> = m.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sort(v))).collect())
+            }
+            serde_json::Value::Array(a) => {
+                serde_json::Value::Array(a.into_iter().map(sort).collect())
+            }
+            other => other,
+        }
+    }
+    let v = serde_json::to_value(value).map_err(|e| Error::msg(format!("params: {e}")))?;
+    serde_json::to_string(&sort(v)).map_err(|e| Error::msg(format!("params: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts() -> KeyParts {
+        KeyParts {
+            engine_format: ENGINE_FORMAT,
+            kind: "k".into(),
+            version: 1,
+            params: r#"{"a":1,"b":"x"}"#.into(),
+            inputs: vec![],
+            external: None,
+            seed: 0,
+            dtype: "f32".into(),
+            device_class: "cpu".into(),
+        }
+    }
+
+    #[test]
+    fn every_part_changes_the_key_and_is_named_in_the_diff() {
+        let base = parts();
+        let mut p = base.clone();
+        p.params = r#"{"a":2,"b":"x"}"#.into();
+        assert_ne!(p.key(), base.key());
+        assert_eq!(p.diff(&base), vec!["params changed: a: 1 → 2".to_string()]);
+        let mut s = base.clone();
+        s.seed = 1;
+        assert_ne!(s.key(), base.key());
+        assert_eq!(s.diff(&base), vec!["seed 0 → 1".to_string()]);
+        assert!(base.diff(&base.clone()).is_empty());
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys() {
+        let mut m = serde_json::Map::new();
+        m.insert("z".into(), 1.into());
+        m.insert("a".into(), 2.into());
+        assert_eq!(canonical_json(&m).unwrap(), r#"{"a":2,"z":1}"#);
+    }
+
+    #[test]
+    fn digest_round_trips_through_hex() {
+        let d = Digest::of(b"abc");
+        assert_eq!(Digest::parse(&d.hex()).unwrap(), d);
+        assert!(Digest::parse("xyz").is_err());
+    }
+}

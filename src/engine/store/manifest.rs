@@ -1,0 +1,79 @@
+//! Stage manifests: one small JSON file per committed stage, `manifests/<key>.json`, holding
+//! the key parts, every output's digest and size, metrics and timings. The manifest on disk is
+//! the source of truth for "this stage is done".
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::artifact::{ArtifactKind, Retention};
+use crate::engine::key::{Digest, KeyParts};
+
+/// One output artifact as committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputEntry {
+    pub kind: ArtifactKind,
+    pub digest: Digest,
+    pub size_bytes: u64,
+    pub retention: Retention,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<String>,
+}
+
+/// A committed stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub key: Digest,
+    pub parts: KeyParts,
+    /// Pipeline and stage id of the run that committed it (another pipeline may reuse it).
+    pub pipeline: String,
+    pub stage: String,
+    pub outputs: BTreeMap<String, OutputEntry>,
+    /// Digest of the outputs' names, kinds and digests: what dependents see as this input.
+    pub output_digest: Digest,
+    pub metrics: BTreeMap<String, f64>,
+    /// Unix time in seconds.
+    pub committed_at_s: f64,
+    pub duration_s: f64,
+}
+
+/// The digest dependents use for a stage's outputs. Depends only on content, not on
+/// retention or publish paths.
+pub fn output_digest(outputs: &BTreeMap<String, OutputEntry>) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(b"tyr-outputs");
+    for (name, o) in outputs {
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(&[o.kind as u8]);
+        h.update(&o.digest.0);
+    }
+    Digest(*h.finalize().as_bytes())
+}
+
+impl Manifest {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // A struct of strings, numbers and maps with string keys always serialises.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    pub fn from_bytes(b: &[u8]) -> std::result::Result<Self, String> {
+        let m: Manifest = serde_json::from_slice(b).map_err(|e| e.to_string())?;
+        if m.parts.key() != m.key {
+            return Err("key does not match its parts".into());
+        }
+        if output_digest(&m.outputs) != m.output_digest {
+            return Err("output digest does not match its outputs".into());
+        }
+        Ok(m)
+    }
+}
+
+pub fn now_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

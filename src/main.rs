@@ -8,7 +8,11 @@ use tyr::cli::{engine_cmds, model_cmds};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
-#[command(name = "tyr", version, about = "Structured pruning of Llama-family models (Týr-the-Pruner)")]
+#[command(
+    name = "tyr",
+    version,
+    about = "Structured pruning of Llama-family models (Týr-the-Pruner)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -67,10 +67,12 @@ mod tests {
 
     #[test]
     fn same_seed_and_purpose_give_the_same_stream() {
-        let a: Vec<u64> = (0..4).map({
-            let mut s = Stream::new(7, "x", &[1, 2]);
-            move |_| s.next_u64()
-        }).collect();
+        let a: Vec<u64> = (0..4)
+            .map({
+                let mut s = Stream::new(7, "x", &[1, 2]);
+                move |_| s.next_u64()
+            })
+            .collect();
         let mut s = Stream::new(7, "x", &[1, 2]);
         let b: Vec<u64> = (0..4).map(|_| s.next_u64()).collect();
         assert_eq!(a, b);

@@ -24,7 +24,12 @@ impl LayerDims {
     /// The dense layout: `n_q / n_kv` consecutive query heads share each K/V head.
     pub fn dense(n_q: usize, n_kv: usize, d_ff: usize) -> Self {
         let group = if n_kv == 0 { 1 } else { n_q / n_kv };
-        LayerDims { n_q, n_kv, kv_map: (0..n_q).map(|h| h / group.max(1)).collect(), d_ff }
+        LayerDims {
+            n_q,
+            n_kv,
+            kv_map: (0..n_q).map(|h| h / group.max(1)).collect(),
+            d_ff,
+        }
     }
 }
 
@@ -82,6 +87,9 @@ impl ModelConfig {
     /// Decoder + embeddings + final norm + an untied `lm_head`.
     pub fn total_params(&self) -> usize {
         let emb = self.vocab_size * self.hidden_size;
-        self.decoder_params() + emb + self.hidden_size + if self.tie_word_embeddings { 0 } else { emb }
+        self.decoder_params()
+            + emb
+            + self.hidden_size
+            + if self.tie_word_embeddings { 0 } else { emb }
     }
 }

@@ -24,29 +24,79 @@ pub fn random_source(cfg: &ModelConfig, seed: u64) -> Result<MemorySource> {
     for (l, d) in cfg.layers.iter().enumerate() {
         let p = format!("model.layers.{l}");
         put(format!("{p}.input_layernorm.weight"), &[h], 1.0, 0.1)?;
-        put(format!("{p}.post_attention_layernorm.weight"), &[h], 1.0, 0.1)?;
+        put(
+            format!("{p}.post_attention_layernorm.weight"),
+            &[h],
+            1.0,
+            0.1,
+        )?;
         if d.n_q > 0 {
             let w = 1.0 / (h as f32).sqrt();
-            put(format!("{p}.self_attn.q_proj.weight"), &[d.n_q * dh, h], 0.0, w)?;
-            put(format!("{p}.self_attn.k_proj.weight"), &[d.n_kv * dh, h], 0.0, w)?;
-            put(format!("{p}.self_attn.v_proj.weight"), &[d.n_kv * dh, h], 0.0, w)?;
-            put(format!("{p}.self_attn.o_proj.weight"), &[h, d.n_q * dh], 0.0, w)?;
+            put(
+                format!("{p}.self_attn.q_proj.weight"),
+                &[d.n_q * dh, h],
+                0.0,
+                w,
+            )?;
+            put(
+                format!("{p}.self_attn.k_proj.weight"),
+                &[d.n_kv * dh, h],
+                0.0,
+                w,
+            )?;
+            put(
+                format!("{p}.self_attn.v_proj.weight"),
+                &[d.n_kv * dh, h],
+                0.0,
+                w,
+            )?;
+            put(
+                format!("{p}.self_attn.o_proj.weight"),
+                &[h, d.n_q * dh],
+                0.0,
+                w,
+            )?;
             if cfg.attention_bias {
-                put(format!("{p}.self_attn.q_proj.bias"), &[d.n_q * dh], 0.0, 0.02)?;
-                put(format!("{p}.self_attn.k_proj.bias"), &[d.n_kv * dh], 0.0, 0.02)?;
-                put(format!("{p}.self_attn.v_proj.bias"), &[d.n_kv * dh], 0.0, 0.02)?;
+                put(
+                    format!("{p}.self_attn.q_proj.bias"),
+                    &[d.n_q * dh],
+                    0.0,
+                    0.02,
+                )?;
+                put(
+                    format!("{p}.self_attn.k_proj.bias"),
+                    &[d.n_kv * dh],
+                    0.0,
+                    0.02,
+                )?;
+                put(
+                    format!("{p}.self_attn.v_proj.bias"),
+                    &[d.n_kv * dh],
+                    0.0,
+                    0.02,
+                )?;
             }
         }
         if d.d_ff > 0 {
             let w = 1.0 / (h as f32).sqrt();
             put(format!("{p}.mlp.gate_proj.weight"), &[d.d_ff, h], 0.0, w)?;
             put(format!("{p}.mlp.up_proj.weight"), &[d.d_ff, h], 0.0, w)?;
-            put(format!("{p}.mlp.down_proj.weight"), &[h, d.d_ff], 0.0, 1.0 / (d.d_ff as f32).sqrt())?;
+            put(
+                format!("{p}.mlp.down_proj.weight"),
+                &[h, d.d_ff],
+                0.0,
+                1.0 / (d.d_ff as f32).sqrt(),
+            )?;
         }
     }
     put("model.norm.weight".into(), &[h], 1.0, 0.1)?;
     if !cfg.tie_word_embeddings {
-        put("lm_head.weight".into(), &[v, h], 0.0, 1.0 / (h as f32).sqrt())?;
+        put(
+            "lm_head.weight".into(),
+            &[v, h],
+            0.0,
+            1.0 / (h as f32).sqrt(),
+        )?;
     }
     Ok(src)
 }

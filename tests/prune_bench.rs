@@ -1,0 +1,70 @@
+//! Timings of one local prune at SmolLM2-135M sizes. Ignored by default; run with
+//! `cargo test --release --test prune_bench -- --ignored --nocapture`.
+
+use std::time::Instant;
+
+use tyr::prune::local::{LocalPruneOptions, ModuleWeight, PruneContext, local_prune};
+use tyr::prune::stats::Hessian;
+use tyr::prune::{ModuleKind, UnitLayout};
+use tyr::rng::Stream;
+
+fn setup(d_in: usize, d_out: usize, tokens: usize) -> (Hessian, Vec<f32>) {
+    let mut s = Stream::new(1, "bench", &[d_in as u64]);
+    let x: Vec<f32> = (0..tokens * d_in).map(|_| s.normal() as f32).collect();
+    let t = Instant::now();
+    let mut h = Hessian::zeros(d_in);
+    for batch in x.chunks(512 * d_in) {
+        h.accumulate_rows(batch).unwrap();
+    }
+    eprintln!(
+        "H accumulation d={d_in}, {tokens} tokens: {:.3} s",
+        t.elapsed().as_secs_f64()
+    );
+    (h, (0..d_out * d_in).map(|_| s.normal() as f32).collect())
+}
+
+#[test]
+#[ignore]
+fn bench_local_prune_smollm2_ffn_half_sixteen_passes() {
+    let (h, w) = setup(1536, 576, 4096);
+    let module = ModuleWeight {
+        weight: &w,
+        d_out: 576,
+        layout: UnitLayout::channels(1536),
+    };
+    let ctx = PruneContext {
+        layer: 0,
+        module: ModuleKind::Ffn,
+    };
+    let t = Instant::now();
+    let v = local_prune(&ctx, &h, &module, 768, &LocalPruneOptions::ffn_default()).unwrap();
+    eprintln!(
+        "FFN 1536→576 at 768/1536, 16 passes: {:.3} s (rel error {:.4})",
+        t.elapsed().as_secs_f64(),
+        v.metrics.rel_error
+    );
+}
+
+#[test]
+#[ignore]
+fn bench_local_prune_smollm2_attention_nine_heads() {
+    let (h, w) = setup(576, 576, 4096);
+    let module = ModuleWeight {
+        weight: &w,
+        d_out: 576,
+        layout: UnitLayout::heads(9, 64),
+    };
+    let ctx = PruneContext {
+        layer: 0,
+        module: ModuleKind::Attn,
+    };
+    for level in [1, 4, 8] {
+        let t = Instant::now();
+        let v = local_prune(&ctx, &h, &module, level, &LocalPruneOptions::attn_default()).unwrap();
+        eprintln!(
+            "attn 9×64→576 at level {level}, 1 head per pass: {:.3} s (rel error {:.4})",
+            t.elapsed().as_secs_f64(),
+            v.metrics.rel_error
+        );
+    }
+}

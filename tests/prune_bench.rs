@@ -68,3 +68,37 @@ fn bench_local_prune_smollm2_attention_nine_heads() {
         );
     }
 }
+
+#[test]
+#[ignore]
+fn bench_spd_inverse_1536() {
+    use tyr::prune::linalg::spd_inverse;
+    let (h, _) = setup(1536, 1, 2048);
+    let (hl, _) = h.damped(0.01);
+    let t = Instant::now();
+    let inv = spd_inverse(&hl).unwrap();
+    eprintln!(
+        "spd_inverse 1536: {:.3} s ({})",
+        t.elapsed().as_secs_f64(),
+        inv.get(0, 0)
+    );
+}
+
+#[test]
+#[ignore]
+fn bench_gemm_f64_1536_for_calibration() {
+    use tyr::prune::linalg::{Mat, Op, matmul};
+    let a = Mat::from_vec(
+        1536,
+        1536,
+        (0..1536 * 1536).map(|i| (i % 7) as f64).collect(),
+    );
+    let t = Instant::now();
+    let c = matmul(Op::N(&a), Op::T(&a));
+    let s = t.elapsed().as_secs_f64();
+    eprintln!(
+        "gemm f64 1536³: {s:.3} s = {:.2} GFLOP/s ({})",
+        2.0 * 1536f64.powi(3) / s / 1e9,
+        c.get(0, 0)
+    );
+}

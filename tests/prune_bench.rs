@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use tyr::prune::local::{LocalPruneOptions, ModuleWeight, PruneContext, local_prune};
+use tyr::prune::local::{LocalPruneOptions, ModulePruner, ModuleWeight, PruneContext, local_prune};
 use tyr::prune::stats::Hessian;
 use tyr::prune::{ModuleKind, UnitLayout};
 use tyr::rng::Stream;
@@ -100,5 +100,29 @@ fn bench_gemm_f64_1536_for_calibration() {
         "gemm f64 1536³: {s:.3} s = {:.2} GFLOP/s ({})",
         2.0 * 1536f64.powi(3) / s / 1e9,
         c.get(0, 0)
+    );
+}
+
+#[test]
+#[ignore]
+fn bench_supernet_levels_of_one_smollm2_ffn_module() {
+    let (h, w) = setup(1536, 576, 4096);
+    let module = ModuleWeight {
+        weight: &w,
+        d_out: 576,
+        layout: UnitLayout::channels(1536),
+    };
+    let ctx = PruneContext {
+        layer: 0,
+        module: ModuleKind::Ffn,
+    };
+    let t = Instant::now();
+    let pruner = ModulePruner::new(ctx, &h, module, LocalPruneOptions::ffn_default()).unwrap();
+    for k in 0..=8 {
+        pruner.prune(k * 192).unwrap();
+    }
+    eprintln!(
+        "FFN 1536→576, all 9 lattice levels (shared start): {:.3} s",
+        t.elapsed().as_secs_f64()
     );
 }

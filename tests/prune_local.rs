@@ -5,7 +5,8 @@
 use tyr::Error;
 use tyr::prune::linalg::{Mat, Op, matmul};
 use tyr::prune::local::{
-    LocalPruneOptions, ModuleWeight, PruneContext, RemovalSchedule, local_prune, pass_sizes,
+    LocalPruneOptions, ModulePruner, ModuleWeight, PruneContext, RemovalSchedule, local_prune,
+    pass_sizes,
 };
 use tyr::prune::obs::{FirstOrder, ObsState, refit};
 use tyr::prune::stats::Hessian;
@@ -445,4 +446,42 @@ fn pruning_is_deterministic() {
     let a = local_prune(&CTX, &h, &module, 12, &LocalPruneOptions::ffn_default()).unwrap();
     let b = local_prune(&CTX, &h, &module, 12, &LocalPruneOptions::ffn_default()).unwrap();
     assert_eq!(a, b);
+}
+
+#[test]
+fn module_pruner_levels_equal_separate_local_prunes_bit_for_bit() {
+    fn assert_sync<T: Sync>(_: &T) {}
+    let (h, w) = problem(24, 5, 80, 12);
+    let module = ModuleWeight {
+        weight: &w,
+        d_out: 5,
+        layout: UnitLayout::heads(6, 4),
+    };
+    let opts = LocalPruneOptions::attn_default();
+    let pruner = ModulePruner::new(CTX, &h, module, opts).unwrap();
+    assert_sync(&pruner);
+    let shared: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..=6)
+            .map(|l| {
+                s.spawn({
+                    let pruner = &pruner;
+                    move || pruner.prune(l).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (level, v) in shared.iter().enumerate() {
+        assert_eq!(
+            v,
+            &local_prune(&CTX, &h, &module, level, &opts).unwrap(),
+            "level {level}"
+        );
+        assert_eq!(v.kept.len(), 6 - level);
+    }
+    assert!(
+        shared
+            .windows(2)
+            .all(|p| p[0].metrics.rel_error <= p[1].metrics.rel_error + 1e-12)
+    );
 }

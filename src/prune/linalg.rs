@@ -279,7 +279,7 @@ fn cholesky_rec(mut a: Mat, tol: f64) -> Result<Mat, NotPositiveDefinite> {
             let (_, lower) = a.data.split_at_mut(j * n);
             let (rj, rows_below) = lower.split_at_mut(n);
             let d = rj[j] - rj[..j].iter().map(|x| x * x).sum::<f64>();
-            if !(d > tol) || !d.is_finite() {
+            if d.is_nan() || d <= tol || d.is_infinite() {
                 return Err(NotPositiveDefinite);
             }
             let ljj = d.sqrt();

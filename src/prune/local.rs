@@ -115,7 +115,7 @@ pub fn pass_sizes(schedule: RemovalSchedule, r: usize) -> Result<Vec<usize>> {
         }
         RemovalSchedule::UnitsPerPass(u) => {
             let mut sizes = vec![u; r / u];
-            if r % u != 0 {
+            if !r.is_multiple_of(u) {
                 sizes.push(r % u);
             }
             Ok(sizes)
@@ -125,7 +125,8 @@ pub fn pass_sizes(schedule: RemovalSchedule, r: usize) -> Result<Vec<usize>> {
 
 /// Prunes `level` units of one module (§5). Level 0 returns the weight bit for bit; level =
 /// units returns an empty weight. A numerical failure restarts with λ ×10 up to
-/// `damping_retries` times, then fails with `LocalPruneSingular`.
+/// `damping_retries` times, then fails with `LocalPruneSingular`. To build several levels of one
+/// module, use `ModulePruner`, which shares the level-independent work.
 pub fn local_prune(
     ctx: &PruneContext,
     h: &Hessian,
@@ -133,74 +134,194 @@ pub fn local_prune(
     level: usize,
     opts: &LocalPruneOptions,
 ) -> Result<Variant> {
-    let layout = module.layout;
-    let d_in = layout.channels_total();
-    check_inputs(ctx, h, module, level, opts)?;
-    let lambda0 = damping_lambda(h.diag_mean(), opts.damping);
-    let all_or_none = |kept: Vec<u32>, weight: Vec<f32>, rel_error: f64| Variant {
-        level,
-        kept,
-        d_out: module.d_out,
-        weight,
-        metrics: VariantMetrics {
-            rel_error,
-            damping: opts.damping,
-            lambda: lambda0,
-            retries: 0,
-            passes: 0,
-            free_units: 0,
-        },
-    };
-    if level == 0 {
-        let kept = (0..layout.units as u32).collect();
-        return Ok(all_or_none(kept, module.weight.to_vec(), 0.0));
+    ModulePruner::new(*ctx, h, *module, *opts)?.prune(level)
+}
+
+/// The start state at the base damping: Hλ, and W = W0, Hinv = Hλ⁻¹, G = Hλ·W0.
+type Start = std::result::Result<(Mat, ObsState), NotPositiveDefinite>;
+
+/// Local pruning of one module at any number of levels. The start state (Hλ, Hλ⁻¹ and
+/// G = Hλ·W0, most of the cost of one variant) is computed once, on first use, and cloned for
+/// each level, so every variant is bit-identical to a separate `local_prune` call. `Sync`:
+/// levels may be pruned from several threads at once.
+pub struct ModulePruner<'a> {
+    ctx: PruneContext,
+    h: &'a Hessian,
+    module: ModuleWeight<'a>,
+    opts: LocalPruneOptions,
+    w0: Mat,
+    dead: Vec<bool>,
+    lambda0: f64,
+    start: std::sync::OnceLock<Start>,
+}
+
+impl<'a> ModulePruner<'a> {
+    /// Checks shapes and options; no factorisation yet.
+    pub fn new(
+        ctx: PruneContext,
+        h: &'a Hessian,
+        module: ModuleWeight<'a>,
+        opts: LocalPruneOptions,
+    ) -> Result<Self> {
+        check_inputs(&ctx, h, &module, 0, &opts)?;
+        let d_in = module.layout.channels_total();
+        Ok(ModulePruner {
+            ctx,
+            h,
+            module,
+            opts,
+            w0: Mat::from_f32(module.d_out, d_in, module.weight).transpose(),
+            dead: dead_mask(h),
+            lambda0: damping_lambda(h.diag_mean(), opts.damping),
+            start: std::sync::OnceLock::new(),
+        })
     }
-    if level == layout.units {
-        // Hλ is positive definite, so the relative error of an empty branch is 1 unless W0 = 0.
-        let rel = if module.weight.iter().all(|&x| x == 0.0) {
-            0.0
-        } else {
-            1.0
+
+    /// One variant at `level` units removed.
+    pub fn prune(&self, level: usize) -> Result<Variant> {
+        let (ctx, module, opts) = (&self.ctx, &self.module, &self.opts);
+        check_inputs(ctx, self.h, module, level, opts)?;
+        let units = module.layout.units;
+        let all_or_none = |kept: Vec<u32>, weight: Vec<f32>, rel_error: f64| Variant {
+            level,
+            kept,
+            d_out: module.d_out,
+            weight,
+            metrics: VariantMetrics {
+                rel_error,
+                damping: opts.damping,
+                lambda: self.lambda0,
+                retries: 0,
+                passes: 0,
+                free_units: 0,
+            },
         };
-        return Ok(all_or_none(Vec::new(), Vec::new(), rel));
-    }
-    let w0 = Mat::from_f32(module.d_out, d_in, module.weight).transpose();
-    let dead = dead_mask(h);
-    let mut scale = 1.0;
-    for retry in 0..=opts.damping_retries {
-        let lambda = lambda0 * scale;
-        match prune_once(h.plus_identity(lambda), &w0, &dead, layout, level, opts) {
-            Ok((kept, weight, mut metrics)) => {
-                metrics.damping = opts.damping * scale;
-                metrics.lambda = lambda;
-                metrics.retries = retry;
-                tracing::debug!(
-                    layer = ctx.layer, module = %ctx.module, level, rel_error = metrics.rel_error,
-                    retries = retry, "local prune"
-                );
-                return Ok(Variant {
-                    level,
-                    kept,
-                    d_out: module.d_out,
-                    weight,
-                    metrics,
-                });
-            }
-            Err(NotPositiveDefinite) => {
-                tracing::warn!(
-                    layer = ctx.layer, module = %ctx.module, level, lambda,
-                    "local prune: not positive definite, raising damping ×10"
-                );
-                scale *= 10.0;
+        if level == 0 {
+            return Ok(all_or_none(
+                (0..units as u32).collect(),
+                module.weight.to_vec(),
+                0.0,
+            ));
+        }
+        if level == units {
+            // Hλ is positive definite, so an empty branch has relative error 1 unless W0 = 0.
+            let rel = if module.weight.iter().all(|&x| x == 0.0) {
+                0.0
+            } else {
+                1.0
+            };
+            return Ok(all_or_none(Vec::new(), Vec::new(), rel));
+        }
+        let mut scale = 1.0;
+        for retry in 0..=opts.damping_retries {
+            let lambda = self.lambda0 * scale;
+            let attempt = if retry == 0 {
+                self.start
+                    .get_or_init(|| self.start_state(lambda))
+                    .clone()
+                    .and_then(|(hl, state)| self.prune_from(&hl, state, level))
+            } else {
+                self.start_state(lambda)
+                    .and_then(|(hl, state)| self.prune_from(&hl, state, level))
+            };
+            match attempt {
+                Ok((kept, weight, mut metrics)) => {
+                    metrics.damping = opts.damping * scale;
+                    metrics.lambda = lambda;
+                    metrics.retries = retry;
+                    tracing::debug!(
+                        layer = ctx.layer, module = %ctx.module, level,
+                        rel_error = metrics.rel_error, retries = retry, "local prune"
+                    );
+                    return Ok(Variant {
+                        level,
+                        kept,
+                        d_out: module.d_out,
+                        weight,
+                        metrics,
+                    });
+                }
+                Err(NotPositiveDefinite) => {
+                    tracing::warn!(
+                        layer = ctx.layer, module = %ctx.module, level, lambda,
+                        "local prune: not positive definite, raising damping ×10"
+                    );
+                    scale *= 10.0;
+                }
             }
         }
+        Err(Error::LocalPruneSingular {
+            layer: ctx.layer,
+            module: ctx.module,
+            level,
+            damping: opts.damping * scale / 10.0,
+        })
     }
-    Err(Error::LocalPruneSingular {
-        layer: ctx.layer,
-        module: ctx.module,
-        level,
-        damping: opts.damping * scale / 10.0,
-    })
+
+    fn start_state(&self, lambda: f64) -> Start {
+        let hl = self.h.plus_identity(lambda);
+        let state = ObsState::new(&hl, self.w0.clone())?;
+        Ok((hl, state))
+    }
+
+    /// Free removal, scored passes and the refit, from a fresh start state.
+    fn prune_from(
+        &self,
+        h_lambda: &Mat,
+        mut state: ObsState,
+        level: usize,
+    ) -> std::result::Result<Outcome, NotPositiveDefinite> {
+        let (layout, opts, w0) = (self.module.layout, &self.opts, &self.w0);
+        let channels = |units: &[usize]| -> Vec<usize> {
+            units
+                .iter()
+                .flat_map(|&u| layout.unit_channels(u))
+                .collect()
+        };
+        let free_units: Vec<usize> = (0..layout.units)
+            .filter(|&u| {
+                let zero = layout
+                    .unit_channels(u)
+                    .all(|i| w0.row(i).iter().all(|&x| x == 0.0));
+                zero || layout.unit_channels(u).all(|i| self.dead[i])
+            })
+            .take(level)
+            .collect();
+        state.remove(&channels(&free_units))?;
+        let mut is_free = vec![false; layout.units];
+        free_units.iter().for_each(|&u| is_free[u] = true);
+        let mut remaining: Vec<usize> = (0..layout.units).filter(|&u| !is_free[u]).collect();
+        // A schedule of 0 was rejected in `check_inputs`.
+        let sizes =
+            pass_sizes(opts.schedule, level - free_units.len()).map_err(|_| NotPositiveDefinite)?;
+        for &p in &sizes {
+            let scores =
+                state.unit_scores(&layout, &remaining, opts.first_order, opts.second_order)?;
+            let scored: Vec<(usize, f64)> = remaining.iter().copied().zip(scores).collect();
+            let mut chosen = lowest_units(&scored, p);
+            chosen.sort_unstable();
+            state.remove(&channels(&chosen))?;
+            remaining.retain(|u| chosen.binary_search(u).is_err());
+        }
+        let kept_channels = channels(&remaining);
+        let w_hat_t = refit(h_lambda, state.g(), &kept_channels)?;
+        let weight: Vec<f32> = w_hat_t.data().iter().map(|&x| x as f32).collect();
+        if weight.iter().any(|x| !x.is_finite()) {
+            return Err(NotPositiveDefinite);
+        }
+        let stored = Mat::from_f32(w_hat_t.rows(), w_hat_t.cols(), &weight);
+        let rel_error = relative_error(h_lambda, w0, state.g(), &stored, &kept_channels);
+        let kept = remaining.iter().map(|&u| u as u32).collect();
+        let metrics = VariantMetrics {
+            rel_error,
+            damping: 0.0,
+            lambda: 0.0,
+            retries: 0,
+            passes: sizes.len(),
+            free_units: free_units.len(),
+        };
+        Ok((kept, weight, metrics))
+    }
 }
 
 fn check_inputs(
@@ -243,72 +364,12 @@ fn check_inputs(
     pass_sizes(opts.schedule, 0).map(|_| ())
 }
 
+type Outcome = (Vec<u32>, Vec<f32>, VariantMetrics);
+
 fn dead_mask(h: &Hessian) -> Vec<bool> {
     let mut dead = vec![false; h.dim()];
     for i in h.dead_channels() {
         dead[i] = true;
     }
     dead
-}
-
-type Outcome = (Vec<u32>, Vec<f32>, VariantMetrics);
-
-/// One attempt at a fixed λ (already added into `h_lambda`).
-fn prune_once(
-    h_lambda: Mat,
-    w0: &Mat,
-    dead: &[bool],
-    layout: UnitLayout,
-    level: usize,
-    opts: &LocalPruneOptions,
-) -> Result<Outcome, NotPositiveDefinite> {
-    let mut state = ObsState::new(&h_lambda, w0.clone())?;
-    let channels = |units: &[usize]| -> Vec<usize> {
-        units
-            .iter()
-            .flat_map(|&u| layout.unit_channels(u))
-            .collect()
-    };
-    let free_units: Vec<usize> = (0..layout.units)
-        .filter(|&u| {
-            let zero = layout
-                .unit_channels(u)
-                .all(|i| w0.row(i).iter().all(|&x| x == 0.0));
-            zero || layout.unit_channels(u).all(|i| dead[i])
-        })
-        .take(level)
-        .collect();
-    state.remove(&channels(&free_units))?;
-    let mut is_free = vec![false; layout.units];
-    free_units.iter().for_each(|&u| is_free[u] = true);
-    let mut remaining: Vec<usize> = (0..layout.units).filter(|&u| !is_free[u]).collect();
-    // A schedule of 0 was rejected in `check_inputs`.
-    let sizes =
-        pass_sizes(opts.schedule, level - free_units.len()).map_err(|_| NotPositiveDefinite)?;
-    for &p in &sizes {
-        let scores = state.unit_scores(&layout, &remaining, opts.first_order, opts.second_order)?;
-        let scored: Vec<(usize, f64)> = remaining.iter().copied().zip(scores).collect();
-        let mut chosen = lowest_units(&scored, p);
-        chosen.sort_unstable();
-        state.remove(&channels(&chosen))?;
-        remaining.retain(|u| chosen.binary_search(u).is_err());
-    }
-    let kept_channels = channels(&remaining);
-    let w_hat_t = refit(&h_lambda, state.g(), &kept_channels)?;
-    let weight: Vec<f32> = w_hat_t.data().iter().map(|&x| x as f32).collect();
-    if weight.iter().any(|x| !x.is_finite()) {
-        return Err(NotPositiveDefinite);
-    }
-    let stored = Mat::from_f32(w_hat_t.rows(), w_hat_t.cols(), &weight);
-    let rel_error = relative_error(&h_lambda, w0, state.g(), &stored, &kept_channels);
-    let kept = remaining.iter().map(|&u| u as u32).collect();
-    let metrics = VariantMetrics {
-        rel_error,
-        damping: 0.0,
-        lambda: 0.0,
-        retries: 0,
-        passes: sizes.len(),
-        free_units: free_units.len(),
-    };
-    Ok((kept, weight, metrics))
 }

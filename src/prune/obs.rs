@@ -143,7 +143,7 @@ impl ObsState {
     fn obs_term(&self, chans: &[usize]) -> Result<f64, NotPositiveDefinite> {
         if let [i] = chans {
             let d = self.hinv.get(*i, *i);
-            if !(d > 0.0) {
+            if d.is_nan() || d <= 0.0 {
                 return Err(NotPositiveDefinite);
             }
             return Ok(self.w.row(*i).iter().map(|x| x * x).sum::<f64>() / d);

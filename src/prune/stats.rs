@@ -54,7 +54,7 @@ impl Hessian {
     /// Adds `XᵀX` for a batch `rows` of shape [n, d] (row-major).
     pub fn accumulate_rows(&mut self, rows: &[f32]) -> Result<()> {
         let d = self.dim;
-        if d == 0 || rows.len() % d != 0 {
+        if d == 0 || !rows.len().is_multiple_of(d) {
             return Err(shape_err(
                 "activation batch length (a multiple of d)",
                 d,

@@ -73,7 +73,7 @@ pub struct ModuleWeight<'a> {
 /// What is stored with a variant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VariantMetrics {
-    /// `tr((W0−Ŵ)ᵀHλ(W0−Ŵ)) / tr(W0ᵀHλW0)`, with the f32 Ŵ and the Hλ actually used.
+    /// `tr((W0−Ŵ)ᵀHλ(W0−Ŵ)) / tr(W0ᵀHλW0)`, with the Hλ actually used.
     pub rel_error: f64,
     /// The damping factor used (the option × 10^retries).
     pub damping: f64,
@@ -309,8 +309,7 @@ impl<'a> ModulePruner<'a> {
         if weight.iter().any(|x| !x.is_finite()) {
             return Err(NotPositiveDefinite);
         }
-        let stored = Mat::from_f32(w_hat_t.rows(), w_hat_t.cols(), &weight);
-        let rel_error = relative_error(h_lambda, w0, state.g(), &stored, &kept_channels);
+        let rel_error = relative_error(w0, state.g(), &w_hat_t, &kept_channels);
         let kept = remaining.iter().map(|&u| u as u32).collect();
         let metrics = VariantMetrics {
             rel_error,

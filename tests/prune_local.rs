@@ -162,6 +162,25 @@ fn inverse_hessian_on_kept_channels_equals_inverse_of_kept_block_after_each_remo
 }
 
 #[test]
+fn inverse_hessian_stays_accurate_through_many_passes_at_realistic_width() {
+    let (h, w) = problem(240, 16, 600, 13);
+    let (hl, _) = h.damped(0.01);
+    let mut state = ObsState::new(&hl, Mat::from_f32(16, 240, &w).transpose()).unwrap();
+    let mut s = Stream::new(14, "removal-order", &[]);
+    let mut order: Vec<usize> = (0..240).collect();
+    s.shuffle(&mut order);
+    for chunk in order[..210].chunks(14) {
+        state.remove(chunk).unwrap();
+    }
+    let kept = state.kept_channels().to_vec();
+    assert_eq!(kept.len(), 30);
+    let expected = gauss_jordan_inverse(&hl.select(&kept, &kept));
+    assert!(rel_diff(state.hinv(), &expected) < 1e-6);
+    let refit_t = refit(&hl, state.g(), &kept).unwrap();
+    assert!(rel_diff(state.weight(), &refit_t.transpose()) < 1e-6);
+}
+
+#[test]
 fn refit_is_optimal_for_its_kept_set() {
     let layout = UnitLayout::channels(16);
     let (h, w) = problem(16, 6, 120, 3);

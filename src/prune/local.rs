@@ -10,6 +10,10 @@ use super::stats::{Hessian, damping_lambda};
 use super::{ModuleKind, UnitLayout, lowest_units};
 use crate::{Error, Result};
 
+/// Version of the local-pruning code, part of every variant's checkpoint key (§6). Bump it
+/// whenever a change can alter any variant's bits.
+pub const LOCAL_PRUNE_VERSION: u32 = 1;
+
 /// How the r removed units of one variant are split into passes (`attn-removal`/`ffn-removal`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

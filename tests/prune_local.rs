@@ -240,6 +240,10 @@ fn full_level_yields_an_empty_weight() {
     let v = local_prune(&CTX, &h, &module, 2, &LocalPruneOptions::attn_default()).unwrap();
     assert!(v.kept.is_empty());
     assert!(v.weight.is_empty());
+    assert_eq!(
+        v.padded_weight(UnitLayout::heads(2, 4)).unwrap(),
+        vec![0.0; 24]
+    );
     assert_eq!(v.metrics.rel_error, 1.0);
 }
 

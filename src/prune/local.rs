@@ -105,6 +105,22 @@ pub struct Variant {
     pub metrics: VariantMetrics,
 }
 
+impl Variant {
+    /// The refit weight padded back to the dense shape [d_out, units·width], zeros in the
+    /// removed columns (what the expectation and a masked dense forward use).
+    pub fn padded_weight(&self, layout: UnitLayout) -> Result<Vec<f32>> {
+        super::slice::pad_columns(&self.weight, &self.kept, self.d_out, layout)
+    }
+
+    /// The view `expectation::averaged_weight` takes.
+    pub fn compact(&self) -> super::expectation::CompactWeight<'_> {
+        super::expectation::CompactWeight {
+            kept: &self.kept,
+            weight: &self.weight,
+        }
+    }
+}
+
 /// Pass sizes for removing r units: `Passes(P)` gives min(P, r) sizes differing by at most 1,
 /// larger first; `UnitsPerPass(u)` gives ⌊r/u⌋ passes of u, then the remainder.
 pub fn pass_sizes(schedule: RemovalSchedule, r: usize) -> Result<Vec<usize>> {

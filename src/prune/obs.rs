@@ -34,14 +34,15 @@ pub struct ObsState {
     pos: Vec<usize>,
     w: Mat,
     hinv: Mat,
-    g: Mat,
+    /// Shared between clones: it never changes, and it is d_in × d_out.
+    g: std::sync::Arc<Mat>,
 }
 
 impl ObsState {
     /// Starts from `W = W0` (d_in × d_out) and `Hinv = Hλ⁻¹`; `G = Hλ·W0` stays fixed.
     pub fn new(h_lambda: &Mat, w0: Mat) -> Result<Self, NotPositiveDefinite> {
         let hinv = spd_inverse(h_lambda)?;
-        let g = matmul(Op::N(h_lambda), Op::N(&w0));
+        let g = std::sync::Arc::new(matmul(Op::N(h_lambda), Op::N(&w0)));
         let d_in = w0.rows();
         Ok(ObsState {
             kept: (0..d_in).collect(),

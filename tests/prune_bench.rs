@@ -126,3 +126,37 @@ fn bench_supernet_levels_of_one_smollm2_ffn_module() {
         t.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+#[ignore]
+fn bench_phases_of_one_smollm2_ffn_prune() {
+    use tyr::prune::linalg::Mat;
+    use tyr::prune::obs::{FirstOrder, ObsState, refit};
+    let (h, w) = setup(1536, 576, 4096);
+    let layout = UnitLayout::channels(1536);
+    let (hl, _) = h.damped(0.01);
+    let t = Instant::now();
+    let mut state = ObsState::new(&hl, Mat::from_f32(576, 1536, &w).transpose()).unwrap();
+    eprintln!("phase start (Hλ⁻¹, G): {:.3} s", t.elapsed().as_secs_f64());
+    let (mut t_score, mut t_remove) = (0.0, 0.0);
+    let mut remaining: Vec<usize> = (0..1536).collect();
+    for _ in 0..16 {
+        let t = Instant::now();
+        let scores = state
+            .unit_scores(&layout, &remaining, FirstOrder::Signed, true)
+            .unwrap();
+        t_score += t.elapsed().as_secs_f64();
+        let mut order: Vec<usize> = (0..remaining.len()).collect();
+        order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+        let mut chosen: Vec<usize> = order[..48].iter().map(|&a| remaining[a]).collect();
+        chosen.sort_unstable();
+        let t = Instant::now();
+        state.remove(&chosen).unwrap();
+        t_remove += t.elapsed().as_secs_f64();
+        remaining.retain(|u| chosen.binary_search(u).is_err());
+    }
+    eprintln!("phase scores: {t_score:.3} s, removals: {t_remove:.3} s");
+    let t = Instant::now();
+    refit(&hl, state.g(), state.kept_channels()).unwrap();
+    eprintln!("phase refit: {:.3} s", t.elapsed().as_secs_f64());
+}

@@ -2,6 +2,8 @@
 //! units, progressive scored passes with OBS updates, the exact least-squares refit, damping
 //! retries, and the metrics stored with each variant. The math lives in `obs.rs`.
 
+use std::sync::{Arc, OnceLock};
+
 use serde::{Deserialize, Serialize};
 
 use super::linalg::{Mat, NotPositiveDefinite};
@@ -158,7 +160,7 @@ pub fn local_prune(
 }
 
 /// The start state at the base damping: Hλ, and W = W0, Hinv = Hλ⁻¹, G = Hλ·W0.
-type Start = std::result::Result<(Mat, ObsState), NotPositiveDefinite>;
+type Start = std::result::Result<(Arc<Mat>, ObsState), NotPositiveDefinite>;
 
 /// Local pruning of one module at any number of levels. The start state (Hλ, Hλ⁻¹ and
 /// G = Hλ·W0, most of the cost of one variant) is computed once, on first use, and cloned for
@@ -172,7 +174,7 @@ pub struct ModulePruner<'a> {
     w0: Mat,
     dead: Vec<bool>,
     lambda0: f64,
-    start: std::sync::OnceLock<Start>,
+    start: OnceLock<Start>,
 }
 
 impl<'a> ModulePruner<'a> {
@@ -193,7 +195,7 @@ impl<'a> ModulePruner<'a> {
             w0: Mat::from_f32(module.d_out, d_in, module.weight).transpose(),
             dead: dead_mask(h),
             lambda0: damping_lambda(h.diag_mean(), opts.damping),
-            start: std::sync::OnceLock::new(),
+            start: OnceLock::new(),
         })
     }
 
@@ -281,7 +283,7 @@ impl<'a> ModulePruner<'a> {
     fn start_state(&self, lambda: f64) -> Start {
         let hl = self.h.plus_identity(lambda);
         let state = ObsState::new(&hl, self.w0.clone())?;
-        Ok((hl, state))
+        Ok((Arc::new(hl), state))
     }
 
     /// Free removal, scored passes and the refit, from a fresh start state.

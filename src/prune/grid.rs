@@ -18,6 +18,7 @@ pub enum Round1Grid {
 
 /// Grid options with their defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct GridOptions {
     /// K: levels on each side of the centre [4].
     pub levels_each_side: usize,

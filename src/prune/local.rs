@@ -28,6 +28,7 @@ pub enum RemovalSchedule {
 
 /// Local pruning options (§5), defaults in `attn_default` / `ffn_default`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct LocalPruneOptions {
     /// λ = damping · mean(diag H) [0.01].
     pub damping: f64,

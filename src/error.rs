@@ -163,7 +163,39 @@ pub enum Error {
         message: String,
     },
     // ---- prune --------------------------------------------------------------------------------
-
+    #[error(
+        "local pruning of layer {layer} {module} at level {level} failed: the damped Hessian is \
+         not positive definite even with damping {damping}; raise `damping` or \
+         `damping-retries`, or check the calibration statistics for NaN/inf"
+    )]
+    LocalPruneSingular {
+        layer: usize,
+        module: crate::prune::ModuleKind,
+        level: usize,
+        damping: f64,
+    },
+    #[error("prune: {what}: expected {expected}, got {got}")]
+    PruneShape {
+        what: String,
+        expected: String,
+        got: String,
+    },
+    #[error("prune: layer {layer} {module}: level {level} is more than its {units} units")]
+    PruneLevel {
+        layer: usize,
+        module: crate::prune::ModuleKind,
+        level: usize,
+        units: usize,
+    },
+    #[error("prune: target sparsity {target} is outside [0, 1); give a fraction such as 0.5")]
+    PruneTarget { target: f64 },
+    #[error("prune: {module} grid: {reason}")]
+    PruneGrid {
+        module: crate::prune::ModuleKind,
+        reason: String,
+    },
+    #[error("prune: option `{field}`: {reason}")]
+    PruneOption { field: &'static str, reason: String },
     // ---- search -------------------------------------------------------------------------------
     #[error("search grid of the {module} module of layer {layer}: {reason}")]
     SearchGrid {

@@ -125,6 +125,9 @@ pub enum Error {
     Fitness { reason: String },
 
     // ---- export -------------------------------------------------------------------------------
+    /// A run report that cannot be built, encoded or read back.
+    #[error("report: {reason}")]
+    ExportReport { reason: String },
 }
 
 impl Error {

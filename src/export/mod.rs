@@ -1,2 +1,13 @@
 //! Slicing a chosen configuration into a physically smaller model; safetensors and GGUF writers;
 //! the report.
+
+// ---- report (report.json / report.html) ----
+pub mod report;
+mod report_html;
+mod svg;
+
+pub use report::{
+    BaselineReport, GenerationSummary, KindStep, LayerReport, LayerWidths, ModelRole, ModuleLevel,
+    Outputs, ParamCounts, ParamSummary, Perplexity, REPORT_FORMAT, Report, ReportFiles,
+    RoundReport, SourceModel, StageTiming, Timings, UnitSparsity, write_report,
+};

@@ -1,0 +1,770 @@
+//! A small inline-SVG chart kit for the HTML report: linear and log scales with readable ticks,
+//! grouped bars with a dense outline, line charts with gaps, and labelled horizontal bars.
+//!
+//! Every chart is a pure function of its spec returning one `<svg>…</svg>` string. Coordinates
+//! are written with fixed decimals, and every value passes through `Scale::map`, which returns
+//! `None` for NaN/inf, so a non-finite number can never reach an attribute: it is drawn as
+//! "n/a" or left out.
+
+use std::fmt::Write;
+
+/// The width of every chart's viewBox; the page scales it to its column.
+pub const WIDTH: f64 = 1000.0;
+const LEFT: f64 = 72.0;
+const RIGHT: f64 = 20.0;
+const TOP: f64 = 40.0;
+const FONT: f64 = 13.0;
+
+/// Colours, chosen to stay distinct for colour-blind readers.
+pub const BLUE: &str = "#4269d0";
+pub const ORANGE: &str = "#e69f00";
+pub const GREEN: &str = "#3ca951";
+pub const RED: &str = "#d62728";
+pub const PURPLE: &str = "#a463f2";
+pub const GREY: &str = "#8c8c8c";
+pub const PALETTE: [&str; 6] = [BLUE, ORANGE, GREEN, PURPLE, RED, "#17becf"];
+
+/// A number for people: "n/a" for NaN/inf, thousands separated, at most 4 significant digits
+/// for fractions.
+pub fn fmt_num(x: f64) -> String {
+    if !x.is_finite() {
+        return "n/a".into();
+    }
+    let a = x.abs();
+    if a >= 1e15 {
+        return format!("{x:.3e}");
+    }
+    if a >= 1000.0 || (x.fract() == 0.0 && a >= 1.0) {
+        return group_thousands(x.round() as i64);
+    }
+    if a == 0.0 {
+        return "0".into();
+    }
+    // 4 significant digits, trailing zeros removed.
+    let decimals = (3 - a.log10().floor() as i32).clamp(0, 12) as usize;
+    let s = format!("{x:.decimals$}");
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    };
+    if s == "-0" { "0".into() } else { s }
+}
+
+/// A parameter count in short form: "106.2M", "8.03B", "950K", "512".
+pub fn fmt_count(n: u64) -> String {
+    let x = n as f64;
+    let (v, unit) = if x >= 1e9 {
+        (x / 1e9, "B")
+    } else if x >= 1e6 {
+        (x / 1e6, "M")
+    } else if x >= 1e4 {
+        (x / 1e3, "K")
+    } else {
+        return n.to_string();
+    };
+    let decimals = if v >= 100.0 { 1 } else { 2 };
+    format!("{v:.decimals$}{unit}")
+}
+
+/// `1234567` → "1,234,567".
+pub fn group_thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+/// Text for HTML and SVG content and attributes.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// A value axis.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scale {
+    /// `step` is the tick spacing; `lo` and `hi` are multiples of it.
+    Linear {
+        lo: f64,
+        hi: f64,
+        step: f64,
+    },
+    Log {
+        lo: f64,
+        hi: f64,
+    },
+}
+
+impl Scale {
+    /// A linear scale from 0 (or the smallest value, if negative) to a round number above the
+    /// largest finite value.
+    pub fn linear_from_zero(values: impl IntoIterator<Item = f64>) -> Self {
+        let (mut lo, mut hi) = (0.0f64, 0.0f64);
+        for v in values.into_iter().filter(|v| v.is_finite()) {
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+        if hi <= lo {
+            hi = lo + 1.0;
+        }
+        Scale::linear_between(lo, hi)
+    }
+
+    /// A linear scale over round numbers just around `lo..hi` (ticks about every eighth).
+    fn linear_between(lo: f64, hi: f64) -> Self {
+        let step = nice_step((hi - lo) / 8.0);
+        Scale::Linear {
+            lo: (lo / step).floor() * step,
+            hi: (hi / step).ceil() * step,
+            step,
+        }
+    }
+
+    /// A scale fitted to the values' range (not from zero), so a slow decrease is visible; a log
+    /// scale when all are positive and span at least `min_ratio`.
+    pub fn fitted(values: &[f64], min_ratio: f64) -> Self {
+        let auto = Scale::auto(values, min_ratio);
+        if auto.is_log() {
+            return auto;
+        }
+        let finite = values.iter().copied().filter(|v| v.is_finite());
+        let lo = finite.clone().fold(f64::INFINITY, f64::min);
+        let hi = finite.fold(f64::NEG_INFINITY, f64::max);
+        if !lo.is_finite() {
+            return auto;
+        }
+        let pad = if hi > lo {
+            0.05 * (hi - lo)
+        } else {
+            0.5 * lo.abs().max(1e-6)
+        };
+        Scale::linear_between(lo - pad, hi + pad)
+    }
+
+    /// A log scale when every finite value is positive and they span at least `min_ratio`;
+    /// otherwise `linear_from_zero`.
+    pub fn auto(values: &[f64], min_ratio: f64) -> Self {
+        let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if !finite.is_empty() && lo > 0.0 && hi / lo >= min_ratio {
+            Scale::Log {
+                lo: nice_log_floor(lo),
+                hi: nice_log_ceil(hi),
+            }
+        } else {
+            Scale::linear_from_zero(finite)
+        }
+    }
+
+    pub fn is_log(&self) -> bool {
+        matches!(self, Scale::Log { .. })
+    }
+
+    /// The lowest value on the axis (where bars start).
+    pub fn base(&self) -> f64 {
+        match *self {
+            Scale::Linear { lo, .. } => lo.max(0.0).min(self.top()),
+            Scale::Log { lo, .. } => lo,
+        }
+    }
+
+    fn top(&self) -> f64 {
+        match *self {
+            Scale::Linear { hi, .. } | Scale::Log { hi, .. } => hi,
+        }
+    }
+
+    /// `v` as a fraction of the axis (0 at the bottom, 1 at the top), clamped to [0, 1];
+    /// `None` for NaN/inf or a non-positive value on a log scale.
+    pub fn frac(&self, v: f64) -> Option<f64> {
+        if !v.is_finite() {
+            return None;
+        }
+        let f = match *self {
+            Scale::Linear { lo, hi, .. } => (v - lo) / (hi - lo),
+            Scale::Log { lo, hi } => {
+                if v <= 0.0 {
+                    return None;
+                }
+                (v.ln() - lo.ln()) / (hi.ln() - lo.ln())
+            }
+        };
+        f.is_finite().then_some(f.clamp(0.0, 1.0))
+    }
+
+    /// `v` mapped onto pixels `a` (axis bottom/left) .. `b` (top/right).
+    pub fn map(&self, v: f64, a: f64, b: f64) -> Option<f64> {
+        self.frac(v).map(|f| a + f * (b - a))
+    }
+
+    /// Tick values: about five round numbers on a linear axis; 1-2-5 steps or powers of ten on
+    /// a log axis.
+    pub fn ticks(&self) -> Vec<f64> {
+        match *self {
+            Scale::Linear { lo, hi, step } => {
+                let n = ((hi - lo) / step).round() as i64;
+                // Multiples of the step, computed from the index so no rounding error builds up.
+                (0..=n.clamp(0, 50))
+                    .map(|i| ((lo / step).round() + i as f64) * step)
+                    .collect()
+            }
+            Scale::Log { lo, hi } => {
+                let decades = (hi / lo).log10();
+                let mults: &[f64] = if decades > 3.0 {
+                    &[1.0]
+                } else if decades > 1.5 {
+                    &[1.0, 3.0]
+                } else {
+                    &[1.0, 2.0, 5.0]
+                };
+                let mut out = Vec::new();
+                let mut p = 10f64.powf(lo.log10().floor());
+                while p <= hi * (1.0 + 1e-9) && out.len() < 60 {
+                    for m in mults {
+                        let t = m * p;
+                        if t >= lo * (1.0 - 1e-9) && t <= hi * (1.0 + 1e-9) {
+                            out.push(t);
+                        }
+                    }
+                    p *= 10.0;
+                }
+                out
+            }
+        }
+    }
+}
+
+/// The 1-2-5 number nearest above `raw`.
+fn nice_step(raw: f64) -> f64 {
+    if !(raw.is_finite() && raw > 0.0) {
+        return 1.0;
+    }
+    let p = 10f64.powf(raw.log10().floor());
+    let m = raw / p;
+    let nice = if m <= 1.0 {
+        1.0
+    } else if m <= 2.0 {
+        2.0
+    } else if m <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    nice * p
+}
+
+/// The largest 1-2-5 number ≤ v (v > 0).
+fn nice_log_floor(v: f64) -> f64 {
+    let p = 10f64.powf(v.log10().floor());
+    [5.0, 2.0, 1.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|c| *c <= v * (1.0 + 1e-12))
+        .unwrap_or(p)
+}
+
+/// The smallest 1-2-5 number ≥ v (v > 0).
+fn nice_log_ceil(v: f64) -> f64 {
+    let p = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|c| *c >= v * (1.0 - 1e-12))
+        .unwrap_or(10.0 * p)
+}
+
+/// Opens an `<svg>` of the given height with a title for screen readers.
+fn open(out: &mut String, height: f64, title: &str) {
+    let _ = write!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH:.0} {height:.0}" width="100%" role="img" font-size="{FONT}"><title>{}</title>"#,
+        esc(title)
+    );
+}
+
+/// A legend row at the top right: (label, colour, dashed outline instead of a filled swatch).
+fn legend(out: &mut String, items: &[(String, &str, bool)]) {
+    let mut x = WIDTH - RIGHT;
+    for (label, colour, outline) in items.iter().rev() {
+        let w = 22.0 + 7.2 * label.chars().count() as f64;
+        x -= w + 14.0;
+        if *outline {
+            let _ = write!(
+                out,
+                r#"<rect x="{x:.1}" y="10" width="14" height="12" fill="none" stroke="{colour}" stroke-dasharray="3 2"/>"#
+            );
+        } else {
+            let _ = write!(
+                out,
+                r#"<rect x="{x:.1}" y="10" width="14" height="12" fill="{colour}"/>"#
+            );
+        }
+        let _ = write!(
+            out,
+            r#"<text x="{:.1}" y="20.5">{}</text>"#,
+            x + 20.0,
+            esc(label)
+        );
+    }
+}
+
+/// The value axis on the left of a vertical chart: gridlines, tick labels and the axis title.
+fn y_axis(out: &mut String, scale: &Scale, y0: f64, y1: f64, title: &str) {
+    for t in scale.ticks() {
+        if let Some(y) = scale.map(t, y0, y1) {
+            let _ = write!(
+                out,
+                r##"<line x1="{LEFT}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="#e3e3e3"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                WIDTH - RIGHT,
+                LEFT - 6.0,
+                y + 4.0,
+                fmt_num(t)
+            );
+        }
+    }
+    let mid = (y0 + y1) / 2.0;
+    let _ = write!(
+        out,
+        r#"<text transform="translate(16 {mid:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
+        esc(title)
+    );
+    let _ = write!(
+        out,
+        r##"<line x1="{LEFT}" x2="{LEFT}" y1="{y1:.1}" y2="{y0:.1}" stroke="#444"/><line x1="{LEFT}" x2="{:.1}" y1="{y0:.1}" y2="{y0:.1}" stroke="#444"/>"##,
+        WIDTH - RIGHT
+    );
+}
+
+/// One bar series: a kept value and a dense value per category.
+pub struct BarSeries {
+    pub name: String,
+    pub colour: &'static str,
+    pub kept: Vec<f64>,
+    pub dense: Vec<f64>,
+}
+
+/// Vertical grouped bars (one group per category), each bar drawn over a dashed outline of its
+/// dense value. A bar whose kept value is 0 while its dense value is not gets a red ✕ at the
+/// base: that branch was removed.
+pub struct BarChart {
+    pub title: String,
+    pub x_title: String,
+    pub y_title: String,
+    pub categories: Vec<String>,
+    pub series: Vec<BarSeries>,
+}
+
+pub fn bar_chart(c: &BarChart) -> String {
+    let height = 300.0;
+    let (y0, y1) = (height - 48.0, TOP);
+    let scale = Scale::linear_from_zero(
+        c.series
+            .iter()
+            .flat_map(|s| s.kept.iter().chain(&s.dense).copied()),
+    );
+    let mut out = String::new();
+    open(&mut out, height, &c.title);
+    let mut items: Vec<(String, &str, bool)> = c
+        .series
+        .iter()
+        .map(|s| (s.name.clone(), s.colour, false))
+        .collect();
+    items.push(("dense".into(), "#555", true));
+    legend(&mut out, &items);
+    y_axis(&mut out, &scale, y0, y1, &c.y_title);
+
+    let n = c.categories.len().max(1);
+    let slot = (WIDTH - LEFT - RIGHT) / n as f64;
+    let groups = c.series.len().max(1);
+    // Bars stay slim when there are few layers; groups are centred in their slot.
+    let bar_w = (slot * 0.8 / groups as f64).clamp(0.5, 40.0);
+    let label_every = n.div_ceil(30).max(1);
+    for (i, cat) in c.categories.iter().enumerate() {
+        let gx = LEFT + slot * (i as f64 + 0.5) - bar_w * groups as f64 / 2.0;
+        for (k, s) in c.series.iter().enumerate() {
+            let x = gx + bar_w * k as f64;
+            let base = scale.base();
+            let (Some(yb), kept, dense) = (
+                scale.map(base, y0, y1),
+                s.kept.get(i).copied().unwrap_or(f64::NAN),
+                s.dense.get(i).copied().unwrap_or(f64::NAN),
+            ) else {
+                continue;
+            };
+            let tip = format!(
+                "{} {}: {} of {}",
+                c.x_title,
+                cat,
+                fmt_num(kept),
+                fmt_num(dense)
+            );
+            if let Some(yk) = scale.map(kept, y0, y1) {
+                let _ = write!(
+                    out,
+                    r#"<rect x="{x:.2}" y="{yk:.2}" width="{bar_w:.2}" height="{:.2}" fill="{}"><title>{}</title></rect>"#,
+                    (yb - yk).max(0.0),
+                    s.colour,
+                    esc(&tip)
+                );
+            }
+            if let Some(yd) = scale.map(dense, y0, y1) {
+                let _ = write!(
+                    out,
+                    r##"<rect x="{x:.2}" y="{yd:.2}" width="{bar_w:.2}" height="{:.2}" fill="none" stroke="#555" stroke-width="1" stroke-dasharray="3 2"/>"##,
+                    (yb - yd).max(0.0)
+                );
+            }
+            if kept == 0.0 && dense > 0.0 {
+                let (cx, cy, r) = (x + bar_w / 2.0, yb - 6.0, (bar_w / 2.0).clamp(2.0, 5.0));
+                let _ = write!(
+                    out,
+                    r#"<path d="M{:.2} {:.2}L{:.2} {:.2}M{:.2} {:.2}L{:.2} {:.2}" stroke="{RED}" stroke-width="2"><title>{}</title></path>"#,
+                    cx - r,
+                    cy - r,
+                    cx + r,
+                    cy + r,
+                    cx - r,
+                    cy + r,
+                    cx + r,
+                    cy - r,
+                    esc(&format!("{} {}: {} removed", c.x_title, cat, s.name))
+                );
+            }
+        }
+        if i % label_every == 0 {
+            let _ = write!(
+                out,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                LEFT + slot * (i as f64 + 0.5),
+                y0 + 17.0,
+                esc(cat)
+            );
+        }
+    }
+    let _ = write!(
+        out,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text></svg>"#,
+        (LEFT + WIDTH - RIGHT) / 2.0,
+        height - 8.0,
+        esc(&c.x_title)
+    );
+    out
+}
+
+/// One line of a line chart: (x, y) points; a non-finite y breaks the line.
+pub struct LineSeries {
+    pub name: String,
+    pub colour: &'static str,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A line chart with markers, optional labelled vertical separators (e.g. round boundaries)
+/// and a log y axis when the values span a factor of 10 or more.
+pub struct LineChart {
+    pub title: String,
+    pub x_title: String,
+    pub y_title: String,
+    pub series: Vec<LineSeries>,
+    /// (x position, label) of dashed vertical separators.
+    pub separators: Vec<(f64, String)>,
+}
+
+pub fn line_chart(c: &LineChart) -> String {
+    let height = 320.0;
+    let (y0, y1) = (height - 48.0, TOP);
+    let ys: Vec<f64> = c
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .collect();
+    let scale = Scale::fitted(&ys, 10.0);
+    let xs: Vec<f64> = c
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .chain(c.separators.iter().map(|s| s.0))
+        .filter(|x| x.is_finite())
+        .collect();
+    let x_lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let x_hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (x_lo, x_hi) = if x_lo.is_finite() && x_hi > x_lo {
+        (x_lo, x_hi)
+    } else if x_lo.is_finite() {
+        (x_lo - 1.0, x_lo + 1.0)
+    } else {
+        (0.0, 1.0)
+    };
+    let xscale = Scale::Linear {
+        lo: x_lo,
+        hi: x_hi,
+        step: 1.0,
+    };
+    let (xa, xb) = (LEFT + 12.0, WIDTH - RIGHT - 12.0);
+
+    let mut out = String::new();
+    open(&mut out, height, &c.title);
+    let items: Vec<(String, &str, bool)> = c
+        .series
+        .iter()
+        .map(|s| (s.name.clone(), s.colour, false))
+        .collect();
+    legend(&mut out, &items);
+    let y_title = if scale.is_log() {
+        format!("{} (log scale)", c.y_title)
+    } else {
+        c.y_title.clone()
+    };
+    y_axis(&mut out, &scale, y0, y1, &y_title);
+
+    // Integer x ticks, about 12 at most.
+    let span = (x_hi - x_lo).max(1.0);
+    let every = nice_step(span / 12.0).max(1.0);
+    let mut t = (x_lo / every).ceil() * every;
+    while t <= x_hi + 1e-9 {
+        if let Some(x) = xscale.map(t, xa, xb) {
+            let _ = write!(
+                out,
+                r##"<line x1="{x:.1}" x2="{x:.1}" y1="{y0:.1}" y2="{:.1}" stroke="#444"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+                y0 + 4.0,
+                y0 + 17.0,
+                fmt_num(t)
+            );
+        }
+        t += every;
+    }
+    for (sx, label) in &c.separators {
+        if let Some(x) = xscale.map(*sx, xa, xb) {
+            let _ = write!(
+                out,
+                r##"<line x1="{x:.1}" x2="{x:.1}" y1="{y0:.1}" y2="{y1:.1}" stroke="#999" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="#555">{}</text>"##,
+                x + 4.0,
+                y1 + 12.0,
+                esc(label)
+            );
+        }
+    }
+    for s in &c.series {
+        let mut path = String::new();
+        let mut pen_down = false;
+        let mut marks = String::new();
+        for &(px, py) in &s.points {
+            match (xscale.map(px, xa, xb), scale.map(py, y0, y1)) {
+                (Some(x), Some(y)) => {
+                    let _ = write!(path, "{}{x:.1} {y:.1}", if pen_down { "L" } else { "M" });
+                    pen_down = true;
+                    let _ = write!(
+                        marks,
+                        r#"<circle cx="{x:.1}" cy="{y:.1}" r="3.5" fill="{}"><title>{}: {} at {}</title></circle>"#,
+                        s.colour,
+                        esc(&s.name),
+                        fmt_num(py),
+                        fmt_num(px)
+                    );
+                }
+                (Some(x), None) => {
+                    pen_down = false;
+                    let _ = write!(
+                        marks,
+                        r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle" fill="{RED}">n/a</text>"#,
+                        y1 + 28.0
+                    );
+                }
+                _ => pen_down = false,
+            }
+        }
+        if !path.is_empty() {
+            let _ = write!(
+                out,
+                r#"<path d="{path}" fill="none" stroke="{}" stroke-width="2"/>"#,
+                s.colour
+            );
+        }
+        out.push_str(&marks);
+    }
+    let _ = write!(
+        out,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text></svg>"#,
+        (LEFT + WIDTH - RIGHT) / 2.0,
+        height - 8.0,
+        esc(&c.x_title)
+    );
+    out
+}
+
+/// One bar of a horizontal bar chart.
+pub struct HBar {
+    pub label: String,
+    pub value: f64,
+    /// Written after the value, e.g. "×4.68 dense".
+    pub note: String,
+    pub colour: &'static str,
+}
+
+/// Horizontal bars with the value written at each bar's end; a log axis when the values span a
+/// factor of 8 or more; "n/a" (no bar) for a non-finite value.
+pub struct HBarChart {
+    pub title: String,
+    pub value_title: String,
+    pub bars: Vec<HBar>,
+}
+
+pub fn hbar_chart(c: &HBarChart) -> String {
+    let row = 30.0;
+    let label_w = 230.0;
+    let top = 16.0;
+    let height = top + row * c.bars.len().max(1) as f64 + 50.0;
+    let values: Vec<f64> = c.bars.iter().map(|b| b.value).collect();
+    let scale = Scale::auto(&values, 8.0);
+    let notes = c.bars.iter().any(|b| !b.note.is_empty());
+    let (xa, xb) = (label_w, WIDTH - RIGHT - if notes { 170.0 } else { 70.0 });
+    let axis_y = top + row * c.bars.len().max(1) as f64;
+
+    let mut out = String::new();
+    open(&mut out, height, &c.title);
+    for t in scale.ticks() {
+        if let Some(x) = scale.map(t, xa, xb) {
+            let _ = write!(
+                out,
+                r##"<line x1="{x:.1}" x2="{x:.1}" y1="{top:.1}" y2="{axis_y:.1}" stroke="#e3e3e3"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+                axis_y + 17.0,
+                fmt_num(t)
+            );
+        }
+    }
+    for (i, b) in c.bars.iter().enumerate() {
+        let y = top + row * i as f64;
+        let _ = write!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            xa - 8.0,
+            y + row / 2.0 + 4.5,
+            esc(&b.label)
+        );
+        let base = scale.map(scale.base(), xa, xb);
+        match (base, scale.map(b.value, xa, xb)) {
+            (Some(x0), Some(x1)) => {
+                let _ = write!(
+                    out,
+                    r#"<rect x="{x0:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{}: {}</title></rect><text x="{:.1}" y="{:.1}" font-weight="bold">{}</text>"#,
+                    y + 5.0,
+                    (x1 - x0).max(1.0),
+                    row - 10.0,
+                    b.colour,
+                    esc(&b.label),
+                    fmt_num(b.value),
+                    x1.max(x0 + 1.0) + 6.0,
+                    y + row / 2.0 + 4.5,
+                    fmt_num(b.value)
+                );
+                if !b.note.is_empty() {
+                    let _ = write!(
+                        out,
+                        r##"<text x="{:.1}" y="{:.1}" fill="#666">{}</text>"##,
+                        x1.max(x0 + 1.0) + 14.0 + 8.0 * fmt_num(b.value).len() as f64,
+                        y + row / 2.0 + 4.5,
+                        esc(&b.note)
+                    );
+                }
+            }
+            _ => {
+                let _ = write!(
+                    out,
+                    r#"<text x="{:.1}" y="{:.1}" fill="{RED}">n/a</text>"#,
+                    xa + 6.0,
+                    y + row / 2.0 + 4.5
+                );
+            }
+        }
+    }
+    let title = if scale.is_log() {
+        format!("{} (log scale)", c.value_title)
+    } else {
+        c.value_title.clone()
+    };
+    let _ = write!(
+        out,
+        r##"<line x1="{xa:.1}" x2="{xb:.1}" y1="{axis_y:.1}" y2="{axis_y:.1}" stroke="#444"/><line x1="{xa:.1}" x2="{xa:.1}" y1="{top:.1}" y2="{axis_y:.1}" stroke="#444"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text></svg>"##,
+        (xa + xb) / 2.0,
+        height - 8.0,
+        esc(&title)
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_readable_and_non_finite_is_na() {
+        assert_eq!(fmt_num(f64::NAN), "n/a");
+        assert_eq!(fmt_num(f64::INFINITY), "n/a");
+        assert_eq!(fmt_num(134_515_008.0), "134,515,008");
+        assert_eq!(fmt_num(17.0712), "17.07");
+        assert_eq!(fmt_num(0.012345), "0.01235");
+        assert_eq!(fmt_num(0.0), "0");
+        assert_eq!(fmt_num(-2.5), "-2.5");
+        assert_eq!(fmt_count(106_202_880), "106.2M");
+        assert_eq!(fmt_count(53_561_088), "53.56M");
+        assert_eq!(fmt_count(8_030_261_248), "8.03B");
+        assert_eq!(fmt_count(576), "576");
+    }
+
+    #[test]
+    fn log_scale_is_chosen_for_a_wide_spread_and_ticks_cover_it() {
+        let s = Scale::auto(&[17.1, 80.0, 102.0, 550.0], 8.0);
+        assert!(s.is_log());
+        let t = s.ticks();
+        assert!(t.first().is_some_and(|&x| x <= 17.1));
+        assert!(t.last().is_some_and(|&x| x >= 550.0));
+        assert!(!Scale::auto(&[17.1, 80.0], 8.0).is_log());
+        assert!(!Scale::auto(&[0.0, 80.0], 8.0).is_log());
+    }
+
+    #[test]
+    fn non_finite_values_never_map_to_a_coordinate() {
+        let s = Scale::linear_from_zero([1.0, f64::NAN, 5.0]);
+        assert_eq!(s.map(f64::NAN, 0.0, 100.0), None);
+        assert_eq!(s.map(f64::INFINITY, 0.0, 100.0), None);
+        let l = Scale::auto(&[1.0, 100.0], 10.0);
+        assert_eq!(l.map(0.0, 0.0, 100.0), None);
+        assert_eq!(l.map(-3.0, 0.0, 100.0), None);
+    }
+
+    #[test]
+    fn linear_ticks_are_round_and_reach_the_top() {
+        let s = Scale::linear_from_zero([9.0, 3.0]);
+        assert_eq!(s.ticks(), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+        let s = Scale::fitted(&[1.92, 1.26], 10.0);
+        let t = s.ticks();
+        assert!(t[0] > 1.0 && t[0] <= 1.26, "{t:?}");
+        assert!(
+            *t.last().unwrap() >= 1.92 && *t.last().unwrap() < 2.2,
+            "{t:?}"
+        );
+        let s = Scale::linear_from_zero([1536.0]);
+        assert!(s.ticks().last().is_some_and(|&t| t >= 1536.0));
+    }
+
+    #[test]
+    fn escaping_covers_markup_characters() {
+        assert_eq!(esc("<a&'\">"), "&lt;a&amp;&#39;&quot;&gt;");
+    }
+}

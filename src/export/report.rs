@@ -434,15 +434,21 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Numbers in the report: finite values as JSON numbers; NaN and ±inf, which JSON cannot hold,
-/// as the strings "nan", "inf", "-inf", so a report with a diverged perplexity still round-trips.
+/// Numbers in the report: finite values as JSON numbers rounded to 15 significant digits; NaN
+/// and ±inf, which JSON cannot hold, as the strings "nan", "inf", "-inf".
+///
+/// Why 15 digits: serde_json's default reader (we do not enable its `float_roundtrip` feature,
+/// which would rebuild candle and tokenizers) is exact for decimal significands below 2^53 with
+/// moderate exponents, but can be one ulp off for the 17-digit numbers that full f64 precision
+/// needs. With 15 digits a report read back and written again gives the same bytes.
 mod num {
     use serde::de::{self, Visitor};
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
         if x.is_finite() {
-            s.serialize_f64(*x)
+            let short: f64 = format!("{x:.14e}").parse().unwrap_or(*x);
+            s.serialize_f64(short)
         } else if x.is_nan() {
             s.serialize_str("nan")
         } else if *x > 0.0 {

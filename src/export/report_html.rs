@@ -212,6 +212,7 @@ fn plots(h: &mut String, r: &Report) {
             series: vec![
                 svg::BarSeries {
                     name: "query heads kept".into(),
+                    unit: "query heads".into(),
                     colour: svg::BLUE,
                     kept: pruned.iter().map(|(_, p)| p.query_heads as f64).collect(),
                     dense: pruned
@@ -221,6 +222,7 @@ fn plots(h: &mut String, r: &Report) {
                 },
                 svg::BarSeries {
                     name: "K/V heads kept".into(),
+                    unit: "K/V heads".into(),
                     colour: svg::ORANGE,
                     kept: pruned.iter().map(|(_, p)| p.kv_heads as f64).collect(),
                     dense: pruned
@@ -245,6 +247,7 @@ fn plots(h: &mut String, r: &Report) {
             categories,
             series: vec![svg::BarSeries {
                 name: "FFN channels kept".into(),
+                unit: "FFN channels".into(),
                 colour: svg::GREEN,
                 kept: pruned
                     .iter()

@@ -72,7 +72,7 @@ pub fn group_thousands(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -354,7 +354,10 @@ fn y_axis(out: &mut String, scale: &Scale, y0: f64, y1: f64, title: &str) {
 
 /// One bar series: a kept value and a dense value per category.
 pub struct BarSeries {
+    /// The legend label.
     pub name: String,
+    /// What one unit is, plural, for tooltips ("query heads").
+    pub unit: String,
     pub colour: &'static str,
     pub kept: Vec<f64>,
     pub dense: Vec<f64>,
@@ -409,11 +412,12 @@ pub fn bar_chart(c: &BarChart) -> String {
                 continue;
             };
             let tip = format!(
-                "{} {}: {} of {}",
+                "{} {}: {} of {} {} kept",
                 c.x_title,
                 cat,
                 fmt_num(kept),
-                fmt_num(dense)
+                fmt_num(dense),
+                s.unit
             );
             if let Some(yk) = scale.map(kept, y0, y1) {
                 let _ = write!(
@@ -444,7 +448,13 @@ pub fn bar_chart(c: &BarChart) -> String {
                     cy + r,
                     cx + r,
                     cy - r,
-                    esc(&format!("{} {}: {} removed", c.x_title, cat, s.name))
+                    esc(&format!(
+                        "{} {}: all {} {} removed",
+                        c.x_title,
+                        cat,
+                        fmt_num(dense),
+                        s.unit
+                    ))
                 );
             }
         }

@@ -388,6 +388,7 @@ fn perplexity_chart(r: &Report) -> Option<String> {
                 }
             };
             let who = match p.role {
+                ModelRole::Dense if p.model == "dense" => p.model.clone(),
                 ModelRole::Dense => format!("{} (dense)", p.model),
                 ModelRole::Pruned => format!("{} (pruned)", p.model),
                 ModelRole::Baseline => format!("{} (baseline)", p.model),

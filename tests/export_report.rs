@@ -4,7 +4,9 @@
 
 use tyr::export::report::*;
 use tyr::model::config::{LayerDims, ModelConfig};
-use tyr::search::ModuleKind;
+use tyr::search::{
+    Configuration, GenerationRecord, Module, ModuleGrid, ModuleKind, SearchSpace, Steps, Winner,
+};
 
 /// SmolLM2-135M's shape with the given layers.
 fn smol(layers: Vec<LayerDims>) -> ModelConfig {
@@ -505,4 +507,63 @@ fn set_models_counts_units_params_and_kv_groups() {
     let short = smol(vec![LayerDims::dense(9, 3, 1536)]);
     let err = r.set_models(&dense, &short).unwrap_err().to_string();
     assert!(err.contains("2 layers") && err.contains("1"), "{err}");
+}
+
+#[test]
+fn a_round_is_built_from_the_search_space_choice_and_history() {
+    let grid = |kind, layer, units, levels: Vec<u32>, centre| ModuleGrid {
+        module: Module { kind, layer, units },
+        levels,
+        centre,
+    };
+    // Module order in the space is FFN first; the report sorts by layer, attention first.
+    let space = SearchSpace::new(
+        vec![
+            grid(ModuleKind::Ffn, 0, 16, vec![4, 8, 12], 8),
+            grid(ModuleKind::Ffn, 1, 16, vec![4, 8, 12], 8),
+            grid(ModuleKind::Attn, 0, 4, vec![1, 2, 3], 2),
+            grid(ModuleKind::Attn, 1, 4, vec![1, 2, 3], 2),
+        ],
+        Steps { attn: 1, ffn: 4 },
+    )
+    .unwrap();
+    let choice = Configuration {
+        levels: vec![12, 4, 1, 3],
+    };
+    let record = |generation, fitness| GenerationRecord {
+        generation,
+        winner: Winner::Offspring(0),
+        fitness,
+        parent_fitness: fitness + 0.1,
+        offspring: 7,
+        attempts: 9,
+        changed_modules: 2,
+    };
+    let round = RoundReport::from_search(
+        2,
+        &space,
+        &choice,
+        &[record(0, 0.9), record(1, f64::INFINITY)],
+    )
+    .unwrap();
+    let got: Vec<(usize, ModuleKind, u32, u32)> = round
+        .levels
+        .iter()
+        .map(|m| (m.layer, m.kind, m.units, m.level))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, ModuleKind::Attn, 4, 1),
+            (0, ModuleKind::Ffn, 16, 12),
+            (1, ModuleKind::Attn, 4, 3),
+            (1, ModuleKind::Ffn, 16, 4),
+        ]
+    );
+    assert_eq!(round.steps[1].step, 4);
+    assert_eq!(round.generations.len(), 2);
+    assert_eq!(round.generations[1].best_fitness, f64::INFINITY);
+    assert_eq!(round.generations[0].offspring, 7);
+    let short = Configuration { levels: vec![8] };
+    assert!(RoundReport::from_search(1, &space, &short, &[]).is_err());
 }

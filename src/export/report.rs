@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::config::ModelConfig;
-use crate::search::ModuleKind;
+use crate::search::{Configuration, GenerationRecord, ModuleKind, SearchSpace};
 use crate::{Error, Result};
 
 /// The version of this layout; bumped whenever a field is renamed or changes meaning.
@@ -206,6 +206,59 @@ pub struct RoundReport {
     pub levels: Vec<ModuleLevel>,
     /// The search history; empty when the round did not search (e.g. `generations = 0`).
     pub generations: Vec<GenerationSummary>,
+}
+
+impl RoundReport {
+    /// A round as the search left it: the chosen level of every module of `space` (sorted by
+    /// layer, attention first), the round's steps, and each generation's best fitness and
+    /// offspring count. Fails when `choice` does not have one level per module.
+    pub fn from_search(
+        round: u32,
+        space: &SearchSpace,
+        choice: &Configuration,
+        history: &[GenerationRecord],
+    ) -> Result<Self> {
+        if choice.levels.len() != space.len() {
+            return Err(Error::ExportReport {
+                reason: format!(
+                    "round {round}: the choice has {} levels for {} modules",
+                    choice.levels.len(),
+                    space.len()
+                ),
+            });
+        }
+        let mut levels: Vec<ModuleLevel> = space
+            .grids()
+            .iter()
+            .zip(&choice.levels)
+            .map(|(g, &level)| ModuleLevel {
+                layer: g.module.layer,
+                kind: g.module.kind,
+                units: g.module.units,
+                level,
+            })
+            .collect();
+        levels.sort_by_key(|m| (m.layer, m.kind));
+        Ok(RoundReport {
+            round,
+            steps: ModuleKind::ALL
+                .iter()
+                .map(|&kind| KindStep {
+                    kind,
+                    step: space.steps().of(kind),
+                })
+                .collect(),
+            levels,
+            generations: history
+                .iter()
+                .map(|g| GenerationSummary {
+                    generation: g.generation,
+                    best_fitness: g.fitness,
+                    offspring: g.offspring,
+                })
+                .collect(),
+        })
+    }
 }
 
 /// Which model a perplexity belongs to.

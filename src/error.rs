@@ -223,6 +223,9 @@ pub enum Error {
     Fitness { reason: String },
 
     // ---- export -------------------------------------------------------------------------------
+    /// A run report that cannot be built, encoded or read back.
+    #[error("report: {reason}")]
+    ExportReport { reason: String },
 
     // ---- eval ---------------------------------------------------------------------------------
     #[error("the text has {tokens} tokens, fewer than one window of --seq-len {seq_len}")]

@@ -39,9 +39,17 @@ fn bench_local_prune_smollm2_ffn_half_sixteen_passes() {
     let t = Instant::now();
     let v = local_prune(&ctx, &h, &module, 768, &LocalPruneOptions::ffn_default()).unwrap();
     eprintln!(
-        "FFN 1536→576 at 768/1536, 16 passes: {:.3} s (rel error {:.4})",
+        "FFN 1536→576 at 768/1536, 16 passes: {:.3} s (rel error {:.4}, H digest {}, weight digest {})",
         t.elapsed().as_secs_f64(),
-        v.metrics.rel_error
+        v.metrics.rel_error,
+        &h.digest().to_hex()[..16],
+        &blake3::hash(
+            &v.weight
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect::<Vec<u8>>()
+        )
+        .to_hex()[..16],
     );
 }
 

@@ -191,3 +191,44 @@ fn bad_targets_and_grids_are_rejected() {
         Err(Error::PruneOption { .. })
     ));
 }
+
+mod properties {
+    use proptest::prelude::*;
+    use tyr::prune::ModuleKind;
+    use tyr::prune::grid::{GridOptions, Round1Grid, round1_grid};
+    use tyr::prune::local::{RemovalSchedule, pass_sizes};
+
+    proptest! {
+        #[test]
+        fn round1_centres_meet_the_budget_exactly_and_lie_on_their_grid(
+            layers in 1usize..80,
+            n in 1usize..3000,
+            target in 0.0f64..0.999,
+            centred in any::<bool>(),
+        ) {
+            let round1 = if centred { Round1Grid::Centred } else { Round1Grid::Lattice };
+            let opts = GridOptions { round1, ..GridOptions::default() };
+            if let Ok(g) = round1_grid(ModuleKind::Ffn, target, &vec![n; layers], &opts) {
+                prop_assert_eq!(g.modules.iter().map(|m| m.centre).sum::<usize>(), g.budget);
+                for m in &g.modules {
+                    prop_assert!(m.levels.contains(&m.centre));
+                    prop_assert!(m.levels.windows(2).all(|w| w[1] - w[0] == g.step));
+                    prop_assert!(*m.levels.last().unwrap() <= n);
+                }
+                if !centred {
+                    prop_assert_eq!(g.budget % g.step, 0);
+                }
+                let (lo, hi) = g.modules.iter().fold((usize::MAX, 0), |(a, b), m| (a.min(m.centre), b.max(m.centre)));
+                prop_assert!(hi - lo <= g.step);
+            }
+        }
+
+        #[test]
+        fn pass_sizes_sum_to_r_and_differ_by_at_most_one(p in 1usize..40, r in 0usize..2000) {
+            let s = pass_sizes(RemovalSchedule::Passes(p), r).unwrap();
+            prop_assert_eq!(s.len(), p.min(r));
+            prop_assert_eq!(s.iter().sum::<usize>(), r);
+            prop_assert!(s.windows(2).all(|w| w[0] >= w[1] && w[0] - w[1] <= 1));
+        }
+    }
+}

@@ -80,7 +80,9 @@ pub struct ModuleWeight<'a> {
 /// What is stored with a variant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VariantMetrics {
-    /// `tr((W0−Ŵ)ᵀHλ(W0−Ŵ)) / tr(W0ᵀHλW0)`, with the Hλ actually used.
+    /// `tr((W0−Ŵ)ᵀHλ(W0−Ŵ)) / tr(W0ᵀHλW0)`, with the Hλ actually used and the f64 refit
+    /// (the stored f32 rounding moves it only to second order). 0 at level 0; 1 at level = units
+    /// (0 if W0 = 0).
     pub rel_error: f64,
     /// The damping factor used (the option × 10^retries).
     pub damping: f64,

@@ -94,21 +94,23 @@ impl ObsState {
         if p.is_empty() {
             return Ok(());
         }
+        let mut leaving = vec![false; self.kept.len()];
+        p.iter().for_each(|&a| leaving[a] = true);
+        let stay: Vec<usize> = (0..self.kept.len()).filter(|&a| !leaving[a]).collect();
         let h_pp = self.hinv.select(&p, &p);
-        let h_p = self.hinv.select_rows(&p); // p × |K|
-        // Hinv[P,P]·X = Hinv[P,:] gives Xᵀ = Hinv[:,P]·Hinv[P,P]⁻¹ (Hinv is symmetric): |K| × p.
-        let m = spd_solve_t(&h_pp, &h_p)?;
+        let h_ps = self.hinv.select(&p, &stay); // p × |K'|, K' = K \ P
+        // Only the staying rows are updated (the leaving ones are dropped), and nothing is
+        // changed before the one step that can fail.
+        // Hinv[P,P]·X = Hinv[P,K'] gives Xᵀ = Hinv[K',P]·Hinv[P,P]⁻¹ (Hinv is symmetric).
+        let m = spd_solve_t(&h_pp, &h_ps)?; // |K'| × p
         let w_p = self.w.select_rows(&p);
-        gemm_into(&mut self.w, 1.0, Op::N(&m), Op::N(&w_p), -1.0);
-        gemm_into(&mut self.hinv, 1.0, Op::N(&m), Op::N(&h_p), -1.0);
-        for &c in channels {
-            self.pos[c] = usize::MAX;
-        }
-        let stay: Vec<usize> = (0..self.kept.len())
-            .filter(|&a| self.pos[self.kept[a]] != usize::MAX)
-            .collect();
         self.w = self.w.select_rows(&stay);
+        gemm_into(&mut self.w, 1.0, Op::N(&m), Op::N(&w_p), -1.0);
         self.hinv = self.hinv.select(&stay, &stay);
+        gemm_into(&mut self.hinv, 1.0, Op::N(&m), Op::N(&h_ps), -1.0);
+        for &a in &p {
+            self.pos[self.kept[a]] = usize::MAX;
+        }
         self.kept = stay.iter().map(|&a| self.kept[a]).collect();
         for (a, &c) in self.kept.iter().enumerate() {
             self.pos[c] = a;

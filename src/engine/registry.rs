@@ -82,12 +82,17 @@ fn build<S: Stage>(params: &toml::Table) -> Result<Built> {
     let typed: S::Params = toml::from_str(&text).map_err(|e| {
         let msg = e.message().trim().to_string();
         match e.span().and_then(|sp| key_at(&text, sp.start)) {
-            Some(key) if !msg.contains(&format!("`{key}`")) => Error::msg(format!("`{key}`: {msg}")),
+            Some(key) if !msg.contains(&format!("`{key}`")) => {
+                Error::msg(format!("`{key}`: {msg}"))
+            }
             _ => Error::msg(msg),
         }
     })?;
     let params_json = canonical_json(&typed)?;
-    Ok(Built { stage: Arc::new(S::new(typed)?), params_json })
+    Ok(Built {
+        stage: Arc::new(S::new(typed)?),
+        params_json,
+    })
 }
 
 /// The key of the `key = value` line containing byte `at` of `text`.

@@ -58,7 +58,7 @@ enum State {
     },
     Running,
     Done {
-        manifest: Manifest,
+        manifest: Box<Manifest>,
         set: Arc<ArtifactSet>,
         available: bool,
         outcome: Outcome,
@@ -189,7 +189,7 @@ impl<'g> Coordinator<'g> {
                     );
                     self.pin(i, c.manifest.key)?;
                     self.states[i] = State::Done {
-                        manifest: c.manifest,
+                        manifest: Box::new(c.manifest),
                         set: c.set,
                         available: true,
                         outcome,
@@ -238,26 +238,25 @@ impl<'g> Coordinator<'g> {
                 State::Done { manifest, .. } => manifest.output_digest,
                 _ => Digest([0; 32]),
             });
-            if !force {
-                if let Lookup::Done {
+            let found = (!force).then(|| lookup(&self.store, &parts, None));
+            if let Some(Lookup::Done {
+                manifest,
+                available,
+            }) = found
+            {
+                let set = job::lazy_set(&self.store, &manifest, &node.id);
+                self.observer.finished(&node.id, &Outcome::Cached);
+                tracing::info!(stage = %node.id, "cached");
+                let key = manifest.key;
+                self.states[i] = State::Done {
                     manifest,
+                    set,
                     available,
-                } = lookup(&self.store, &parts, None)
-                {
-                    let set = job::lazy_set(&self.store, &manifest, &node.id);
-                    self.observer.finished(&node.id, &Outcome::Cached);
-                    tracing::info!(stage = %node.id, "cached");
-                    let key = manifest.key;
-                    self.states[i] = State::Done {
-                        manifest,
-                        set,
-                        available,
-                        outcome: Outcome::Cached,
-                    };
-                    self.pin(i, key)?;
-                    self.collect_transients(i)?;
-                    continue;
-                }
+                    outcome: Outcome::Cached,
+                };
+                self.pin(i, key)?;
+                self.collect_transients(i)?;
+                continue;
             }
             // It must run; an input whose transient outputs were collected must run again first.
             let mut missing = false;

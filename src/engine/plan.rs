@@ -69,7 +69,10 @@ pub fn key_parts(graph: &Graph, i: usize, output_digest: impl Fn(usize) -> Diges
 /// The result of looking a key up in the store.
 pub enum Lookup {
     /// Committed. `available`: every output blob is present (transient ones may be collected).
-    Done { manifest: Manifest, available: bool },
+    Done {
+        manifest: Box<Manifest>,
+        available: bool,
+    },
     /// Must run, because…
     Missing(String),
 }
@@ -99,7 +102,7 @@ pub fn lookup(store: &Store, parts: &KeyParts, previous: Option<Digest>) -> Look
                 }
             }
             Lookup::Done {
-                manifest: m,
+                manifest: Box::new(m),
                 available,
             }
         }

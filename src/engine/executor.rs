@@ -170,6 +170,7 @@ impl<'g> Coordinator<'g> {
                     )
                 });
             }
+            self.show_running();
             let Some(joined) = running.join_next().await else {
                 break;
             };
@@ -307,6 +308,14 @@ impl<'g> Coordinator<'g> {
             store: self.store.clone(),
             observer: self.observer.clone(),
         })
+    }
+
+    fn show_running(&self) {
+        let ids: Vec<&str> = (0..self.states.len())
+            .filter(|&i| matches!(self.states[i], State::Running))
+            .map(|i| self.graph.nodes[i].id.as_str())
+            .collect();
+        self.store.write_running(&ids);
     }
 
     fn pin(&mut self, i: usize, key: Digest) -> Result<()> {

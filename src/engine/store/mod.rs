@@ -9,6 +9,7 @@
 //! <workdir>/index.sled/          sled index (manifest copies, run log, leases); rebuildable
 //! <workdir>/tmp/                 private temp files, emptied whenever the lock is taken
 //! <workdir>/out/<pipeline>/      published outputs
+//! <workdir>/running.json         stages the lock holder is running (display hint only)
 //! ```
 //!
 //! Every file is written temp → fsync → rename → fsync folder. A stage is done only when its
@@ -86,6 +87,7 @@ impl Store {
                     fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
                 }
                 store.clear_tmp()?;
+                fsio::remove_if_exists(&store.running_path())?;
                 store.index = Some(store.open_or_rebuild_index()?);
                 store.open_notes = store.reconcile()?;
             }
@@ -320,6 +322,31 @@ impl Store {
                 (p.extension()? == "json").then(|| (name.clone(), self.pins(&name)))
             })
             .collect()
+    }
+
+    /// Records which stages are running now, for `tyr status` from another process while the
+    /// index is held. Best effort and not durable: it is only a display hint.
+    pub fn write_running(&self, ids: &[&str]) {
+        let tmp = fsio::temp_path(&self.tmp_dir());
+        let body = serde_json::to_vec(ids).unwrap_or_default();
+        if std::fs::write(&tmp, body)
+            .and_then(|_| fs::rename(&tmp, self.running_path()))
+            .is_err()
+        {
+            tracing::debug!("could not update running.json");
+        }
+    }
+
+    /// The stages the lock holder said were running (empty when none or unreadable).
+    pub fn running(&self) -> Vec<String> {
+        fs::read(self.running_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn running_path(&self) -> PathBuf {
+        self.root.join("running.json")
     }
 
     pub fn write_pins(&self, pipeline: &str, pins: &BTreeMap<String, Digest>) -> Result<()> {

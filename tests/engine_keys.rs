@@ -183,6 +183,18 @@ params = { text = "fine" }
     assert!(matches!(outcome("bad"), Outcome::Failed(e) if e.contains("boom")));
     assert!(matches!(outcome("after-bad"), Outcome::Skipped(_)));
     assert!(matches!(outcome("good"), Outcome::Ran(_)));
+    // `tyr status` reports it failed, with its error, from the run log.
+    let g = tyr::pipeline::load(&s.pipeline(), &[], None, &Registry::with_defaults()).unwrap();
+    let store = Store::open(&g.header.workdir, OpenMode::Inspect).unwrap();
+    let attempts = store.index().unwrap().attempts();
+    let rows = tyr::engine::status::status(&g, &store, Some(&attempts), None);
+    let bad = rows.iter().find(|r| r.id == "bad").unwrap();
+    assert_eq!(
+        (bad.state.as_str(), bad.detail.contains("boom")),
+        ("failed", true),
+        "{bad:?}"
+    );
+    drop(store);
     // The next run retries the failed stage (and only it: `good` is cached).
     let r = run_lib(&s, &[]);
     assert!(

@@ -84,7 +84,7 @@ pub fn lookup(store: &Store, parts: &KeyParts, previous: Option<Digest>) -> Look
         Ok(Some(m)) => {
             let mut available = true;
             for (name, o) in &m.outputs {
-                match (store.check_blob(&o.digest), o.retention) {
+                match (store.check_blob_sized(&o.digest, o.size_bytes), o.retention) {
                     (BlobState::Ok, _) => {}
                     (BlobState::Missing, Retention::Transient) => available = false,
                     (BlobState::Missing, Retention::Keep) => {

@@ -107,6 +107,23 @@ fn second_run_on_a_busy_workdir_is_refused_naming_the_holder() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // `tyr status` meanwhile shows the slow stage as running.
+    let t = Instant::now();
+    loop {
+        let o = tyr(&["status", p.to_str().unwrap()]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        if out
+            .lines()
+            .any(|l| l.starts_with("running") && l.contains("count"))
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "status never showed `count` running:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let o = tyr(&["run", p.to_str().unwrap()]);
     first.kill().unwrap();
     first.wait().unwrap();

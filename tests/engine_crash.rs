@@ -68,6 +68,7 @@ fn runs_killed_at_every_write_path_fault_point_resume_to_identical_results() {
             verify_clean(&s.workdir());
         }
     }
+    eprintln!("{kills} kills at fault points: {points:?}");
     assert!(
         kills >= 20,
         "only {kills} fault points were reached: {points:?}"
@@ -110,6 +111,7 @@ fn runs_killed_at_random_instants_resume_to_identical_results() {
             }
         }
     }
+    eprintln!("{kills} SIGKILLs at random instants");
     assert!(kills >= 5, "only {kills} kills landed");
     let o = run_in(&s, None);
     assert!(o.status.success(), "{}", text(&o));

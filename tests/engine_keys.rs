@@ -72,7 +72,10 @@ fn upstream_change_propagates_to_dependents() {
     assert_eq!(sorted(r.ran()), vec!["digest", "greeting", "summary"]);
     // Going back to the first text finds its results still in the store.
     let plan = plan_lib(&s, &[]);
-    assert!(plan.iter().all(|p| p.state == StageState::Cached), "{plan:?}");
+    assert!(
+        plan.iter().all(|p| p.state == StageState::Cached),
+        "{plan:?}"
+    );
     // A third text: plan names the param change against the latest run ("bye").
     let plan = plan_lib(&s, &["greeting.text=\"ciao\""]);
     let g = plan.iter().find(|p| p.id == "greeting").unwrap();
@@ -180,6 +183,18 @@ params = { text = "fine" }
     assert!(matches!(outcome("bad"), Outcome::Failed(e) if e.contains("boom")));
     assert!(matches!(outcome("after-bad"), Outcome::Skipped(_)));
     assert!(matches!(outcome("good"), Outcome::Ran(_)));
+    // `tyr status` reports it failed, with its error, from the run log.
+    let g = tyr::pipeline::load(&s.pipeline(), &[], None, &Registry::with_defaults()).unwrap();
+    let store = Store::open(&g.header.workdir, OpenMode::Inspect).unwrap();
+    let attempts = store.index().unwrap().attempts();
+    let rows = tyr::engine::status::status(&g, &store, Some(&attempts), None);
+    let bad = rows.iter().find(|r| r.id == "bad").unwrap();
+    assert_eq!(
+        (bad.state.as_str(), bad.detail.contains("boom")),
+        ("failed", true),
+        "{bad:?}"
+    );
+    drop(store);
     // The next run retries the failed stage (and only it: `good` is cached).
     let r = run_lib(&s, &[]);
     assert!(

@@ -47,15 +47,17 @@ impl<'a> MakeWriter<'a> for BarWriter {
 /// Installs the global subscriber. Call once, first thing in `main`.
 pub fn init(format: LogFormat) -> Ui {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let tty = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(tty);
     match format {
         LogFormat::Json => {
             let _ = builder.json().with_writer(std::io::stderr).try_init();
             Ui::default()
         }
-        LogFormat::Text if std::io::stderr().is_terminal() => {
+        LogFormat::Text if tty => {
             let bars = MultiProgress::new();
             let _ = builder.with_writer(BarWriter(bars.clone())).try_init();
             Ui { bars: Some(bars) }

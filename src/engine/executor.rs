@@ -58,7 +58,7 @@ enum State {
     },
     Running,
     Done {
-        manifest: Manifest,
+        manifest: Box<Manifest>,
         set: Arc<ArtifactSet>,
         available: bool,
         outcome: Outcome,
@@ -170,6 +170,7 @@ impl<'g> Coordinator<'g> {
                     )
                 });
             }
+            self.show_running();
             let Some(joined) = running.join_next().await else {
                 break;
             };
@@ -189,7 +190,7 @@ impl<'g> Coordinator<'g> {
                     );
                     self.pin(i, c.manifest.key)?;
                     self.states[i] = State::Done {
-                        manifest: c.manifest,
+                        manifest: Box::new(c.manifest),
                         set: c.set,
                         available: true,
                         outcome,
@@ -238,26 +239,25 @@ impl<'g> Coordinator<'g> {
                 State::Done { manifest, .. } => manifest.output_digest,
                 _ => Digest([0; 32]),
             });
-            if !force {
-                if let Lookup::Done {
+            let found = (!force).then(|| lookup(&self.store, &parts, None));
+            if let Some(Lookup::Done {
+                manifest,
+                available,
+            }) = found
+            {
+                let set = job::lazy_set(&self.store, &manifest, &node.id);
+                self.observer.finished(&node.id, &Outcome::Cached);
+                tracing::info!(stage = %node.id, "cached");
+                let key = manifest.key;
+                self.states[i] = State::Done {
                     manifest,
+                    set,
                     available,
-                } = lookup(&self.store, &parts, None)
-                {
-                    let set = job::lazy_set(&self.store, &manifest, &node.id);
-                    self.observer.finished(&node.id, &Outcome::Cached);
-                    tracing::info!(stage = %node.id, "cached");
-                    let key = manifest.key;
-                    self.states[i] = State::Done {
-                        manifest,
-                        set,
-                        available,
-                        outcome: Outcome::Cached,
-                    };
-                    self.pin(i, key)?;
-                    self.collect_transients(i)?;
-                    continue;
-                }
+                    outcome: Outcome::Cached,
+                };
+                self.pin(i, key)?;
+                self.collect_transients(i)?;
+                continue;
             }
             // It must run; an input whose transient outputs were collected must run again first.
             let mut missing = false;
@@ -308,6 +308,14 @@ impl<'g> Coordinator<'g> {
             store: self.store.clone(),
             observer: self.observer.clone(),
         })
+    }
+
+    fn show_running(&self) {
+        let ids: Vec<&str> = (0..self.states.len())
+            .filter(|&i| matches!(self.states[i], State::Running))
+            .map(|i| self.graph.nodes[i].id.as_str())
+            .collect();
+        self.store.write_running(&ids);
     }
 
     fn pin(&mut self, i: usize, key: Digest) -> Result<()> {

@@ -1,7 +1,7 @@
-//! Test hook for crash tests: `TYR_FAULT=<point>[:<nth>]` aborts the process the `nth` time
-//! (default first) execution reaches the named point on the write path. The crash tests use it
-//! to kill a run between "temp written" and "renamed", between "manifest durable" and "index
-//! committed", and so on, then check that the next run recovers. Unset in normal use; this is
+//! Test hook for crash tests: `TYR_FAULT=<point>[:<nth>]` kills the process (SIGKILL to
+//! itself) the `nth` time (default first) execution reaches the named point on the write path.
+//! The crash tests use it to kill a run between "temp written" and "renamed", between
+//! "manifest durable" and "index committed", and so on, then check that the next run recovers. Unset in normal use; this is
 //! the one environment variable the engine reads, and only as a test hook.
 
 use std::collections::BTreeMap;
@@ -65,7 +65,17 @@ pub fn hit(point: &'static str) {
         *n
     };
     if n == f.nth {
-        // Abort without unwinding or flushing anything, like a power cut or SIGKILL would.
-        std::process::abort();
+        die();
     }
+}
+
+/// Ends the process at once, without unwinding or flushing anything: SIGKILL to itself, the
+/// same death the crash tests deal out from outside (and no core dump, unlike `abort`).
+fn die() -> ! {
+    #[cfg(unix)]
+    // SAFETY: kill(2) on our own pid with a constant signal has no memory-safety concerns.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    std::process::abort()
 }

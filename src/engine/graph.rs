@@ -49,6 +49,18 @@ pub struct Node {
     pub resources: Resources,
 }
 
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("params", &self.params_json)
+            .field("inputs", &self.inputs)
+            .field("resources", &self.resources)
+            .finish()
+    }
+}
+
 impl Node {
     /// Indices of every upstream node, deduplicated.
     pub fn deps(&self) -> Vec<usize> {
@@ -62,6 +74,7 @@ impl Node {
 }
 
 /// A validated pipeline: header and nodes in topological order (ties in file order).
+#[derive(Debug)]
 pub struct Graph {
     pub header: Header,
     pub nodes: Vec<Node>,

@@ -69,7 +69,10 @@ pub fn key_parts(graph: &Graph, i: usize, output_digest: impl Fn(usize) -> Diges
 /// The result of looking a key up in the store.
 pub enum Lookup {
     /// Committed. `available`: every output blob is present (transient ones may be collected).
-    Done { manifest: Manifest, available: bool },
+    Done {
+        manifest: Box<Manifest>,
+        available: bool,
+    },
     /// Must run, because…
     Missing(String),
 }
@@ -81,7 +84,7 @@ pub fn lookup(store: &Store, parts: &KeyParts, previous: Option<Digest>) -> Look
         Ok(Some(m)) => {
             let mut available = true;
             for (name, o) in &m.outputs {
-                match (store.check_blob(&o.digest), o.retention) {
+                match (store.check_blob_sized(&o.digest, o.size_bytes), o.retention) {
                     (BlobState::Ok, _) => {}
                     (BlobState::Missing, Retention::Transient) => available = false,
                     (BlobState::Missing, Retention::Keep) => {
@@ -99,7 +102,7 @@ pub fn lookup(store: &Store, parts: &KeyParts, previous: Option<Digest>) -> Look
                 }
             }
             Lookup::Done {
-                manifest: m,
+                manifest: Box::new(m),
                 available,
             }
         }

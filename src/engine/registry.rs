@@ -76,14 +76,31 @@ pub struct Built {
 type BuildFn = fn(&toml::Table) -> Result<Built>;
 
 fn build<S: Stage>(params: &toml::Table) -> Result<Built> {
-    let typed: S::Params = toml::Value::Table(params.clone())
-        .try_into()
-        .map_err(|e: toml::de::Error| Error::msg(e.message().trim().to_string()))?;
+    // Parse from TOML text rather than from the table: the text parser's error carries a
+    // span, which names the offending key ("`n`: invalid type: string, expected u64").
+    let text = toml::to_string(params).map_err(|e| Error::msg(e.to_string()))?;
+    let typed: S::Params = toml::from_str(&text).map_err(|e| {
+        let msg = e.message().trim().to_string();
+        match e.span().and_then(|sp| key_at(&text, sp.start)) {
+            Some(key) if !msg.contains(&format!("`{key}`")) => {
+                Error::msg(format!("`{key}`: {msg}"))
+            }
+            _ => Error::msg(msg),
+        }
+    })?;
     let params_json = canonical_json(&typed)?;
     Ok(Built {
         stage: Arc::new(S::new(typed)?),
         params_json,
     })
+}
+
+/// The key of the `key = value` line containing byte `at` of `text`.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let start = text[..at.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    Some(key.trim().trim_matches('"').to_string())
 }
 
 /// Stage kinds and section expanders by name.

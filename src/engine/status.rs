@@ -28,6 +28,11 @@ pub fn status(
     attempts: Option<&[Attempt]>,
     running_pid: Option<&str>,
 ) -> Vec<StageStatus> {
+    let running = if running_pid.is_some() {
+        store.running()
+    } else {
+        Vec::new()
+    };
     plan(graph, store)
         .into_iter()
         .map(|p| {
@@ -49,10 +54,8 @@ pub fn status(
             });
             let (state, detail) = match (p.state, last, running_pid) {
                 (StageState::Cached, _, _) => ("done", String::new()),
-                (_, _, Some(pid)) => (
-                    "pending",
-                    format!("a run ({pid}) holds the work directory; it may be running"),
-                ),
+                (_, _, Some(pid)) if running.contains(&p.id) => ("running", format!("in {pid}")),
+                (_, _, Some(pid)) => ("pending", format!("waiting in the run of {pid}")),
                 (_, Some(a), _) if a.state == AttemptState::Failed => {
                     ("failed", a.error.clone().unwrap_or_default())
                 }

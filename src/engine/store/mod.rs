@@ -9,6 +9,7 @@
 //! <workdir>/index.sled/          sled index (manifest copies, run log, leases); rebuildable
 //! <workdir>/tmp/                 private temp files, emptied whenever the lock is taken
 //! <workdir>/out/<pipeline>/      published outputs
+//! <workdir>/running.json         stages the lock holder is running (display hint only)
 //! ```
 //!
 //! Every file is written temp → fsync → rename → fsync folder. A stage is done only when its
@@ -58,6 +59,9 @@ pub struct Store {
     open_notes: Vec<String>,
 }
 
+/// Blobs up to this size are re-hashed whenever a plan checks them.
+pub const FULL_HASH_LIMIT_BYTES: u64 = 256 << 20;
+
 const DIRS: &[&str] = &["blobs", "manifests", "progress", "runs", "tmp"];
 
 impl Store {
@@ -86,6 +90,7 @@ impl Store {
                     fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
                 }
                 store.clear_tmp()?;
+                fsio::remove_if_exists(&store.running_path())?;
                 store.index = Some(store.open_or_rebuild_index()?);
                 store.open_notes = store.reconcile()?;
             }
@@ -230,6 +235,19 @@ impl Store {
         s
     }
 
+    /// The cheap check used to decide whether a stage is done: a blob of the expected size
+    /// is re-hashed only up to `FULL_HASH_LIMIT_BYTES`; larger ones are trusted by size here
+    /// (re-hashing hundreds of GB on every `tyr plan` is not an option) and are still verified
+    /// when a consumer reads them and by `tyr verify`.
+    pub fn check_blob_sized(&self, d: &Digest, size_bytes: u64) -> BlobState {
+        match fs::metadata(self.blob_path(d)) {
+            Err(_) => BlobState::Missing,
+            Ok(m) if m.len() != size_bytes => BlobState::Corrupt,
+            Ok(m) if m.len() > FULL_HASH_LIMIT_BYTES => BlobState::Ok,
+            Ok(_) => self.check_blob(d),
+        }
+    }
+
     fn check_blob_uncached(&self, d: &Digest) -> BlobState {
         match fs::read(self.blob_path(d)) {
             Ok(b) if Digest::of(&b) == *d => BlobState::Ok,
@@ -320,6 +338,31 @@ impl Store {
                 (p.extension()? == "json").then(|| (name.clone(), self.pins(&name)))
             })
             .collect()
+    }
+
+    /// Records which stages are running now, for `tyr status` from another process while the
+    /// index is held. Best effort and not durable: it is only a display hint.
+    pub fn write_running(&self, ids: &[&str]) {
+        let tmp = fsio::temp_path(&self.tmp_dir());
+        let body = serde_json::to_vec(ids).unwrap_or_default();
+        if std::fs::write(&tmp, body)
+            .and_then(|_| fs::rename(&tmp, self.running_path()))
+            .is_err()
+        {
+            tracing::debug!("could not update running.json");
+        }
+    }
+
+    /// The stages the lock holder said were running (empty when none or unreadable).
+    pub fn running(&self) -> Vec<String> {
+        fs::read(self.running_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn running_path(&self) -> PathBuf {
+        self.root.join("running.json")
     }
 
     pub fn write_pins(&self, pipeline: &str, pins: &BTreeMap<String, Digest>) -> Result<()> {

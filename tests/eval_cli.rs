@@ -217,3 +217,62 @@ fn generate_with_a_missing_model_fails_naming_it() {
     ]);
     assert_failed_cleanly(&o, &["/nonexistent/dir/model"]);
 }
+
+#[test]
+fn a_gguf_without_tokenizer_needs_tokenizer_json_and_works_with_one() {
+    let (dir, model, text) = setup();
+    let bare = dir.path().join("bare.gguf");
+    let cfg = tiny_config(true, false);
+    let opts = GgufOptions {
+        with_tokenizer: false,
+        ..Default::default()
+    };
+    write_tiny_gguf(&bare, &cfg, &random_source(&cfg, 5).unwrap(), &opts);
+    let o = tyr(&[
+        "eval",
+        "--model",
+        s(&bare),
+        "--data",
+        s(&text),
+        "--seq-len",
+        "8",
+    ]);
+    assert_failed_cleanly(&o, &["bare.gguf", "tokenizer"]);
+
+    let json = dir.path().join("tokenizer.json");
+    open_model(&model)
+        .unwrap()
+        .tokenizer()
+        .unwrap()
+        .save(&json)
+        .unwrap();
+    let args = [
+        "eval",
+        "--model",
+        s(&bare),
+        "--data",
+        s(&text),
+        "--seq-len",
+        "8",
+        "--json",
+        "--tokenizer",
+        s(&json),
+    ];
+    let with = tyr(&args);
+    assert!(with.status.success(), "{}", stderr(&with));
+    let plain = tyr(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&text),
+        "--seq-len",
+        "8",
+        "--json",
+    ]);
+    let (a, b): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_slice(&with.stdout).unwrap(),
+        serde_json::from_slice(&plain.stdout).unwrap(),
+    );
+    assert_eq!(a["perplexity"], b["perplexity"]);
+}

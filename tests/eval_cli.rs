@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 use tiny_gguf::{GgufOptions, tiny_config, write_tiny_gguf};
-use tyr::eval::perplexity::{PerplexityOptions, perplexity};
+use tyr::eval::perplexity::{PerplexityOptions, perplexity_with, window_nll};
 use tyr::model::llama::Llama;
 use tyr::model::open::open_model;
 use tyr::model::random::random_source;
@@ -85,16 +85,18 @@ fn eval_json_reports_the_library_perplexity_and_its_setting() {
     let m = open_model(&model).unwrap();
     let tokens = m.tokenizer().unwrap().encode(TEXT).unwrap();
     let llama = Llama::load(&m.config, m.source.as_ref()).unwrap();
-    let want = perplexity(
+    // Independently of the CLI's chunked lm_head: full logits, then the protocol.
+    let want = perplexity_with(
         &tokens,
         &PerplexityOptions {
             seq_len: 8,
             max_tokens: Some(30),
         },
         |w| {
-            Ok(llama
+            let logits = llama
                 .forward(&Tensor::new(w, &Device::Cpu)?.unsqueeze(0)?)?
-                .squeeze(0)?)
+                .squeeze(0)?;
+            Ok(window_nll(&logits, w)?)
         },
     )
     .unwrap();

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use candle_core::{Device, Tensor};
 use serde_json::json;
 
 use crate::eval::generate::{GenerateOptions, Sampling, generate};
@@ -192,11 +191,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     }
     let model = Llama::load(&m.config, m.source.as_ref())
         .with_context(|| format!("loading weights of {}", args.model.display()))?;
-    let report = perplexity(&tokens, &opts, |w| {
-        let ids = Tensor::new(w, &Device::Cpu)?.unsqueeze(0)?;
-        // [1, S, vocab] → [S, vocab]
-        Ok(model.forward(&ids)?.squeeze(0)?)
-    })?;
+    let report = perplexity(&model, &tokens, &opts)?;
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
         let out = json!({

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 use tiny_gguf::{GgufOptions, tiny_config, write_tiny_gguf};
-use tyr::eval::perplexity::{PerplexityOptions, perplexity};
+use tyr::eval::perplexity::{PerplexityOptions, perplexity_with, window_nll};
 use tyr::model::llama::Llama;
 use tyr::model::open::open_model;
 use tyr::model::random::random_source;
@@ -85,16 +85,18 @@ fn eval_json_reports_the_library_perplexity_and_its_setting() {
     let m = open_model(&model).unwrap();
     let tokens = m.tokenizer().unwrap().encode(TEXT).unwrap();
     let llama = Llama::load(&m.config, m.source.as_ref()).unwrap();
-    let want = perplexity(
+    // Independently of the CLI's chunked lm_head: full logits, then the protocol.
+    let want = perplexity_with(
         &tokens,
         &PerplexityOptions {
             seq_len: 8,
             max_tokens: Some(30),
         },
         |w| {
-            Ok(llama
+            let logits = llama
                 .forward(&Tensor::new(w, &Device::Cpu)?.unsqueeze(0)?)?
-                .squeeze(0)?)
+                .squeeze(0)?;
+            Ok(window_nll(&logits, w)?)
         },
     )
     .unwrap();
@@ -216,4 +218,63 @@ fn generate_with_a_missing_model_fails_naming_it() {
         "hi",
     ]);
     assert_failed_cleanly(&o, &["/nonexistent/dir/model"]);
+}
+
+#[test]
+fn a_gguf_without_tokenizer_needs_tokenizer_json_and_works_with_one() {
+    let (dir, model, text) = setup();
+    let bare = dir.path().join("bare.gguf");
+    let cfg = tiny_config(true, false);
+    let opts = GgufOptions {
+        with_tokenizer: false,
+        ..Default::default()
+    };
+    write_tiny_gguf(&bare, &cfg, &random_source(&cfg, 5).unwrap(), &opts);
+    let o = tyr(&[
+        "eval",
+        "--model",
+        s(&bare),
+        "--data",
+        s(&text),
+        "--seq-len",
+        "8",
+    ]);
+    assert_failed_cleanly(&o, &["bare.gguf", "tokenizer"]);
+
+    let json = dir.path().join("tokenizer.json");
+    open_model(&model)
+        .unwrap()
+        .tokenizer()
+        .unwrap()
+        .save(&json)
+        .unwrap();
+    let args = [
+        "eval",
+        "--model",
+        s(&bare),
+        "--data",
+        s(&text),
+        "--seq-len",
+        "8",
+        "--json",
+        "--tokenizer",
+        s(&json),
+    ];
+    let with = tyr(&args);
+    assert!(with.status.success(), "{}", stderr(&with));
+    let plain = tyr(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&text),
+        "--seq-len",
+        "8",
+        "--json",
+    ]);
+    let (a, b): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_slice(&with.stdout).unwrap(),
+        serde_json::from_slice(&plain.stdout).unwrap(),
+    );
+    assert_eq!(a["perplexity"], b["perplexity"]);
 }

@@ -309,11 +309,7 @@ fn smollm2_gguf_perplexity_matches_transformers() {
         seq_len: 128,
         max_tokens: Some(256),
     };
-    let r = perplexity(&tokens, &opts, |w| {
-        let ids = Tensor::new(w, &Device::Cpu)?.unsqueeze(0)?;
-        Ok(model.forward(&ids)?.squeeze(0)?)
-    })
-    .unwrap();
+    let r = perplexity(&model, &tokens, &opts).unwrap();
     assert_eq!(r.windows, 2);
     let diff = (r.perplexity - smollm2::TRANSFORMERS_PPL_2X128).abs();
     assert!(
@@ -436,5 +432,26 @@ fn llama3_rope_scaling_is_recovered_from_rope_freqs() {
     assert!(
         err.contains("l3.gguf") && err.contains("rope_freqs.weight"),
         "{err}"
+    );
+}
+
+#[test]
+fn chunked_lm_head_scores_a_long_window_like_full_logits() {
+    use tyr::eval::perplexity::{LOGIT_ROWS_PER_CHUNK, model_window_nll, window_nll};
+    let cfg = tiny_config(false, false);
+    let model = Llama::load(&cfg, &random_source(&cfg, 4).unwrap()).unwrap();
+    let n = LOGIT_ROWS_PER_CHUNK + 77;
+    let window: Vec<u32> = (0..n as u32)
+        .map(|i| (i * 37 + 11) % cfg.vocab_size as u32)
+        .collect();
+    let chunked = model_window_nll(&model, &window).unwrap();
+    let ids = Tensor::new(window.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let full = window_nll(&model.forward(&ids).unwrap().squeeze(0).unwrap(), &window).unwrap();
+    assert!(
+        (chunked - full).abs() < 1e-6 * full.abs(),
+        "{chunked} vs {full}"
     );
 }

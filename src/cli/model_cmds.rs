@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use candle_core::{Device, Tensor};
 use serde_json::json;
 
 use crate::eval::generate::{GenerateOptions, Sampling, generate};
 use crate::eval::perplexity::{PerplexityOptions, perplexity, windows};
 use crate::model::llama::Llama;
 use crate::model::open::{OpenedModel, open_model};
+use crate::model::tokenizer::Tokenizer;
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
@@ -40,6 +40,9 @@ pub struct EvalArgs {
     /// Print one JSON object instead of a sentence.
     #[arg(long)]
     pub json: bool,
+    /// A `tokenizer.json` to use instead of the model's own.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,10 +62,21 @@ pub struct GenerateArgs {
     /// Seed of the sampling stream (with --temperature).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// A `tokenizer.json` to use instead of the model's own.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
 }
 
 fn open(path: &Path) -> anyhow::Result<OpenedModel> {
     open_model(path).with_context(|| format!("cannot open model {}", path.display()))
+}
+
+/// The model's tokenizer, or the `--tokenizer` file when one is given.
+fn tokenizer_for(m: &mut OpenedModel, over: Option<&Path>) -> anyhow::Result<Tokenizer> {
+    if let Some(p) = over {
+        m.tokenizer = Some(Tokenizer::from_file(p)?);
+    }
+    Ok(m.tokenizer()?.clone())
 }
 
 pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
@@ -157,8 +171,8 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
 pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let text = read_text(&args.data)?;
-    let m = open(&args.model)?;
-    let tokenizer = m.tokenizer()?;
+    let mut m = open(&args.model)?;
+    let tokenizer = tokenizer_for(&mut m, args.tokenizer.as_deref())?;
     let tokens = tokenizer
         .encode(&text)
         .with_context(|| format!("tokenizing {}", args.data.display()))?;
@@ -177,11 +191,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     }
     let model = Llama::load(&m.config, m.source.as_ref())
         .with_context(|| format!("loading weights of {}", args.model.display()))?;
-    let report = perplexity(&tokens, &opts, |w| {
-        let ids = Tensor::new(w, &Device::Cpu)?.unsqueeze(0)?;
-        // [1, S, vocab] → [S, vocab]
-        Ok(model.forward(&ids)?.squeeze(0)?)
-    })?;
+    let report = perplexity(&model, &tokens, &opts)?;
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
         let out = json!({
@@ -215,8 +225,8 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
 }
 
 pub fn generate_cmd(args: &GenerateArgs) -> anyhow::Result<()> {
-    let m = open(&args.model)?;
-    let tokenizer = m.tokenizer()?;
+    let mut m = open(&args.model)?;
+    let tokenizer = tokenizer_for(&mut m, args.tokenizer.as_deref())?;
     let model = Llama::load(&m.config, m.source.as_ref())
         .with_context(|| format!("loading weights of {}", args.model.display()))?;
     let sampling = match args.temperature {
@@ -231,7 +241,7 @@ pub fn generate_cmd(args: &GenerateArgs) -> anyhow::Result<()> {
         sampling,
         eos_token_id: m.config.eos_token_id,
     };
-    let g = generate(&model, tokenizer, &args.prompt, &opts)?;
+    let g = generate(&model, &tokenizer, &args.prompt, &opts)?;
     println!("{}{}", args.prompt, g.text);
     Ok(())
 }

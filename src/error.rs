@@ -77,6 +77,14 @@ pub enum Error {
     // ---- search -------------------------------------------------------------------------------
 
     // ---- export -------------------------------------------------------------------------------
+    #[error("layer {layer} {module}: invalid pruning choice: {msg}")]
+    ExportChoice {
+        layer: usize,
+        module: &'static str,
+        msg: String,
+    },
+    #[error("{path}: GGUF export: {msg}")]
+    GgufWrite { path: PathBuf, msg: String },
 
     // ---- eval ---------------------------------------------------------------------------------
     #[error("the text has {tokens} tokens, fewer than one window of --seq-len {seq_len}")]

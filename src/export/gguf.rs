@@ -165,9 +165,15 @@ fn read(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Tensor> {
 
 /// Rows `idx` of `t`.
 fn rows(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
+    select(t, 0, idx)
+}
+
+/// Entries `idx` of `t` along `dim`, contiguous.
+fn select(t: &Tensor, dim: usize, idx: &[usize]) -> Result<Tensor> {
     let idx: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
     let n = idx.len();
-    Ok(t.index_select(&Tensor::from_vec(idx, n, &Device::Cpu)?, 0)?)
+    let ids = Tensor::from_vec(idx, n, &Device::Cpu)?;
+    Ok(t.contiguous()?.index_select(&ids, dim)?.contiguous()?)
 }
 
 /// Row indices of whole heads, in the given head order.
@@ -197,8 +203,7 @@ fn layer_tensors(
                 out.push((b("attn_q", "weight"), q, true));
                 out.push((b("attn_k", "weight"), k, true));
                 out.push((b("attn_v", "weight"), rows(&a.v_proj, &kv_rows)?, true));
-                let o = a.o_proj.t()?;
-                let o = rows(&o, &q_rows)?.t()?.contiguous()?;
+                let o = select(&a.o_proj, 1, &q_rows)?;
                 out.push((b("attn_output", "weight"), o, true));
                 if let Some(t) = &a.q_bias {
                     let t = permute_rows(&rows(t, &q_rows)?, form.n_q, dh)?;

@@ -3,14 +3,16 @@
 //! every export case: uneven GQA groups, removed K/V heads, one layer without attention, one
 //! without FFN. Kept units keep their dense `o_proj`/`down_proj` columns (no refit).
 //!
-//! cargo run --release --example export_pruned_demo -- MODEL.gguf OUT_DIR TEXT [MAX_TOKENS]
+//! cargo run --release --example export_pruned_demo -- MODEL.gguf OUT_DIR TEXT [MAX_TOKENS [pad-one]]
 //!
 //! Writes OUT_DIR/saved/ (our format), OUT_DIR/pruned.gguf, OUT_DIR/tokens.json (the text's
 //! token ids, no BOS) and prints the export report.
 
 use anyhow::{Context, bail};
 use candle_core::{Device, Tensor};
-use tyr::export::{GgufExportOptions, LayerChoice, ModuleChoice, SlicedSource, write_gguf};
+use tyr::export::{
+    GgufExportOptions, LayerChoice, ModuleChoice, SlicedSource, ZeroWidth, write_gguf,
+};
 use tyr::model::open::open_model;
 use tyr::model::{ModelConfig, SaveOptions, TensorSource, save_model};
 
@@ -29,6 +31,8 @@ fn kept(l: usize, n_q: usize, d_ff: usize) -> (Vec<usize>, Vec<usize>) {
         10 => (vec![0, 1, 3], first(d_ff * 3 / 4)),
         // No attention.
         14 => (vec![], first(d_ff)),
+        // Neither attention nor FFN.
+        16 => (vec![], vec![]),
         // No FFN, groups 3 + 2 + 1.
         20 => (
             [0, 1, 2, 4, 5, 8]
@@ -68,7 +72,7 @@ fn choices(cfg: &ModelConfig, src: &dyn TensorSource) -> anyhow::Result<Vec<Laye
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 3 {
-        bail!("usage: export_pruned_demo MODEL.gguf OUT_DIR TEXT [MAX_TOKENS]");
+        bail!("usage: export_pruned_demo MODEL.gguf OUT_DIR TEXT [MAX_TOKENS [omit|pad-one]]");
     }
     let (model, out, text) = (
         std::path::Path::new(&args[0]),
@@ -97,8 +101,14 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     save_model(&saved, &cfg, &mem, &save_opts)?;
+    let zero_width = match args.get(4).map(String::as_str) {
+        None | Some("omit") => ZeroWidth::Omit,
+        Some("pad-one") => ZeroWidth::PadOne,
+        Some(other) => bail!("zero-width must be omit or pad-one, not {other}"),
+    };
     let gguf_opts = GgufExportOptions {
         metadata_from: Some(model.to_path_buf()),
+        zero_width,
         ..Default::default()
     };
     let report = write_gguf(&out.join("pruned.gguf"), &cfg, &mem, &gguf_opts)?;

@@ -3,7 +3,7 @@
 //! every export case: uneven GQA groups, removed K/V heads, one layer without attention, one
 //! without FFN. Kept units keep their dense `o_proj`/`down_proj` columns (no refit).
 //!
-//! cargo run --release --example export_pruned_demo -- MODEL.gguf OUT_DIR TEXT [MAX_TOKENS [pad-one]]
+//! cargo run --release --example export_pruned_demo -- MODEL.gguf OUT_DIR TEXT [MAX_TOKENS [omit|pad-one [layer0-no-attention]]]
 //!
 //! Writes OUT_DIR/saved/ (our format), OUT_DIR/pruned.gguf, OUT_DIR/tokens.json (the text's
 //! token ids, no BOS) and prints the export report.
@@ -24,9 +24,11 @@ fn columns(t: &Tensor, idx: &[usize]) -> anyhow::Result<Tensor> {
 
 /// Kept query heads and FFN channels of layer `l` for a dense layer of `n_q` heads, `d_ff`
 /// channels.
-fn kept(l: usize, n_q: usize, d_ff: usize) -> (Vec<usize>, Vec<usize>) {
+fn kept(l: usize, n_q: usize, d_ff: usize, layer0_empty: bool) -> (Vec<usize>, Vec<usize>) {
     let first = |n: usize| (0..n).collect::<Vec<_>>();
     match l {
+        // Optionally no attention in layer 0 (written as one padding head for llama.cpp).
+        0 if layer0_empty => (vec![], first(d_ff)),
         // Uneven groups (2 + 1) and a removed K/V head.
         10 => (vec![0, 1, 3], first(d_ff * 3 / 4)),
         // No attention.
@@ -47,11 +49,15 @@ fn kept(l: usize, n_q: usize, d_ff: usize) -> (Vec<usize>, Vec<usize>) {
     }
 }
 
-fn choices(cfg: &ModelConfig, src: &dyn TensorSource) -> anyhow::Result<Vec<LayerChoice>> {
+fn choices(
+    cfg: &ModelConfig,
+    src: &dyn TensorSource,
+    layer0_empty: bool,
+) -> anyhow::Result<Vec<LayerChoice>> {
     let dh = cfg.head_dim;
     let mut out = Vec::new();
     for (l, d) in cfg.layers.iter().enumerate() {
-        let (heads, chans) = kept(l, d.n_q, d.d_ff);
+        let (heads, chans) = kept(l, d.n_q, d.d_ff, layer0_empty);
         let o = src.tensor(&format!("model.layers.{l}.self_attn.o_proj.weight"))?;
         let down = src.tensor(&format!("model.layers.{l}.mlp.down_proj.weight"))?;
         let o_cols: Vec<usize> = heads.iter().flat_map(|&h| h * dh..(h + 1) * dh).collect();
@@ -72,7 +78,9 @@ fn choices(cfg: &ModelConfig, src: &dyn TensorSource) -> anyhow::Result<Vec<Laye
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 3 {
-        bail!("usage: export_pruned_demo MODEL.gguf OUT_DIR TEXT [MAX_TOKENS [omit|pad-one]]");
+        bail!(
+            "usage: export_pruned_demo MODEL.gguf OUT_DIR TEXT [MAX_TOKENS [omit|pad-one [layer0-no-attention]]]"
+        );
     }
     let (model, out, text) = (
         std::path::Path::new(&args[0]),
@@ -90,7 +98,8 @@ fn main() -> anyhow::Result<()> {
     let tok_json = out.join("tokenizer.json");
     tok.save(&tok_json)?;
 
-    let ch = choices(&m.config, m.source.as_ref())?;
+    let layer0_empty = args.get(5).is_some_and(|a| a == "layer0-no-attention");
+    let ch = choices(&m.config, m.source.as_ref(), layer0_empty)?;
     let sliced = SlicedSource::new(&m.config, m.source.as_ref(), &ch)?;
     let cfg = sliced.config().clone();
     // Materialise once: the GGUF source dequantizes on every read.

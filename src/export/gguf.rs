@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::gguf_form::{GgufLayerForm, ZeroWidth, is_uniform, layer_form, written_config};
 use crate::model::gguf::permute_rows;
+use crate::model::llama_block::validate_dims;
 use crate::model::{BlockWeights, ModelConfig, TensorSource};
 use crate::{Error, Result};
 
@@ -65,6 +66,9 @@ pub fn write_gguf(
         path: path.to_path_buf(),
         msg,
     };
+    for (l, d) in cfg.layers.iter().enumerate() {
+        validate_dims(l, d)?;
+    }
     let written = written_config(cfg, opts.zero_width);
     let arch = if is_uniform(&written) {
         "llama"
@@ -74,7 +78,7 @@ pub fn write_gguf(
     let forms: Vec<GgufLayerForm> = (0..cfg.n_layers())
         .map(|l| layer_form(cfg, l, opts.zero_width))
         .collect();
-    let metadata = metadata(cfg, &written, arch, opts, path)?;
+    let metadata = metadata(cfg, &written, arch, opts)?;
 
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let mut put = |name: String, t: &Tensor, matrix: bool| -> Result<()> {
@@ -289,7 +293,6 @@ fn metadata(
     written: &ModelConfig,
     arch: &str,
     opts: &GgufExportOptions,
-    path: &Path,
 ) -> Result<Vec<(String, Value)>> {
     let mut m: Vec<(String, Value)> = Vec::new();
     let u32v = |x: usize| Value::U32(x as u32);
@@ -356,12 +359,6 @@ fn metadata(
         if let Some(e) = cfg.eos_token_id {
             m.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(e)));
         }
-    }
-    if m.iter().any(|(k, _)| k.is_empty()) {
-        return Err(Error::GgufWrite {
-            path: path.to_path_buf(),
-            msg: "empty metadata key".into(),
-        });
     }
     Ok(m)
 }

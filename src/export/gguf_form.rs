@@ -49,7 +49,8 @@ fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-/// The written form of layer `l` of `cfg`.
+/// The written form of layer `l < cfg.n_layers()` of `cfg`, whose dims pass
+/// `llama_block::validate_dims` (`write_gguf` checks both).
 pub fn layer_form(cfg: &ModelConfig, l: usize, zero_width: ZeroWidth) -> GgufLayerForm {
     let d: &LayerDims = &cfg.layers[l];
     let last = l + 1 == cfg.n_layers();

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
 
+use crate::model::llama_block::validate_dims;
 use crate::model::{LayerDims, MemorySource, ModelConfig, TensorSource};
 use crate::{Error, Result};
 
@@ -67,6 +68,7 @@ pub fn plan_layer(cfg: &ModelConfig, l: usize, choice: &LayerChoice) -> Result<L
         module: "layer",
         msg: format!("the model has {} layers", cfg.n_layers()),
     })?;
+    validate_dims(l, dense)?;
     let (h, dh) = (cfg.hidden_size, cfg.head_dim);
     check_kept(l, "attention", &choice.attn.kept, dense.n_q)?;
     check_kept(l, "ffn", &choice.ffn.kept, dense.d_ff)?;

@@ -223,6 +223,14 @@ pub enum Error {
     /// A run report that cannot be built, encoded or read back.
     #[error("report: {reason}")]
     ExportReport { reason: String },
+    #[error("layer {layer} {module}: invalid pruning choice: {msg}")]
+    ExportChoice {
+        layer: usize,
+        module: &'static str,
+        msg: String,
+    },
+    #[error("{path}: GGUF export: {msg}")]
+    GgufWrite { path: PathBuf, msg: String },
 
     // ---- eval ---------------------------------------------------------------------------------
     #[error("the text has {tokens} tokens, fewer than one window of --seq-len {seq_len}")]

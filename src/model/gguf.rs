@@ -176,8 +176,10 @@ fn value_as_f64(v: &Value) -> Option<f64> {
     }
 }
 
-/// The architectures whose tensors and metadata follow llama.cpp's `llama` layout.
-const LLAMA_ARCHS: &[&str] = &["llama"];
+/// The architectures whose tensors and metadata follow llama.cpp's `llama` layout. `deci` (what
+/// tyr's GGUF export writes for per-layer dims) adds per-layer count arrays and omits the norm of
+/// a removed branch.
+const LLAMA_ARCHS: &[&str] = &["llama", "deci"];
 
 fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     let arch = match g.required("general.architecture")? {
@@ -372,6 +374,9 @@ struct Entry {
     gguf_name: String,
     /// `Some(heads)` for Q/K weights and biases, whose rows llama.cpp permuted per head.
     unpermute_heads: Option<usize>,
+    /// `Some(hidden)` for the norm of a removed branch that the file omits (`deci`): it is never
+    /// used, and is served as ones so every layer has both norms.
+    unused_norm: Option<usize>,
 }
 
 /// The HF name of a GGUF tensor name and, for Q/K, which per-layer head count it is permuted by.
@@ -454,8 +459,25 @@ impl GgufSource {
                 Entry {
                     gguf_name: gguf_name.clone(),
                     unpermute_heads,
+                    unused_norm: None,
                 },
             );
+        }
+        for (l, d) in cfg.layers.iter().enumerate() {
+            for (removed, norm) in [
+                (d.n_q == 0, "input_layernorm"),
+                (d.d_ff == 0, "post_attention_layernorm"),
+            ] {
+                let hf = format!("model.layers.{l}.{norm}.weight");
+                if removed && !entries.contains_key(&hf) {
+                    let e = Entry {
+                        gguf_name: format!("(none: branch removed in layer {l})"),
+                        unpermute_heads: None,
+                        unused_norm: Some(cfg.hidden_size),
+                    };
+                    entries.insert(hf, e);
+                }
+            }
         }
         Ok(GgufSource {
             path,
@@ -466,6 +488,9 @@ impl GgufSource {
     }
 
     fn read(&self, e: &Entry) -> candle_core::Result<Tensor> {
+        if let Some(h) = e.unused_norm {
+            return Tensor::ones(h, candle_core::DType::F32, &Device::Cpu);
+        }
         let file = File::open(&self.path)?;
         let mut reader = BufReader::new(file);
         let t = self

@@ -94,12 +94,14 @@ fn forward(a: &ForwardArgs) -> anyhow::Result<()> {
             a.logits
         );
         println!(
-            "{:>6} {:>8} {:>11} {:>11} {:>11}",
-            "batch", "seq_len", "median_s", "min_s", "tokens/s"
+            "{:>6} {:>8} {:>10} {:>10} {:>10} {:>10} {:>12}",
+            "batch", "seq_len", "median_s", "min_s", "tokens/s", "cpu_s", "tokens/cpu_s"
         );
         for r in &results {
+            let cpu = r.median_cpu_s.map_or("-".into(), |c| format!("{c:.2}"));
+            let per_cpu = r.tokens_per_cpu_s.map_or("-".into(), |t| format!("{t:.1}"));
             println!(
-                "{:>6} {:>8} {:>11.3} {:>11.3} {:>11.1}",
+                "{:>6} {:>8} {:>10.3} {:>10.3} {:>10.1} {cpu:>10} {per_cpu:>12}",
                 r.batch, r.seq_len, r.median_s, r.min_s, r.tokens_per_s
             );
         }

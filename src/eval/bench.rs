@@ -53,6 +53,20 @@ pub struct BenchResult {
     pub median_s: f64,
     pub min_s: f64,
     pub tokens_per_s: f64,
+    /// Median CPU time of the process (all threads) per forward; on a shared machine this
+    /// measures the work where wall time mostly measures the other tenants. Linux only.
+    pub median_cpu_s: Option<f64>,
+    pub tokens_per_cpu_s: Option<f64>,
+}
+
+/// User + system CPU seconds of this process so far, from `/proc/self/stat` (Linux).
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 /// Times `model` on deterministic token ids for each batch size of `spec`.
@@ -77,13 +91,19 @@ pub fn bench_forward(model: &Llama, spec: &BenchSpec) -> Result<Vec<BenchResult>
             run()?;
         }
         let mut times = Vec::with_capacity(spec.iters);
+        let mut cpu = Vec::with_capacity(spec.iters);
         for _ in 0..spec.iters.max(1) {
-            let t = Instant::now();
+            let (t, c) = (Instant::now(), process_cpu_seconds());
             run()?;
             times.push(t.elapsed().as_secs_f64());
+            if let (Some(c0), Some(c1)) = (c, process_cpu_seconds()) {
+                cpu.push(c1 - c0);
+            }
         }
         times.sort_by(f64::total_cmp);
+        cpu.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
+        let median_cpu = (cpu.len() == times.len()).then(|| cpu[cpu.len() / 2]);
         tracing::info!(
             batch = b,
             seq_len = spec.seq_len,
@@ -98,6 +118,8 @@ pub fn bench_forward(model: &Llama, spec: &BenchSpec) -> Result<Vec<BenchResult>
             median_s: median,
             min_s: times[0],
             tokens_per_s: n as f64 / median,
+            median_cpu_s: median_cpu,
+            tokens_per_cpu_s: median_cpu.map(|c| n as f64 / c),
         });
     }
     Ok(out)
@@ -111,5 +133,18 @@ mod tests {
     fn smollm2_shape_has_the_published_parameter_count() {
         assert_eq!(smollm2_135m_config().decoder_params(), 106_202_880);
         assert_eq!(smollm2_135m_config().total_params(), 134_515_008);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_cpu_time_is_read_and_grows_with_work() {
+        let a = process_cpu_seconds().unwrap();
+        let mut x = 0u64;
+        let t = Instant::now();
+        while t.elapsed().as_millis() < 60 {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        assert!(process_cpu_seconds().unwrap() > a);
     }
 }

@@ -165,7 +165,7 @@ impl HfConfig {
         let head_dim = match (&self.pruning, self.head_dim) {
             (Some(p), _) => p.head_dim,
             (None, Some(d)) => d,
-            (None, None) if n_heads > 0 && self.hidden_size % n_heads == 0 => {
+            (None, None) if n_heads > 0 && self.hidden_size.is_multiple_of(n_heads) => {
                 self.hidden_size / n_heads
             }
             _ => {
@@ -183,7 +183,7 @@ impl HfConfig {
         let layers = match &self.pruning {
             Some(p) => p.layers(self.num_hidden_layers).map_err(bad)?,
             None => {
-                if n_kv == 0 || n_heads % n_kv != 0 {
+                if n_kv == 0 || !n_heads.is_multiple_of(n_kv) {
                     return Err(bad(format!(
                         "num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}"
                     )));

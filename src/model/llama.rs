@@ -96,7 +96,10 @@ impl Embeddings {
 #[derive(Debug, Clone)]
 pub struct Head {
     norm: Tensor,
+    /// HF `lm_head.weight` `[vocab, hidden]`.
     lm_head: Tensor,
+    /// The same, transposed and contiguous `[hidden, vocab]`: the fast matmul operand.
+    lm_head_t: Tensor,
     eps: f32,
 }
 
@@ -115,17 +118,21 @@ impl Head {
         } else {
             read(src, "lm_head.weight", &[v, h])?
         };
+        let lm_head_t = lm_head.t()?.contiguous()?;
         Ok(Head {
             norm,
             lm_head,
+            lm_head_t,
             eps: cfg.rms_norm_eps as f32,
         })
     }
 
     pub fn new(cfg: &ModelConfig, norm: Tensor, lm_head: Tensor) -> Result<Self> {
+        let lm_head_t = lm_head.t()?.contiguous()?;
         Ok(Head {
             norm: norm.contiguous()?,
             lm_head: lm_head.contiguous()?,
+            lm_head_t,
             eps: cfg.rms_norm_eps as f32,
         })
     }
@@ -151,7 +158,7 @@ impl Head {
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let n = self.normed(x)?.reshape((b * s, h))?;
-        Ok(n.matmul(&self.lm_head.t()?)?.reshape((b, s, ()))?)
+        Ok(n.matmul(&self.lm_head_t)?.reshape((b, s, ()))?)
     }
 
     /// Logits of only the vocabulary rows `rows` (u32 ids), `[batch, seq, rows.len()]`.

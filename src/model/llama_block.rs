@@ -79,6 +79,9 @@ pub struct Block {
     mlp: Option<FusedMlp>,
 }
 
+/// Projection weights are stored transposed (`[in, out]`, contiguous): candle's CPU matmul runs
+/// about 1.6× faster on a contiguous right-hand side than on the transposed view of an HF
+/// `[out, in]` weight.
 #[derive(Debug, Clone)]
 struct FusedAttn {
     qkv: Tensor,
@@ -324,9 +327,11 @@ impl Block {
                     }
                 };
                 Some(FusedAttn {
-                    qkv: Tensor::cat(&[&a.q_proj, &a.k_proj, &a.v_proj], 0)?.contiguous()?,
+                    qkv: Tensor::cat(&[&a.q_proj, &a.k_proj, &a.v_proj], 0)?
+                        .t()?
+                        .contiguous()?,
                     qkv_bias,
-                    o_proj: a.o_proj.contiguous()?,
+                    o_proj: a.o_proj.t()?.contiguous()?,
                     o_bias: a.o_bias,
                 })
             }
@@ -369,9 +374,11 @@ impl Block {
                     }
                 };
                 Some(FusedMlp {
-                    gate_up: Tensor::cat(&[&m.gate_proj, &m.up_proj], 0)?.contiguous()?,
+                    gate_up: Tensor::cat(&[&m.gate_proj, &m.up_proj], 0)?
+                        .t()?
+                        .contiguous()?,
                     gate_up_bias,
-                    down_proj: m.down_proj.contiguous()?,
+                    down_proj: m.down_proj.t()?.contiguous()?,
                     down_bias: m.down_bias,
                 })
             }
@@ -393,7 +400,8 @@ impl Block {
         &self.dims
     }
 
-    /// The block's weights in HF layout (views into the fused storage, no copy).
+    /// The block's weights in HF layout (`[out, in]`, contiguous copies of the stored
+    /// transposed weights).
     pub fn weights(&self) -> Result<BlockWeights> {
         let dh = self.head_dim;
         let attn = match &self.attn {
@@ -406,11 +414,12 @@ impl Block {
                         None => None,
                     })
                 };
+                let hf = |t: Tensor| -> Result<Tensor> { Ok(t.t()?.contiguous()?) };
                 Some(AttnWeights {
-                    q_proj: a.qkv.narrow(0, 0, q)?,
-                    k_proj: a.qkv.narrow(0, q, kv)?,
-                    v_proj: a.qkv.narrow(0, q + kv, kv)?,
-                    o_proj: a.o_proj.clone(),
+                    q_proj: hf(a.qkv.narrow(1, 0, q)?)?,
+                    k_proj: hf(a.qkv.narrow(1, q, kv)?)?,
+                    v_proj: hf(a.qkv.narrow(1, q + kv, kv)?)?,
+                    o_proj: hf(a.o_proj.clone())?,
                     q_bias: bias(0, q)?,
                     k_bias: bias(q, kv)?,
                     v_bias: bias(q + kv, kv)?,
@@ -428,10 +437,11 @@ impl Block {
                         None => None,
                     })
                 };
+                let hf = |t: Tensor| -> Result<Tensor> { Ok(t.t()?.contiguous()?) };
                 Some(MlpWeights {
-                    gate_proj: m.gate_up.narrow(0, 0, f)?,
-                    up_proj: m.gate_up.narrow(0, f, f)?,
-                    down_proj: m.down_proj.clone(),
+                    gate_proj: hf(m.gate_up.narrow(1, 0, f)?)?,
+                    up_proj: hf(m.gate_up.narrow(1, f, f)?)?,
+                    down_proj: hf(m.down_proj.clone())?,
                     gate_bias: bias(0)?,
                     up_bias: bias(f)?,
                     down_bias: m.down_bias.clone(),
@@ -483,7 +493,7 @@ impl Block {
         };
         if let Some(a) = &self.attn {
             let n = candle_nn::ops::rms_norm(&xs, &self.ln1, self.eps)?;
-            let mut qkv = n.matmul(&a.qkv.t()?)?;
+            let mut qkv = n.matmul(&a.qkv)?;
             if let Some(bias) = &a.qkv_bias {
                 qkv = qkv.broadcast_add(bias)?;
             }
@@ -501,7 +511,7 @@ impl Block {
                 causal_attention(q, &sh, &d.kv_map, &tables, cache)
             })?;
             let y = tensor_from(y, (t, d.n_q * self.head_dim))?;
-            let mut o = y.matmul(&a.o_proj.t()?)?;
+            let mut o = y.matmul(&a.o_proj)?;
             if let Some(bias) = &a.o_bias {
                 o = o.broadcast_add(bias)?;
             }
@@ -512,13 +522,13 @@ impl Block {
         }
         if let Some(m) = &self.mlp {
             let n = candle_nn::ops::rms_norm(&xs, &self.ln2, self.eps)?;
-            let mut gu = n.matmul(&m.gate_up.t()?)?;
+            let mut gu = n.matmul(&m.gate_up)?;
             if let Some(bias) = &m.gate_up_bias {
                 gu = gu.broadcast_add(bias)?;
             }
             let f = self.dims.d_ff;
             let act = tensor_from(with_f32(&gu, |g| swiglu(g, f))?, (t, f))?;
-            let mut o = act.matmul(&m.down_proj.t()?)?;
+            let mut o = act.matmul(&m.down_proj)?;
             if let Some(bias) = &m.down_bias {
                 o = o.broadcast_add(bias)?;
             }

@@ -11,7 +11,10 @@ pub enum Error {
     // ---- general ----------------------------------------------------------------------------
     /// The OS message is part of the text (not a `source`), so `{:#}` prints it once.
     #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("{0}")]

@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod prune;
 pub mod rng;
 pub mod search;
+pub mod serde_f64;
 pub mod stages;
 
 pub use error::{Error, Result};

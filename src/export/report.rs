@@ -495,54 +495,18 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// moderate exponents, but can be one ulp off for the 17-digit numbers that full f64 precision
 /// needs. With 15 digits a report read back and written again gives the same bytes.
 mod num {
-    use serde::de::{self, Visitor};
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
-        if x.is_finite() {
-            let short: f64 = format!("{x:.14e}").parse().unwrap_or(*x);
-            s.serialize_f64(short)
-        } else if x.is_nan() {
-            s.serialize_str("nan")
-        } else if *x > 0.0 {
-            s.serialize_str("inf")
+        let short = if x.is_finite() {
+            format!("{x:.14e}").parse().unwrap_or(*x)
         } else {
-            s.serialize_str("-inf")
-        }
+            *x
+        };
+        crate::serde_f64::serialize(&short, s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        d.deserialize_any(Num)
-    }
-
-    struct Num;
-
-    impl Visitor<'_> for Num {
-        type Value = f64;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a number or one of \"nan\", \"inf\", \"-inf\"")
-        }
-
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
-            Ok(v)
-        }
-
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
-            Ok(v as f64)
-        }
-
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
-            Ok(v as f64)
-        }
-
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
-            match v {
-                "nan" => Ok(f64::NAN),
-                "inf" => Ok(f64::INFINITY),
-                "-inf" => Ok(f64::NEG_INFINITY),
-                _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
-            }
-        }
+        crate::serde_f64::deserialize(d)
     }
 }

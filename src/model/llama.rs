@@ -8,27 +8,9 @@ use candle_core::{DType, IndexOp, Tensor};
 
 use super::attention::LayerKv;
 use super::llama_block::{Block, validate_dims};
+use super::source::read_checked;
 use super::{ModelConfig, TensorSource};
 use crate::{Error, Result};
-
-fn read(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Tensor> {
-    if !src.contains(name) {
-        return Err(Error::MissingTensor {
-            tensor: name.into(),
-            location: src.location(name),
-        });
-    }
-    let t = src.tensor(name)?;
-    if t.dims() != shape {
-        return Err(Error::TensorShape {
-            tensor: name.into(),
-            location: src.location(name),
-            expected: shape.to_vec(),
-            found: t.dims().to_vec(),
-        });
-    }
-    Ok(t.to_dtype(DType::F32)?.contiguous()?)
-}
 
 /// The token embedding table `[vocab, hidden]`.
 #[derive(Debug, Clone)]
@@ -38,7 +20,7 @@ pub struct Embeddings {
 
 impl Embeddings {
     pub fn load(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Self> {
-        let weight = read(
+        let weight = read_checked(
             src,
             "model.embed_tokens.weight",
             &[cfg.vocab_size, cfg.hidden_size],
@@ -111,12 +93,12 @@ impl Head {
         embeddings: &Embeddings,
     ) -> Result<Self> {
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
-        let norm = read(src, "model.norm.weight", &[h])?;
+        let norm = read_checked(src, "model.norm.weight", &[h])?;
         // Some tied checkpoints also store `lm_head.weight`; it is the same matrix, so ignore it.
         let lm_head = if cfg.tie_word_embeddings {
             embeddings.weight.clone()
         } else {
-            read(src, "lm_head.weight", &[v, h])?
+            read_checked(src, "lm_head.weight", &[v, h])?
         };
         let lm_head_t = lm_head.t()?.contiguous()?;
         Ok(Head {

@@ -9,6 +9,7 @@ use candle_core::Tensor;
 use super::attention::{AttnShape, LayerKv, causal_attention};
 use super::llama_kernels::{swiglu, tensor_from, with_f32};
 use super::rope::Rope;
+use super::source::read_checked;
 use super::{LayerDims, ModelConfig, TensorSource};
 use crate::{Error, Result};
 
@@ -98,30 +99,10 @@ struct FusedMlp {
     down_bias: Option<Tensor>,
 }
 
-/// Reads `name` from `src` and checks its shape.
-fn read(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Tensor> {
-    if !src.contains(name) {
-        return Err(Error::MissingTensor {
-            tensor: name.into(),
-            location: src.location(name),
-        });
-    }
-    let t = src.tensor(name)?;
-    if t.dims() != shape {
-        return Err(Error::TensorShape {
-            tensor: name.into(),
-            location: src.location(name),
-            expected: shape.to_vec(),
-            found: t.dims().to_vec(),
-        });
-    }
-    Ok(t.to_dtype(candle_core::DType::F32)?)
-}
-
 /// Reads an optional bias: absent is fine, present must have the right shape.
 fn read_opt(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
     if src.contains(name) {
-        read(src, name, shape).map(Some)
+        read_checked(src, name, shape).map(Some)
     } else {
         Ok(None)
     }
@@ -141,10 +122,10 @@ impl BlockWeights {
             let (q, kv) = (dims.n_q * dh, dims.n_kv * dh);
             let a = format!("{p}.self_attn");
             Some(AttnWeights {
-                q_proj: read(src, &format!("{a}.q_proj.weight"), &[q, h])?,
-                k_proj: read(src, &format!("{a}.k_proj.weight"), &[kv, h])?,
-                v_proj: read(src, &format!("{a}.v_proj.weight"), &[kv, h])?,
-                o_proj: read(src, &format!("{a}.o_proj.weight"), &[h, q])?,
+                q_proj: read_checked(src, &format!("{a}.q_proj.weight"), &[q, h])?,
+                k_proj: read_checked(src, &format!("{a}.k_proj.weight"), &[kv, h])?,
+                v_proj: read_checked(src, &format!("{a}.v_proj.weight"), &[kv, h])?,
+                o_proj: read_checked(src, &format!("{a}.o_proj.weight"), &[h, q])?,
                 q_bias: read_opt(src, &format!("{a}.q_proj.bias"), &[q])?,
                 k_bias: read_opt(src, &format!("{a}.k_proj.bias"), &[kv])?,
                 v_bias: read_opt(src, &format!("{a}.v_proj.bias"), &[kv])?,
@@ -156,9 +137,9 @@ impl BlockWeights {
         let mlp = if dims.d_ff > 0 {
             let (f, m) = (dims.d_ff, format!("{p}.mlp"));
             Some(MlpWeights {
-                gate_proj: read(src, &format!("{m}.gate_proj.weight"), &[f, h])?,
-                up_proj: read(src, &format!("{m}.up_proj.weight"), &[f, h])?,
-                down_proj: read(src, &format!("{m}.down_proj.weight"), &[h, f])?,
+                gate_proj: read_checked(src, &format!("{m}.gate_proj.weight"), &[f, h])?,
+                up_proj: read_checked(src, &format!("{m}.up_proj.weight"), &[f, h])?,
+                down_proj: read_checked(src, &format!("{m}.down_proj.weight"), &[h, f])?,
                 gate_bias: read_opt(src, &format!("{m}.gate_proj.bias"), &[f])?,
                 up_bias: read_opt(src, &format!("{m}.up_proj.bias"), &[f])?,
                 down_bias: read_opt(src, &format!("{m}.down_proj.bias"), &[h])?,
@@ -167,8 +148,8 @@ impl BlockWeights {
             None
         };
         Ok(BlockWeights {
-            input_layernorm: read(src, &format!("{p}.input_layernorm.weight"), &[h])?,
-            post_attention_layernorm: read(
+            input_layernorm: read_checked(src, &format!("{p}.input_layernorm.weight"), &[h])?,
+            post_attention_layernorm: read_checked(
                 src,
                 &format!("{p}.post_attention_layernorm.weight"),
                 &[h],

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use super::hf::PruningInfo;
 use super::llama_block::{BlockWeights, validate_dims};
 use super::llama_kernels::with_f32;
+use super::source::read_checked;
 use super::{LayerDims, Llama, MemorySource, ModelConfig, TensorSource};
 use crate::{Error, Result};
 
@@ -288,25 +289,6 @@ fn write_weights(dir: &Path, cfg: &ModelConfig, src: &dyn TensorSource) -> Resul
     file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
     Ok(())
-}
-
-fn read_checked(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Tensor> {
-    if !src.contains(name) {
-        return Err(Error::MissingTensor {
-            tensor: name.into(),
-            location: src.location(name),
-        });
-    }
-    let t = src.tensor(name)?;
-    if t.dims() != shape {
-        return Err(Error::TensorShape {
-            tensor: name.into(),
-            location: src.location(name),
-            expected: shape.to_vec(),
-            found: t.dims().to_vec(),
-        });
-    }
-    Ok(t)
 }
 
 /// temp → fsync → rename → fsync the folder.

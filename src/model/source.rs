@@ -61,3 +61,24 @@ impl TensorSource for MemorySource {
         self.tensors.keys().cloned().collect()
     }
 }
+
+/// Reads `name` from `src` as f32 and checks its shape: a missing tensor or a wrong shape is an
+/// error naming the tensor and where it was looked for.
+pub fn read_checked(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Tensor> {
+    if !src.contains(name) {
+        return Err(crate::Error::MissingTensor {
+            tensor: name.into(),
+            location: src.location(name),
+        });
+    }
+    let t = src.tensor(name)?;
+    if t.dims() != shape {
+        return Err(crate::Error::TensorShape {
+            tensor: name.into(),
+            location: src.location(name),
+            expected: shape.to_vec(),
+            found: t.dims().to_vec(),
+        });
+    }
+    Ok(t.to_dtype(candle_core::DType::F32)?)
+}

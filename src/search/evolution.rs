@@ -50,10 +50,10 @@ pub struct GenerationRecord {
     pub generation: u64,
     pub winner: Winner,
     /// The new parent's fitness on the last stage's minibatch (+∞ for NaN).
-    #[serde(with = "fitness_serde")]
+    #[serde(with = "crate::serde_f64")]
     pub fitness: f64,
     /// The old parent's re-scored fitness on that minibatch.
-    #[serde(with = "fitness_serde")]
+    #[serde(with = "crate::serde_f64")]
     pub parent_fitness: f64,
     /// Distinct offspring drawn, and the mutation attempts it took.
     pub offspring: usize,
@@ -71,7 +71,7 @@ pub struct SearchProgress {
     pub generation: u64,
     pub parent: Configuration,
     /// The parent's fitness in the last generation; `None` before the first.
-    #[serde(with = "fitness_serde::option")]
+    #[serde(with = "crate::serde_f64::option")]
     pub parent_fitness: Option<f64>,
     /// One record per completed generation.
     pub history: Vec<GenerationRecord>,
@@ -204,91 +204,5 @@ impl Search<'_> {
         }
         self.space.check(&p.parent)?;
         Ok(p)
-    }
-}
-
-/// Fitness values in records: finite numbers as they are, non-finite ones (only +∞ in
-/// practice: NaN is mapped to +∞) as the strings "inf", "-inf", "nan" in human-readable formats
-/// such as JSON, which has no number for them; raw f64 in binary formats.
-mod fitness_serde {
-    use serde::de::{self, Visitor};
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
-        if !s.is_human_readable() || x.is_finite() {
-            return s.serialize_f64(*x);
-        }
-        s.serialize_str(if x.is_nan() {
-            "nan"
-        } else if *x > 0.0 {
-            "inf"
-        } else {
-            "-inf"
-        })
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        if !d.is_human_readable() {
-            return d.deserialize_f64(FitnessVisitor);
-        }
-        d.deserialize_any(FitnessVisitor)
-    }
-
-    /// The same encoding for an optional fitness.
-    pub mod option {
-        use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-        struct Wrap(f64);
-
-        impl Serialize for Wrap {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                super::serialize(&self.0, s)
-            }
-        }
-
-        impl<'de> Deserialize<'de> for Wrap {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                super::deserialize(d).map(Wrap)
-            }
-        }
-
-        pub fn serialize<S: Serializer>(x: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
-            x.map(Wrap).serialize(s)
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-            Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
-        }
-    }
-
-    struct FitnessVisitor;
-
-    impl Visitor<'_> for FitnessVisitor {
-        type Value = f64;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a number or one of \"inf\", \"-inf\", \"nan\"")
-        }
-
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
-            Ok(v)
-        }
-
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
-            Ok(v as f64)
-        }
-
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
-            Ok(v as f64)
-        }
-
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
-            match v {
-                "inf" => Ok(f64::INFINITY),
-                "-inf" => Ok(f64::NEG_INFINITY),
-                "nan" => Ok(f64::NAN),
-                _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
-            }
-        }
     }
 }

@@ -215,4 +215,5 @@ pub fn random_hidden(batch: usize, seq: usize, hidden: usize, seed: u64) -> Tens
 }
 
 mod engine;
+#[allow(unused_imports)]
 pub use engine::*;

@@ -72,7 +72,10 @@ fn upstream_change_propagates_to_dependents() {
     assert_eq!(sorted(r.ran()), vec!["digest", "greeting", "summary"]);
     // Going back to the first text finds its results still in the store.
     let plan = plan_lib(&s, &[]);
-    assert!(plan.iter().all(|p| p.state == StageState::Cached), "{plan:?}");
+    assert!(
+        plan.iter().all(|p| p.state == StageState::Cached),
+        "{plan:?}"
+    );
     // A third text: plan names the param change against the latest run ("bye").
     let plan = plan_lib(&s, &["greeting.text=\"ciao\""]);
     let g = plan.iter().find(|p| p.id == "greeting").unwrap();

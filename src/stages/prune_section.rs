@@ -25,6 +25,7 @@
 //! attn-removal = { units-per-pass = 1 }   # or { passes = P }
 //! ffn-removal = { passes = 16 }
 //! baselines = ["uniform", "magnitude", "wanda-sp"]   # [none]
+//! supernet = true              # build round 1's supernet [true]; false: baselines only
 //! eval-dense = true            # score the dense model [true]
 //! eval-supernet-centre = true  # score round 1's all-centre configuration [true]
 //! cache-dir = "cache"          # pip downloads [.tyr-cache beside the pipeline file]
@@ -158,6 +159,8 @@ pub struct PruneConfig {
     pub ffn_removal: RemovalSchedule,
     #[serde(default)]
     pub baselines: Vec<Baseline>,
+    #[serde(default = "d_true")]
+    pub supernet: bool,
     #[serde(default = "d_true")]
     pub eval_dense: bool,
     #[serde(default = "d_true")]
@@ -363,7 +366,7 @@ impl SectionExpander for PruneSection {
             centre: centre_needed.then_some(g.modules[l].centre),
         };
         let mut prev = "embed".to_string();
-        for l in 0..n {
+        for l in (0..n).filter(|_| c.supernet) {
             let p = SupernetLayerParams {
                 round: 1,
                 layer: l,
@@ -391,7 +394,7 @@ impl SectionExpander for PruneSection {
         };
         let (ba, bf) = grids_with(&c, &cfg, exact)?;
         let mut evals: Vec<(String, Option<Vec<[usize; 2]>>, Vec<String>)> = Vec::new();
-        if c.eval_supernet_centre {
+        if c.supernet && c.eval_supernet_centre {
             let choice = (0..n)
                 .map(|l| [ga.modules[l].centre, gf.modules[l].centre])
                 .collect();

@@ -2,7 +2,7 @@
 //! `[prune]` section expander that generates the Týr DAG (`prune_section`).
 //!
 //! Kinds: `model`, `calib-pool`, `eval-text`, `embed`, `supernet-layer`, `baseline-layer`,
-//! `eval-ppl`. Shared pieces: `model_ref` (naming and reopening the model), `acts` (the
+//! `eval-ppl`, `layer-forward`. Shared pieces: `model_ref` (naming and reopening the model), `acts` (the
 //! activations X_ℓ between layer stages), `layer_ops` (dense layer weights, statistics passes,
 //! variant names, assembling a pruned block).
 
@@ -12,6 +12,7 @@ pub mod calib_pool;
 pub mod embed;
 pub mod eval_ppl;
 pub mod eval_text;
+pub mod layer_forward;
 pub mod layer_ops;
 pub mod model;
 pub mod model_ref;
@@ -30,6 +31,7 @@ pub fn register_all(registry: &mut Registry) {
         .register::<eval_text::EvalText>()
         .register::<embed::Embed>()
         .register::<supernet_layer::SupernetLayer>()
+        .register::<layer_forward::LayerForward>()
         .register::<baseline_layer::BaselineLayer>()
         .register::<eval_ppl::EvalPpl>();
     registry.register_expander(prune_section::PruneSection);

@@ -32,8 +32,9 @@
 //! ```
 //!
 //! Generated stage ids: `model`, `calib-pool`, `embed`, `eval-text`; round 1 `r1-layer-NN`
-//! (`supernet-layer`, chained through `x`); `uniform-layer-NN` (one-level `supernet-layer`s with
-//! `centre` expectation), `magnitude-layer-NN`, `wanda-sp-layer-NN` (`baseline-layer`);
+//! (`supernet-layer`) chained through `r1-forward-NN` (`layer-forward`: X_{ℓ+1});
+//! `uniform-layer-NN` (one-level `supernet-layer`s with `centre` expectation, chained through
+//! `uniform-forward-NN`), `magnitude-layer-NN`, `wanda-sp-layer-NN` (`baseline-layer`);
 //! `eval-dense`, `eval-r1-centre`, `eval-uniform`, `eval-magnitude`, `eval-wanda-sp` (`eval-ppl`).
 //!
 //! Hook for the search (issue 5): `round1_layer_id(l)` names round 1's layer stages; each
@@ -286,6 +287,20 @@ fn spec<P: Serialize>(
     })
 }
 
+/// The `layer-forward` stage computing the next activations of a supernet-layer chain.
+fn forward(id: &str, layer: usize, x: &str, weights: &str) -> Result<StageSpec> {
+    spec(
+        id.to_string(),
+        "layer-forward",
+        &super::layer_forward::LayerForwardParams { layer },
+        &[
+            ("model", one("model")),
+            ("x", one(x)),
+            ("weights", one(weights)),
+        ],
+    )
+}
+
 fn one(id: &str) -> InputRef {
     InputRef::One(id.to_string())
 }
@@ -384,7 +399,11 @@ impl SectionExpander for PruneSection {
                 &p,
                 &[("model", one("model")), ("x", one(&prev))],
             )?);
-            prev = id;
+            if l + 1 < n {
+                let fwd = format!("r1-forward-{l:02}");
+                out.push(forward(&fwd, l, &prev, &id)?);
+                prev = fwd;
+            }
         }
 
         // Baselines sit at the §3 centres (the budget exactly, not rounded to the lattice).
@@ -454,7 +473,14 @@ impl SectionExpander for PruneSection {
                 };
                 out.push(s);
                 ids.push(id.clone());
-                prev = id;
+                prev = match b {
+                    Baseline::Uniform if l + 1 < n => {
+                        let fwd = format!("{name}-forward-{l:02}");
+                        out.push(forward(&fwd, l, &prev, &id)?);
+                        fwd
+                    }
+                    _ => id,
+                };
             }
             let choice = (0..n)
                 .map(|l| [ba.modules[l].centre, bf.modules[l].centre])

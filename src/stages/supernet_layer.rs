@@ -7,18 +7,22 @@
 //! Build order: collect H_o (and H_d under `ffn-stats = dense-attention`) on X_ℓ; prune the
 //! attention at every level (`ModulePruner`, levels in parallel); o_proj := expectation; under
 //! `expected-attention` collect H_d now with that o_proj; prune the FFN at every level;
-//! down_proj := expectation; X_{ℓ+1} = the block with both averaged weights.
+//! down_proj := expectation. (X_{ℓ+1} = the block with both averaged weights: `layer-forward`.)
 //!
 //! Outputs: one record per variant, `attn-{level}` / `ffn-{level}` (`prune::local::Variant`:
 //! kept unit indices u32, compact refit weight [hidden, kept·width] f32, metrics) — the search
 //! reads these by name; record `layer` (`LayerSupernet`: grids, expectation weights, statistics
-//! digests); `x` = X_{ℓ+1} (transient). After the attention variants a progress record is
-//! saved, so a run killed while building the FFN variants resumes there.
+//! digests); `expected` = the averaged `o_proj` and `down_proj` (full shape, f32), from which a
+//! `layer-forward` stage computes X_{ℓ+1}. X_{ℓ+1} is not an output here on purpose: it is
+//! transient, and a consumer of the variants (an eval, the search) must not force a rebuild of
+//! the layer just because its activations were collected. After the attention variants a
+//! progress record is saved, so a run killed while building the FFN variants resumes there.
 //!
 //! Invalidated by: the params (not the target: a round-1 `lattice` grid lists every lattice
 //! level and no centre, so one round-1 supernet serves every target), the model record, X_ℓ,
 //! the seed, the stage version (which includes `LOCAL_PRUNE_VERSION`).
 
+use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -259,8 +263,6 @@ impl Stage for SupernetLayer {
         ctx.report(3, 4);
         let (d_bar, ffn_w) = expected(p.expectation, &ffn, &p.ffn, &d0, dense.hidden, ffn_layout)?;
 
-        let block = dense.block_with(cfg, Some(&o_bar), Some(&d_bar))?;
-        let next = x.map_batches(|xb| block.forward(xb))?;
         ctx.report(4, 4);
 
         let mut o = Outputs::new();
@@ -287,7 +289,18 @@ impl Stage for SupernetLayer {
             }
         }
         o.record("layer", &layer)?;
-        next.write(&mut o, "x")?;
+        let (h, q) = (dense.hidden, attn_layout.channels_total());
+        let expected = std::collections::BTreeMap::from([
+            (
+                "o_proj".to_string(),
+                Tensor::from_vec(o_bar, (h, q), &Device::Cpu)?,
+            ),
+            (
+                "down_proj".to_string(),
+                Tensor::from_vec(d_bar, (h, ffn_layout.units), &Device::Cpu)?,
+            ),
+        ]);
+        o.tensors("expected", expected);
         Ok(o)
     }
 }

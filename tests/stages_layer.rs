@@ -87,6 +87,19 @@ fn averaged_weight_forward_equals_the_density_weighted_average_of_variant_output
     let compact: Vec<_> = variants.iter().map(|v| v.compact()).collect();
     let o_bar =
         tyr::prune::expectation::averaged_weight(&compact, &w, cfg.hidden_size, layout).unwrap();
+    // o_proj is linear, so the identity holds for the attention branch; the FFN after it is
+    // not, which is why the FFN gets its own averaged down_proj. Compare without the FFN.
+    let mut dims = dense.dims.clone();
+    dims.d_ff = 0;
+    let mut weights = dense.weights.clone();
+    weights.mlp = None;
+    let dense = DenseLayer {
+        layer: dense.layer,
+        dims,
+        weights,
+        hidden: dense.hidden,
+        head_dim: dense.head_dim,
+    };
     let xb = x.x.i(0..7).unwrap().unsqueeze(0).unwrap();
     let one_pass = dense
         .block_with(&cfg, Some(&o_bar), None)

@@ -151,7 +151,7 @@ pub fn path_digest(path: &Path) -> Result<String> {
 
 /// Turns text into token ids without special tokens.
 pub enum TextCodec {
-    Model(Tokenizer),
+    Model(Box<Tokenizer>),
     /// Byte-level fallback of random models: byte b → id `b mod vocab`.
     Bytes {
         vocab: usize,
@@ -189,7 +189,7 @@ pub fn open(record: &ModelRecord) -> Result<LoadedModel> {
         ModelLocation::File { path, .. } => {
             let m = open_model(path)?;
             let codec = match m.tokenizer {
-                Some(t) => TextCodec::Model(t),
+                Some(t) => TextCodec::Model(Box::new(t)),
                 None => TextCodec::Bytes {
                     vocab: m.config.vocab_size,
                 },

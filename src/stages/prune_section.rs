@@ -263,6 +263,9 @@ pub fn round1_layer_id(l: usize) -> String {
     format!("r1-layer-{l:02}")
 }
 
+/// One `eval-ppl` to generate: label, choice (none = dense) and the layer stages it reads.
+type EvalSpec = (String, Option<Vec<[usize; 2]>>, Vec<String>);
+
 /// The `[prune]` expander.
 pub struct PruneSection;
 
@@ -412,7 +415,7 @@ impl SectionExpander for PruneSection {
             ..c.grid_options()
         };
         let (ba, bf) = grids_with(&c, &cfg, exact)?;
-        let mut evals: Vec<(String, Option<Vec<[usize; 2]>>, Vec<String>)> = Vec::new();
+        let mut evals: Vec<EvalSpec> = Vec::new();
         if c.supernet && c.eval_supernet_centre {
             let choice = (0..n)
                 .map(|l| [ga.modules[l].centre, gf.modules[l].centre])

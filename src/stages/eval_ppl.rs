@@ -1,0 +1,148 @@
+//! `eval-ppl` stage: perplexity (ALGORITHM.md §11) of the dense model, or of a pruned model
+//! assembled in memory from per-layer variants.
+//!
+//! Inputs: `model`, `windows` (an `eval-text` stage) and, when `choice` is given, `layers` (one
+//! stage per decoder layer, in order, each exposing `attn-{level}` / `ffn-{level}` variant
+//! records: `supernet-layer` or `baseline-layer`). `choice[l] = [attn level, ffn level]` picks
+//! layer l's variants; each block is then physically sliced (heads, K/V heads still read, FFN
+//! channels) with the variant's weight as `o_proj`/`down_proj`.
+//!
+//! Outputs: record `ppl` (`PerplexityRecord`), the same as JSON bytes published at
+//! `ppl/{label}.json`, metrics `perplexity`, `tokens`, `decoder_params`. Invalidated by: params,
+//! the model record, the windows, the chosen layer stages' outputs.
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::layer_ops::{DenseLayer, assemble_block, variant_name};
+use super::model_ref::{ModelRecord, open};
+use crate::data::EvalWindows;
+use crate::engine::{InputSlot, Outputs, Stage, StageContext};
+use crate::eval::perplexity::{PerplexityOptions, perplexity};
+use crate::model::{Block, Embeddings, Head, Llama};
+use crate::prune::ModuleKind;
+use crate::prune::local::Variant;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EvalPplParams {
+    /// Names the published report (`ppl/{label}.json`).
+    pub label: String,
+    /// Per layer `[attn level, ffn level]`; absent = the dense model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choice: Option<Vec<[usize; 2]>>,
+}
+
+/// What `eval-ppl` reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerplexityRecord {
+    pub label: String,
+    pub perplexity: f64,
+    pub mean_nll: f64,
+    pub tokens: usize,
+    pub windows: usize,
+    pub seq_len: usize,
+    pub decoder_params: usize,
+    pub total_params: usize,
+    pub choice: Option<Vec<[usize; 2]>>,
+}
+
+pub struct EvalPpl(EvalPplParams);
+
+impl Stage for EvalPpl {
+    const KIND: &'static str = "eval-ppl";
+    const VERSION: u32 = 1;
+    type Params = EvalPplParams;
+
+    fn new(p: EvalPplParams) -> Result<Self> {
+        if p.label.is_empty()
+            || !p
+                .label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(Error::msg(format!(
+                "label `{}`: use letters, digits, `-`, `_`, `.`",
+                p.label
+            )));
+        }
+        Ok(Self(p))
+    }
+
+    fn inputs(&self) -> Vec<InputSlot> {
+        let mut v = vec![InputSlot::one("model"), InputSlot::one("windows")];
+        if self.0.choice.is_some() {
+            v.push(InputSlot::many("layers"));
+        }
+        v
+    }
+
+    fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outputs> {
+        let record: ModelRecord = ctx.input("model")?.record("model")?;
+        let windows: EvalWindows = ctx.input("windows")?.record("windows")?;
+        let model = open(&record)?;
+        let cfg = &model.config;
+        let src = model.source.as_ref();
+        let blocks: Vec<Block> = match &self.0.choice {
+            None => (0..cfg.n_layers())
+                .map(|l| Block::load(cfg, l, src))
+                .collect::<Result<_>>()?,
+            Some(choice) => {
+                let layers = ctx.inputs("layers")?;
+                if layers.len() != cfg.n_layers() || choice.len() != cfg.n_layers() {
+                    return Err(Error::msg(format!(
+                        "eval-ppl `{}`: {} layer stages and {} choices for {} layers",
+                        self.0.label,
+                        layers.len(),
+                        choice.len(),
+                        cfg.n_layers()
+                    )));
+                }
+                let mut out = Vec::with_capacity(layers.len());
+                for (l, (set, &[a, f])) in layers.iter().zip(choice).enumerate() {
+                    let dense = DenseLayer::load(cfg, l, src)?;
+                    let attn: Variant = set.record(&variant_name(ModuleKind::Attn, a))?;
+                    let ffn: Variant = set.record(&variant_name(ModuleKind::Ffn, f))?;
+                    out.push(assemble_block(cfg, &dense, &attn, &ffn)?);
+                }
+                out
+            }
+        };
+        let emb = Embeddings::load(cfg, src)?;
+        let head = Head::load(cfg, src, &emb)?;
+        let llama = Llama::from_parts(cfg, emb, blocks, head);
+        let stream: Vec<u32> = windows.windows.iter().flatten().copied().collect();
+        let opts = PerplexityOptions {
+            seq_len: windows.seq_len,
+            max_tokens: None,
+        };
+        let report = perplexity(&stream, &opts, |w| {
+            let ids = Tensor::from_vec(w.to_vec(), (1, w.len()), &Device::Cpu)?;
+            Ok(llama.forward(&ids)?.squeeze(0)?)
+        })?;
+        let pruned_cfg = llama.config();
+        let rec = PerplexityRecord {
+            label: self.0.label.clone(),
+            perplexity: report.perplexity,
+            mean_nll: report.mean_nll,
+            tokens: report.tokens,
+            windows: report.windows,
+            seq_len: report.seq_len,
+            decoder_params: pruned_cfg.decoder_params(),
+            total_params: pruned_cfg.total_params(),
+            choice: self.0.choice.clone(),
+        };
+        tracing::info!(label = %rec.label, perplexity = rec.perplexity, "perplexity");
+        let mut o = Outputs::new();
+        o.metric("perplexity", rec.perplexity);
+        o.metric("tokens", rec.tokens as f64);
+        o.metric("decoder_params", rec.decoder_params as f64);
+        o.record("ppl", &rec)?;
+        let json = serde_json::to_vec_pretty(&rec)
+            .map_err(|e| Error::msg(format!("encoding the perplexity report: {e}")))?;
+        o.bytes("report", json)
+            .publish(format!("ppl/{}.json", self.0.label));
+        Ok(o)
+    }
+}

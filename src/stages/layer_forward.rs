@@ -1,0 +1,60 @@
+//! `layer-forward` stage: X_{ℓ+1} = decoder layer ℓ with its `o_proj`/`down_proj` replaced by
+//! the averaged weights a `supernet-layer` stage output (`expected`), run on X_ℓ. Split from the
+//! supernet layer so the transient activations live in their own stage: consumers of the
+//! variants never force a layer rebuild when activations were garbage-collected.
+//!
+//! Inputs: `model`, `x` (X_ℓ), `weights` (the layer's `supernet-layer` stage). Params: `layer`.
+//! Output: `x` (transient). Invalidated by: the layer, model record, X_ℓ, the averaged weights.
+
+use serde::{Deserialize, Serialize};
+
+use super::acts::Acts;
+use super::layer_ops::{DenseLayer, flat};
+use super::model_ref::{ModelRecord, open};
+use crate::Result;
+use crate::engine::{InputSlot, Outputs, Stage, StageContext};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LayerForwardParams {
+    pub layer: usize,
+}
+
+pub struct LayerForward(LayerForwardParams);
+
+impl Stage for LayerForward {
+    const KIND: &'static str = "layer-forward";
+    const VERSION: u32 = 1;
+    type Params = LayerForwardParams;
+
+    fn new(p: LayerForwardParams) -> Result<Self> {
+        Ok(Self(p))
+    }
+
+    fn inputs(&self) -> Vec<InputSlot> {
+        vec![
+            InputSlot::one("model"),
+            InputSlot::one("x"),
+            InputSlot::one("weights"),
+        ]
+    }
+
+    fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outputs> {
+        let record: ModelRecord = ctx.input("model")?.record("model")?;
+        let x = Acts::read(ctx.input("x")?, "x")?;
+        let w = ctx.input("weights")?.tensors("expected")?;
+        let get = |k: &str| {
+            w.get(k)
+                .ok_or_else(|| crate::Error::msg(format!("`expected` lacks `{k}`")))
+                .and_then(flat)
+        };
+        let (o_bar, d_bar) = (get("o_proj")?, get("down_proj")?);
+        let model = open(&record)?;
+        let dense = DenseLayer::load(&model.config, self.0.layer, model.source.as_ref())?;
+        let block = dense.block_with(&model.config, Some(&o_bar), Some(&d_bar))?;
+        let next = x.map_batches(|xb| block.forward(xb))?;
+        let mut o = Outputs::new();
+        next.write(&mut o, "x")?;
+        Ok(o)
+    }
+}

@@ -1,0 +1,268 @@
+//! What the layer stages share: the dense weights of one layer as flat f32, building a block
+//! whose `o_proj`/`down_proj` are replaced (an averaged or masked weight), the statistics pass
+//! over `X_l`, the naming of variant outputs, and assembling a physically pruned block from a
+//! chosen attention and FFN variant (for `eval-ppl`, and later for export).
+
+use candle_core::{Device, Tensor};
+
+use super::acts::Acts;
+use crate::model::{Block, BlockWeights, LayerDims, ModelConfig};
+use crate::prune::local::{Variant, VariantMetrics};
+use crate::prune::slice::{AttnDims, AttnWeights as SliceAttn, select_row_units, slice_attention};
+use crate::prune::stats::Hessian;
+use crate::prune::{ModuleKind, UnitLayout};
+use crate::{Error, Result};
+
+/// The output name of the variant of `module` at `level` (`attn-3`, `ffn-192`). A search stage
+/// reads the variants of a round by these names from the round's layer stages.
+pub fn variant_name(module: ModuleKind, level: usize) -> String {
+    format!("{module}-{level}")
+}
+
+/// A tensor as a flat f32 vector.
+pub fn flat(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// Dense layer `l`: its dims (which must be dense: both branches present) and weights.
+pub struct DenseLayer {
+    pub layer: usize,
+    pub dims: LayerDims,
+    pub weights: BlockWeights,
+    pub hidden: usize,
+    pub head_dim: usize,
+}
+
+impl DenseLayer {
+    pub fn load(cfg: &ModelConfig, l: usize, src: &dyn crate::model::TensorSource) -> Result<Self> {
+        let block = Block::load(cfg, l, src)?;
+        let dims = block.dims().clone();
+        if dims.n_q == 0 || dims.d_ff == 0 {
+            return Err(Error::LayerDims {
+                layer: l,
+                msg: "the supernet needs a layer with both attention and FFN".into(),
+            });
+        }
+        Ok(DenseLayer {
+            layer: l,
+            dims,
+            weights: block.weights()?,
+            hidden: cfg.hidden_size,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    pub fn attn_layout(&self) -> UnitLayout {
+        UnitLayout::heads(self.dims.n_q, self.head_dim)
+    }
+
+    pub fn ffn_layout(&self) -> UnitLayout {
+        UnitLayout::channels(self.dims.d_ff)
+    }
+
+    fn attn(&self) -> Result<&crate::model::AttnWeights> {
+        self.weights.attn.as_ref().ok_or_else(|| Error::LayerDims {
+            layer: self.layer,
+            msg: "attention weights missing".into(),
+        })
+    }
+
+    fn mlp(&self) -> Result<&crate::model::MlpWeights> {
+        self.weights.mlp.as_ref().ok_or_else(|| Error::LayerDims {
+            layer: self.layer,
+            msg: "FFN weights missing".into(),
+        })
+    }
+
+    /// The dense `o_proj` [hidden, n_q·d_h] as flat f32.
+    pub fn o_proj(&self) -> Result<Vec<f32>> {
+        flat(&self.attn()?.o_proj)
+    }
+
+    pub fn q_proj(&self) -> Result<Vec<f32>> {
+        flat(&self.attn()?.q_proj)
+    }
+
+    /// The dense `down_proj` [hidden, d_ff] as flat f32.
+    pub fn down_proj(&self) -> Result<Vec<f32>> {
+        flat(&self.mlp()?.down_proj)
+    }
+
+    pub fn gate_up(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let m = self.mlp()?;
+        Ok((flat(&m.gate_proj)?, flat(&m.up_proj)?))
+    }
+
+    /// The dense-shaped block with `o_proj` / `down_proj` replaced where given (full shape,
+    /// HF layout, flat f32).
+    pub fn block_with(
+        &self,
+        cfg: &ModelConfig,
+        o_proj: Option<&[f32]>,
+        down_proj: Option<&[f32]>,
+    ) -> Result<Block> {
+        let mut w = self.weights.clone();
+        let (h, q) = (self.hidden, self.dims.n_q * self.head_dim);
+        if let (Some(o), Some(a)) = (o_proj, w.attn.as_mut()) {
+            a.o_proj = Tensor::from_vec(o.to_vec(), (h, q), &Device::Cpu)?;
+        }
+        if let (Some(d), Some(m)) = (down_proj, w.mlp.as_mut()) {
+            m.down_proj = Tensor::from_vec(d.to_vec(), (h, self.dims.d_ff), &Device::Cpu)?;
+        }
+        Block::from_weights(cfg, self.layer, self.dims.clone(), w)
+    }
+}
+
+/// Which Hessians a statistics pass collects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Collect {
+    pub o_proj: bool,
+    pub down_proj: bool,
+}
+
+/// `H_o` / `H_d` of `block` on `x` (the batches in their fixed order).
+pub fn collect_stats(
+    block: &Block,
+    x: &Acts,
+    what: Collect,
+) -> Result<(Option<Hessian>, Option<Hessian>)> {
+    let d = block.dims().clone();
+    let mut h_o: Option<Hessian> = None;
+    let mut h_d: Option<Hessian> = None;
+    x.for_batches(|xb| {
+        let (_, taps) = block.forward_observed(xb)?;
+        if what.o_proj
+            && let Some(t) = &taps.o_proj_input
+        {
+            let dim = t.dim(2)?;
+            h_o.get_or_insert_with(|| Hessian::zeros(dim))
+                .accumulate_tensor(t)?;
+        }
+        if what.down_proj
+            && let Some(t) = &taps.down_proj_input
+        {
+            h_d.get_or_insert_with(|| Hessian::zeros(d.d_ff))
+                .accumulate_tensor(t)?;
+        }
+        Ok(())
+    })?;
+    Ok((h_o, h_d))
+}
+
+/// Metrics of a variant made without local pruning (a baseline: no refit, error not measured).
+pub fn unmeasured_metrics() -> VariantMetrics {
+    VariantMetrics {
+        rel_error: f64::NAN,
+        damping: 0.0,
+        lambda: 0.0,
+        retries: 0,
+        passes: 0,
+        free_units: 0,
+    }
+}
+
+/// A physically pruned block: attention sliced to `attn.kept` query heads (K/V heads kept while
+/// read) with `o_proj` = `attn.weight`; the FFN sliced to `ffn.kept` with `down_proj` =
+/// `ffn.weight`. An empty kept set removes the branch.
+pub fn assemble_block(
+    cfg: &ModelConfig,
+    dense: &DenseLayer,
+    attn: &Variant,
+    ffn: &Variant,
+) -> Result<Block> {
+    let (h, dh) = (dense.hidden, dense.head_dim);
+    let mut w = dense.weights.clone();
+    let mut dims = LayerDims {
+        n_q: 0,
+        n_kv: 0,
+        kv_map: vec![],
+        d_ff: 0,
+    };
+    if attn.kept.is_empty() {
+        w.attn = None;
+    } else {
+        let a = dense.attn()?;
+        let (q, k, v) = (flat(&a.q_proj)?, flat(&a.k_proj)?, flat(&a.v_proj)?);
+        let biases = [&a.q_bias, &a.k_bias, &a.v_bias]
+            .map(|b| b.as_ref().map(flat).transpose())
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        let o = dense.o_proj()?;
+        let s = slice_attention(
+            &SliceAttn {
+                q: &q,
+                k: &k,
+                v: &v,
+                o: &o,
+                q_bias: biases[0].as_deref(),
+                k_bias: biases[1].as_deref(),
+                v_bias: biases[2].as_deref(),
+            },
+            &AttnDims {
+                hidden: h,
+                head_dim: dh,
+                n_q: dense.dims.n_q,
+                n_kv: dense.dims.n_kv,
+            },
+            &dense.dims.kv_map,
+            &attn.kept,
+        )?;
+        let (nq, nkv) = (attn.kept.len(), s.kept_kv.len());
+        if attn.weight.len() != h * nq * dh {
+            return Err(Error::PruneShape {
+                what: format!("layer {} attention variant weight", dense.layer),
+                expected: (h * nq * dh).to_string(),
+                got: attn.weight.len().to_string(),
+            });
+        }
+        let t = |v: Vec<f32>, r: usize, c: usize| Tensor::from_vec(v, (r, c), &Device::Cpu);
+        let tb = |v: Option<Vec<f32>>| v.map(|v| Tensor::new(v, &Device::Cpu)).transpose();
+        w.attn = Some(crate::model::AttnWeights {
+            q_proj: t(s.q, nq * dh, h)?,
+            k_proj: t(s.k, nkv * dh, h)?,
+            v_proj: t(s.v, nkv * dh, h)?,
+            o_proj: t(attn.weight.clone(), h, nq * dh)?,
+            q_bias: tb(s.q_bias)?,
+            k_bias: tb(s.k_bias)?,
+            v_bias: tb(s.v_bias)?,
+            o_bias: a.o_bias.clone(),
+        });
+        dims.n_q = nq;
+        dims.n_kv = nkv;
+        dims.kv_map = s.kv_map;
+    }
+    if ffn.kept.is_empty() {
+        w.mlp = None;
+    } else {
+        let m = dense.mlp()?;
+        let (gate, up) = dense.gate_up()?;
+        let layout = dense.ffn_layout();
+        let f = ffn.kept.len();
+        if ffn.weight.len() != h * f {
+            return Err(Error::PruneShape {
+                what: format!("layer {} FFN variant weight", dense.layer),
+                expected: (h * f).to_string(),
+                got: ffn.weight.len().to_string(),
+            });
+        }
+        let rows = |v: &[f32]| select_row_units(v, h, layout, &ffn.kept);
+        let bias = |b: &Option<Tensor>| -> Result<Option<Tensor>> {
+            b.as_ref()
+                .map(|b| {
+                    let v = select_row_units(&flat(b)?, 1, layout, &ffn.kept)?;
+                    Ok(Tensor::new(v, &Device::Cpu)?)
+                })
+                .transpose()
+        };
+        w.mlp = Some(crate::model::MlpWeights {
+            gate_proj: Tensor::from_vec(rows(&gate)?, (f, h), &Device::Cpu)?,
+            up_proj: Tensor::from_vec(rows(&up)?, (f, h), &Device::Cpu)?,
+            down_proj: Tensor::from_vec(ffn.weight.clone(), (h, f), &Device::Cpu)?,
+            gate_bias: bias(&m.gate_bias)?,
+            up_bias: bias(&m.up_bias)?,
+            down_bias: m.down_bias.clone(),
+        });
+        dims.d_ff = f;
+    }
+    Block::from_weights(cfg, dense.layer, dims, w)
+}

@@ -11,7 +11,6 @@
 //! `ppl/{label}.json`, metrics `perplexity`, `tokens`, `decoder_params`. Invalidated by: params,
 //! the model record, the windows, the chosen layer stages' outputs.
 
-use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::layer_ops::{DenseLayer, assemble_block, variant_name};
@@ -117,10 +116,7 @@ impl Stage for EvalPpl {
             seq_len: windows.seq_len,
             max_tokens: None,
         };
-        let report = perplexity(&stream, &opts, |w| {
-            let ids = Tensor::from_vec(w.to_vec(), (1, w.len()), &Device::Cpu)?;
-            Ok(llama.forward(&ids)?.squeeze(0)?)
-        })?;
+        let report = perplexity(&llama, &stream, &opts)?;
         let pruned_cfg = llama.config();
         let rec = PerplexityRecord {
             label: self.0.label.clone(),

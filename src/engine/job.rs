@@ -14,7 +14,9 @@ use crate::engine::fsio;
 use crate::engine::key::{Digest, KeyParts};
 use crate::engine::stage::{DynStage, StageContext};
 use crate::engine::store::Store;
-use crate::engine::store::manifest::{Manifest, OutputEntry, now_s, output_digest};
+use crate::engine::store::manifest::{
+    Manifest, OutputEntry, now_s, output_digest, round_trip_safe,
+};
 use crate::{Error, Result};
 
 /// Reports progress of running stages (progress bars, log lines).
@@ -140,7 +142,7 @@ fn attempt_inner(job: &Job, key: Digest) -> Result<Committed> {
         outputs: entries,
         metrics: outs.metrics,
         committed_at_s: now_s(),
-        duration_s: start.elapsed().as_secs_f64(),
+        duration_s: round_trip_safe(start.elapsed().as_secs_f64(), 1e6),
     };
     store.write_manifest(&manifest)?;
     tracing::info!(key = %key.short(), duration_s = manifest.duration_s, "stage committed");

@@ -72,8 +72,40 @@ impl Manifest {
 }
 
 pub fn now_s() -> f64 {
-    std::time::SystemTime::now()
+    let s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+        .unwrap_or(0.0);
+    round_trip_safe(s, 1e3)
+}
+
+/// `x` rounded to `1/per_unit` (milliseconds: 1e3). serde_json (without its `float_roundtrip`
+/// feature) reads back numbers of up to ~15 significant digits exactly, but can miss a 17-digit
+/// one by an ulp; rounded times and durations survive a manifest's JSON → index → JSON trip
+/// byte for byte, which the index's restore of a damaged manifest relies on.
+pub fn round_trip_safe(x: f64, per_unit: f64) -> f64 {
+    (x * per_unit).round() / per_unit
+}
+
+#[cfg(test)]
+mod round_trip_tests {
+    use super::round_trip_safe;
+
+    /// Regression: a manifest restored from the index differed from the original in the last
+    /// digit of `committed_at_s` (1795871379.9001763 read back as …765).
+    #[test]
+    fn rounded_times_survive_a_json_round_trip_exactly() {
+        let mut x = 1_795_871_379.900_176_3_f64;
+        for _ in 0..2000 {
+            for per_unit in [1e3, 1e6] {
+                let r = round_trip_safe(x, per_unit);
+                let back: f64 = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+                assert_eq!(back.to_bits(), r.to_bits(), "{r}");
+            }
+            x += 0.123_456_789_1;
+        }
+        let d = round_trip_safe(0.002_720_493, 1e6);
+        let back: f64 = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+    }
 }

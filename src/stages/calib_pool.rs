@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::light;
-use super::model::cache_dir;
+use super::model::{read_source, source_fingerprint};
 use super::model_ref::{ModelRecord, open};
 use crate::Result;
-use crate::data::{DataSource, PoolParams, TextFormat, build_pool, fetch, read_documents};
+use crate::data::{DataSource, PoolParams, TextFormat, build_pool};
 use crate::engine::{InputSlot, Outputs, Resources, Stage, StageContext};
 
 pub struct CalibPool(CalibPoolParams);
@@ -52,15 +52,13 @@ impl Stage for CalibPool {
     }
 
     fn fingerprint(&self) -> Result<Option<String>> {
-        let f = fetch(&self.0.data, &cache_dir(&self.0.cache_dir))?;
-        Ok(Some(format!("blake3:{}", f.digest)))
+        source_fingerprint(&self.0.data, &self.0.cache_dir)
     }
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outputs> {
         let record: ModelRecord = ctx.input("model")?.record("model")?;
         let model = open(&record)?;
-        let file = fetch(&self.0.data, &cache_dir(&self.0.cache_dir))?;
-        let docs = read_documents(&file.path, &self.0.format)?;
+        let docs = read_source(&self.0.data, &self.0.format, &self.0.cache_dir)?;
         let params = PoolParams {
             seq_len: self.0.seq_len,
             calib_tokens: self.0.calib_tokens,

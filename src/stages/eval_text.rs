@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::light;
-use super::model::cache_dir;
+use super::model::{read_source, source_fingerprint};
 use super::model_ref::{ModelRecord, open};
 use crate::Result;
-use crate::data::{DataSource, TextFormat, eval_windows, fetch, read_documents, token_stream};
+use crate::data::{DataSource, TextFormat, eval_windows, token_stream};
 use crate::engine::{InputSlot, Outputs, Resources, Stage, StageContext};
 
 pub struct EvalText(EvalTextParams);
@@ -55,15 +55,13 @@ impl Stage for EvalText {
     }
 
     fn fingerprint(&self) -> Result<Option<String>> {
-        let f = fetch(&self.0.data, &cache_dir(&self.0.cache_dir))?;
-        Ok(Some(format!("blake3:{}", f.digest)))
+        source_fingerprint(&self.0.data, &self.0.cache_dir)
     }
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outputs> {
         let record: ModelRecord = ctx.input("model")?.record("model")?;
         let model = open(&record)?;
-        let file = fetch(&self.0.data, &cache_dir(&self.0.cache_dir))?;
-        let docs = read_documents(&file.path, &self.0.format)?;
+        let docs = read_source(&self.0.data, &self.0.format, &self.0.cache_dir)?;
         let stream = token_stream(&docs, &self.0.separator, &|t| model.codec.encode(t))?;
         let w = eval_windows(&stream, self.0.seq_len, self.0.max_tokens)?;
         let mut o = Outputs::new();

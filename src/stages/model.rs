@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::light;
 use super::model_ref::{ModelRecord, ModelSpec, config_of, resolve};
 use crate::Result;
+use crate::data::{DataSource, TextFormat, fetch, read_documents};
 use crate::engine::{InputSlot, Outputs, Resources, Stage, StageContext};
 
 pub struct ModelStage(ModelParams);
@@ -32,6 +33,23 @@ pub fn cache_dir(given: &Option<PathBuf>) -> PathBuf {
     given
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("tyr-cache"))
+}
+
+/// The key fingerprint of a text source: the BLAKE3 of the fetched file, so an edited corpus
+/// reruns the stages that read it.
+pub fn source_fingerprint(data: &DataSource, cache: &Option<PathBuf>) -> Result<Option<String>> {
+    let f = fetch(data, &cache_dir(cache))?;
+    Ok(Some(format!("blake3:{}", f.digest)))
+}
+
+/// The documents of a text source, fetched (or taken from the cache) and read.
+pub fn read_source(
+    data: &DataSource,
+    format: &TextFormat,
+    cache: &Option<PathBuf>,
+) -> Result<Vec<String>> {
+    let file = fetch(data, &cache_dir(cache))?;
+    read_documents(&file.path, format)
 }
 
 impl Stage for ModelStage {

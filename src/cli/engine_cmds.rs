@@ -106,7 +106,7 @@ pub fn run(args: &RunArgs, ui: &Ui) -> anyhow::Result<()> {
             last: Mutex::new(BTreeMap::new()),
         }),
     };
-    let report = engine::run(&graph, store, observer)?;
+    let report = engine::run(&graph, store.clone(), observer)?;
     for (id, o) in &report.stages {
         match o {
             Outcome::Ran(s) => println!("ran      {id} ({s:.2}s)"),
@@ -122,6 +122,28 @@ pub fn run(args: &RunArgs, ui: &Ui) -> anyhow::Result<()> {
     let failed = report.failed();
     if !failed.is_empty() {
         bail!("{} stage(s) failed: {}", failed.len(), failed.join("; "));
+    }
+    // The report's stage timings are only known now; they go into the published copies.
+    let cached: std::collections::BTreeSet<&str> = report
+        .stages
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Cached))
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let timings = engine::status::status(&graph, &store, None, None)
+        .into_iter()
+        .map(|r| {
+            let c = cached.contains(r.id.as_str());
+            (r.id, r.kind, r.duration_s.unwrap_or(f64::NAN), c)
+        })
+        .collect();
+    let has_report = crate::stages::report::fill_timings(&report.out_dir, timings)?;
+    let model = report.out_dir.join("model");
+    if model.is_dir() {
+        println!("pruned model: {}", model.display());
+    }
+    if has_report {
+        println!("report: {}", report.out_dir.join("report.html").display());
     }
     Ok(())
 }

@@ -205,6 +205,29 @@ impl StageContext<'_> {
         }
     }
 
+    /// A fresh, empty directory under the store's `tmp/` for files a stage builds before it
+    /// returns them as outputs (e.g. an exported model). The stage removes it when done; a
+    /// crashed run's leftovers are replaced by the next attempt's.
+    pub fn scratch_dir(&self) -> Result<PathBuf> {
+        let name: String = self
+            .stage_id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let dir = self.tmp_dir.join(format!("{name}.scratch"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(dir)
+    }
+
     /// Reports progress for the progress bar (`done` of `total` units).
     pub fn report(&self, done: u64, total: u64) {
         (self.on_progress)(done, total);

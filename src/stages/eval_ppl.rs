@@ -1,7 +1,8 @@
 //! `eval-ppl` stage: perplexity (ALGORITHM.md §11) of the dense model, or of a pruned model
 //! assembled in memory from per-layer variants.
 //!
-//! Inputs: `model`, `windows` (an `eval-text` stage) and, when `choice` is given, `layers` (one
+//! Inputs: `model`, `windows` (an `eval-text` stage) and, when `choice` is given or
+//! `from-search` is set (the choice then comes from input `search`), `layers` (one
 //! stage per decoder layer, in order, each exposing `attn-{level}` / `ffn-{level}` variant
 //! records: `supernet-layer` or `baseline-layer`). `choice[l] = [attn level, ffn level]` picks
 //! layer l's variants; each block is then physically sliced (heads, K/V heads still read, FFN
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::layer_ops::{DenseLayer, assemble_block, variant_name};
 use super::model_ref::{ModelRecord, open};
+use super::rounds::resolve_choice;
 use crate::data::EvalWindows;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::eval::perplexity::{PerplexityOptions, perplexity};
@@ -31,6 +33,9 @@ pub struct EvalPplParams {
     /// Per layer `[attn level, ffn level]`; absent = the dense model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub choice: Option<Vec<[usize; 2]>>,
+    /// Take the choice from input `search` (a `search` stage) instead [false].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_search: bool,
 }
 
 /// What `eval-ppl` reports.
@@ -55,6 +60,12 @@ impl Stage for EvalPpl {
     type Params = EvalPplParams;
 
     fn new(p: EvalPplParams) -> Result<Self> {
+        if p.choice.is_some() && p.from_search {
+            return Err(Error::msg(format!(
+                "eval-ppl `{}`: give `choice` or `from-search`, not both",
+                p.label
+            )));
+        }
         if p.label.is_empty()
             || !p
                 .label
@@ -71,8 +82,11 @@ impl Stage for EvalPpl {
 
     fn inputs(&self) -> Vec<InputSlot> {
         let mut v = vec![InputSlot::one("model"), InputSlot::one("windows")];
-        if self.0.choice.is_some() {
+        if self.0.choice.is_some() || self.0.from_search {
             v.push(InputSlot::many("layers"));
+        }
+        if self.0.from_search {
+            v.push(InputSlot::one("search"));
         }
         v
     }
@@ -83,7 +97,8 @@ impl Stage for EvalPpl {
         let model = open(&record)?;
         let cfg = &model.config;
         let src = model.source.as_ref();
-        let blocks: Vec<Block> = match &self.0.choice {
+        let choice = resolve_choice(ctx, &self.0.choice, self.0.from_search)?;
+        let blocks: Vec<Block> = match &choice {
             None => (0..cfg.n_layers())
                 .map(|l| Block::load(cfg, l, src))
                 .collect::<Result<_>>()?,
@@ -127,7 +142,7 @@ impl Stage for EvalPpl {
             seq_len: report.seq_len,
             decoder_params: pruned_cfg.decoder_params(),
             total_params: pruned_cfg.total_params(),
-            choice: self.0.choice.clone(),
+            choice,
         };
         tracing::info!(label = %rec.label, perplexity = rec.perplexity, "perplexity");
         let mut o = Outputs::new();

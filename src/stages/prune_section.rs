@@ -24,10 +24,27 @@
 //! second-order = true
 //! attn-removal = { units-per-pass = 1 }   # or { passes = P }
 //! ffn-removal = { passes = 16 }
+//! min-step = 1                # smallest grid step of later rounds, units
 //! baselines = ["uniform", "magnitude", "wanda-sp"]   # [none]
-//! supernet = true              # build round 1's supernet [true]; false: baselines only
+//! supernet = true              # build the supernets and search [true]; false: baselines only
+//! rounds = 4                   # T coarse-to-fine rounds [4]; 0: round 1's supernet, no search
+//! generations = 50             # per round
+//! offspring = 128              # λ
+//! max-swaps = 4                # M
+//! selection = [[2048, 16], [16384, 4], [131072, 1]]   # [tokens, keep] per stage
+//! top-k = 8192                 # teacher logits kept per position
+//! fitness = "top-k-kl"         # | full-kl
+//! incremental-search = true    # offspring start from the parent's cached hidden states at
+//!                              # their first changed layer; false: from layer 0 (same result)
+//! export = true                # write the pruned model to out/<name>/model/ [true]
+//! export-baselines = ["uniform"]   # exported baselines, to out/<name>/baselines/<b>/model/
+//!                              # [uniform, when it is one of `baselines`]
+//! gguf = true                  # also write model.gguf [true]
+//! gguf-dtype = "f32"           # | f16
+//! zero-width = "omit"          # | pad-one (GGUF form of removed branches)
 //! eval-dense = true            # score the dense model [true]
-//! eval-supernet-centre = true  # score round 1's all-centre configuration [true]
+//! eval-supernet-centre = false # score round 1's all-centre configuration [true only if rounds = 0]
+//! report = true                # report.json + report.html in out/<name>/ [true]
 //! cache-dir = "cache"          # pip downloads [.tyr-cache beside the pipeline file]
 //! ```
 //!
@@ -37,10 +54,11 @@
 //! `uniform-forward-NN`), `magnitude-layer-NN`, `wanda-sp-layer-NN` (`baseline-layer`);
 //! `eval-dense`, `eval-r1-centre`, `eval-uniform`, `eval-magnitude`, `eval-wanda-sp` (`eval-ppl`).
 //!
-//! Hook for the search (issue 5): `round1_layer_id(l)` names round 1's layer stages; each
-//! exposes every variant as record `attn-{level}` / `ffn-{level}` and its grid as record
-//! `layer`; `round1_grids` gives the budgets, steps and centres. A `search` stage takes the
-//! round's layer stages as one `many` input, and its choice feeds an `eval-ppl`'s `layers`.
+//! Search and later rounds: `teacher` (`teacher-topk`), `r{t}-search` (`search`, round t over
+//! `r{t}-layer-*`), and for t ≥ 2 `r{t}-layer-NN` / `r{t}-forward-NN` whose grids centre on
+//! `r{t−1}-search`'s choice. After the last round: `eval-tyr`, `export` (→ `model/`),
+//! `export-<baseline>` (→ `baselines/<baseline>/model/`), `report`. Round 1's layer stages
+//! do not depend on the target, so another target reuses them and the teacher.
 
 use std::path::{Path, PathBuf};
 
@@ -48,16 +66,23 @@ use serde::{Deserialize, Serialize};
 
 use super::baseline_layer::{BaselineLayerParams, BaselineMethod};
 use super::eval_ppl::EvalPplParams;
+use super::export::ExportParams;
 use super::model_ref::{ModelSpec, config_of, resolve};
+use super::report::ReportParams;
+use super::rounds::AroundPrevious;
+use super::search::{RoundGrids, SearchStageParams};
 use super::supernet_layer::{FfnStats, ModuleLevels, SupernetLayerParams};
+use super::teacher::TeacherParams;
 use crate::data::{DataSource, TextFormat, reader::TextDocuments};
 use crate::engine::{ExpandContext, InputRef, SectionExpander, StageSpec};
+use crate::export::{GgufDtype, ZeroWidth};
 use crate::model::ModelConfig;
 use crate::prune::ModuleKind;
 use crate::prune::expectation::Expectation;
 use crate::prune::grid::{GridOptions, Round1Grid, TypeGrid, round1_grid};
 use crate::prune::local::{LocalPruneOptions, RemovalSchedule};
 use crate::prune::obs::FirstOrder;
+use crate::search::FitnessKind;
 use crate::{Error, Result};
 
 /// A baseline run beside the main method.
@@ -113,6 +138,24 @@ fn d_attn_removal() -> RemovalSchedule {
 fn d_ffn_removal() -> RemovalSchedule {
     RemovalSchedule::Passes(16)
 }
+fn d_rounds() -> usize {
+    4
+}
+fn d_generations() -> u64 {
+    50
+}
+fn d_offspring() -> usize {
+    128
+}
+fn d_max_swaps() -> u32 {
+    4
+}
+fn d_selection() -> Vec<[usize; 2]> {
+    vec![[2048, 16], [16384, 4], [131072, 1]]
+}
+fn d_top_k() -> usize {
+    8192
+}
 
 /// The `[prune]` table, typed (see the module docs for every key and default).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,12 +203,42 @@ pub struct PruneConfig {
     pub ffn_removal: RemovalSchedule,
     #[serde(default)]
     pub baselines: Vec<Baseline>,
+    #[serde(default)]
+    pub min_step: Option<usize>,
     #[serde(default = "d_true")]
     pub supernet: bool,
+    #[serde(default = "d_rounds")]
+    pub rounds: usize,
+    #[serde(default = "d_generations")]
+    pub generations: u64,
+    #[serde(default = "d_offspring")]
+    pub offspring: usize,
+    #[serde(default = "d_max_swaps")]
+    pub max_swaps: u32,
+    #[serde(default = "d_selection")]
+    pub selection: Vec<[usize; 2]>,
+    #[serde(default = "d_top_k")]
+    pub top_k: usize,
+    #[serde(default)]
+    pub fitness: FitnessKind,
+    #[serde(default = "d_true")]
+    pub incremental_search: bool,
+    #[serde(default = "d_true")]
+    pub export: bool,
+    #[serde(default)]
+    pub export_baselines: Option<Vec<Baseline>>,
+    #[serde(default = "d_true")]
+    pub gguf: bool,
+    #[serde(default)]
+    pub gguf_dtype: GgufDtype,
+    #[serde(default)]
+    pub zero_width: ZeroWidth,
     #[serde(default = "d_true")]
     pub eval_dense: bool,
+    #[serde(default)]
+    pub eval_supernet_centre: Option<bool>,
     #[serde(default = "d_true")]
-    pub eval_supernet_centre: bool,
+    pub report: bool,
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
 }
@@ -207,7 +280,70 @@ impl PruneConfig {
                 ));
             }
         }
+        if c.min_step == Some(0) {
+            return Err(field("min-step", "must be at least 1".into()));
+        }
+        if c.searching() {
+            if c.offspring == 0 {
+                return Err(field("offspring", "must be at least 1".into()));
+            }
+            if c.max_swaps == 0 {
+                return Err(field("max-swaps", "must be at least 1".into()));
+            }
+            if c.top_k == 0 {
+                return Err(field("top-k", "must be at least 1".into()));
+            }
+            if c.selection.is_empty() {
+                return Err(field(
+                    "selection",
+                    "needs at least one [tokens, keep] stage".into(),
+                ));
+            }
+            for (i, [tokens, keep]) in c.selection.iter().enumerate() {
+                if *tokens == 0 || *keep == 0 {
+                    return Err(field(
+                        "selection",
+                        format!("stage {}: tokens and keep must be at least 1", i + 1),
+                    ));
+                }
+                if *tokens > c.calib_tokens {
+                    return Err(field(
+                        "selection",
+                        format!(
+                            "stage {} scores {tokens} tokens but the pool holds at most \
+                             {} (`calib-tokens`)",
+                            i + 1,
+                            c.calib_tokens
+                        ),
+                    ));
+                }
+            }
+        }
+        for b in c.export_baselines.iter().flatten() {
+            if !c.baselines.contains(b) {
+                return Err(field(
+                    "export-baselines",
+                    format!("`{}` is not one of `baselines`", b.name()),
+                ));
+            }
+        }
         Ok(c)
+    }
+
+    /// The baselines exported: as given, else `uniform` when it runs.
+    pub fn exported_baselines(&self) -> Vec<Baseline> {
+        self.export_baselines.clone().unwrap_or_else(|| {
+            self.baselines
+                .iter()
+                .copied()
+                .filter(|&b| b == Baseline::Uniform)
+                .collect()
+        })
+    }
+
+    /// Whether a search runs (a supernet and at least one round).
+    pub fn searching(&self) -> bool {
+        self.supernet && self.rounds > 0
     }
 
     pub fn grid_options(&self) -> GridOptions {
@@ -215,7 +351,7 @@ impl PruneConfig {
         GridOptions {
             levels_each_side: self.levels_each_side.unwrap_or(d.levels_each_side),
             initial_step: self.initial_step.unwrap_or(d.initial_step),
-            min_step: d.min_step,
+            min_step: self.min_step.unwrap_or(d.min_step),
             round1: self.round1_grid.unwrap_or(d.round1),
         }
     }
@@ -260,11 +396,82 @@ fn grids_with(c: &PruneConfig, cfg: &ModelConfig, g: GridOptions) -> Result<(Typ
 
 /// The id of round 1's layer-`l` supernet stage.
 pub fn round1_layer_id(l: usize) -> String {
-    format!("r1-layer-{l:02}")
+    layer_id(1, l)
 }
 
-/// One `eval-ppl` to generate: label, choice (none = dense) and the layer stages it reads.
-type EvalSpec = (String, Option<Vec<[usize; 2]>>, Vec<String>);
+/// Where an `eval-ppl` or `export` gets its per-layer levels.
+#[derive(Clone)]
+enum EvalChoice {
+    Dense,
+    Fixed(Vec<[usize; 2]>),
+    /// From the named `search` stage.
+    Search(String),
+}
+
+/// One `eval-ppl` to generate: label, choice and the layer stages it reads.
+type EvalSpec = (String, EvalChoice, Vec<String>);
+
+/// The id of round t's layer-`l` supernet stage.
+fn layer_id(t: usize, l: usize) -> String {
+    format!("r{t}-layer-{l:02}")
+}
+
+/// An `export` stage writing `label`'s model to `out/<pipeline>/<dir>/`.
+fn export_spec(
+    c: &PruneConfig,
+    id: &str,
+    label: &str,
+    dir: &str,
+    choice: EvalChoice,
+    layers: &[String],
+) -> Result<StageSpec> {
+    let mut inputs = vec![
+        ("model", one("model")),
+        ("layers", InputRef::Many(layers.to_vec())),
+    ];
+    let (fixed, from_search) = match choice {
+        EvalChoice::Search(s) => {
+            inputs.push(("search", one(&s)));
+            (None, true)
+        }
+        EvalChoice::Fixed(v) => (Some(v), false),
+        EvalChoice::Dense => (None, false),
+    };
+    let p = ExportParams {
+        label: label.to_string(),
+        dir: dir.to_string(),
+        choice: fixed,
+        from_search,
+        gguf: c.gguf,
+        gguf_dtype: c.gguf_dtype,
+        zero_width: c.zero_width,
+        target: Some(c.target),
+    };
+    spec(id.to_string(), "export", &p, &inputs)
+}
+
+/// How the report names the model (`pip:<package>/<member>`, a path, `random`).
+fn describe_model(m: &ModelSpec) -> String {
+    match m {
+        ModelSpec::Path { path } => path.display().to_string(),
+        ModelSpec::Pip {
+            package, member, ..
+        } => format!("pip:{package}/{member}"),
+        ModelSpec::Random(_) => "random".into(),
+    }
+}
+
+fn describe_data(d: &DataSource) -> String {
+    match d {
+        DataSource::Path { path } => path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string()),
+        DataSource::Pip {
+            package, member, ..
+        } => format!("pip:{package}/{member}"),
+    }
+}
 
 /// The `[prune]` expander.
 pub struct PruneSection;
@@ -377,37 +584,92 @@ impl SectionExpander for PruneSection {
             &[("model", one("model")), ("pool", one("calib-pool"))],
         )?);
 
-        // Round 1 of the supernet.
+        // The supernets: round 1 (explicit, target-independent grids), then rounds 2..T centred
+        // on the previous round's search, each with its own expectation chain from X_0.
         let centre_needed = c.expectation == Expectation::Centre;
         let levels = |g: &TypeGrid, l: usize| ModuleLevels {
             levels: g.modules[l].levels.clone(),
             centre: centre_needed.then_some(g.modules[l].centre),
         };
-        let mut prev = "embed".to_string();
-        for l in (0..n).filter(|_| c.supernet) {
-            let p = SupernetLayerParams {
-                round: 1,
-                layer: l,
-                attn: levels(&ga, l),
-                ffn: levels(&gf, l),
-                expectation: c.expectation,
-                ffn_stats: c.ffn_stats,
-                attn_pruning: c.local(c.attn_removal),
-                ffn_pruning: c.local(c.ffn_removal),
-            };
-            let id = round1_layer_id(l);
+        let rounds = if c.supernet { c.rounds.max(1) } else { 0 };
+        let around = AroundPrevious {
+            levels_each_side: c.grid_options().levels_each_side,
+            min_step: c.grid_options().min_step,
+        };
+        if c.searching() {
             out.push(spec(
-                id.clone(),
-                "supernet-layer",
-                &p,
-                &[("model", one("model")), ("x", one(&prev))],
+                "teacher".into(),
+                "teacher-topk",
+                &TeacherParams { top_k: c.top_k },
+                &[("model", one("model")), ("pool", one("calib-pool"))],
             )?);
-            if l + 1 < n {
-                let fwd = format!("r1-forward-{l:02}");
-                out.push(forward(&fwd, l, &prev, &id)?);
-                prev = fwd;
-            }
         }
+        let mut last_search: Option<String> = None;
+        for t in 1..=rounds {
+            let mut prev = "embed".to_string();
+            let mut ids = Vec::with_capacity(n);
+            for l in 0..n {
+                let (attn, ffn, around) = if t == 1 {
+                    (Some(levels(&ga, l)), Some(levels(&gf, l)), None)
+                } else {
+                    (None, None, Some(around))
+                };
+                let p = SupernetLayerParams {
+                    round: t,
+                    layer: l,
+                    attn,
+                    ffn,
+                    around,
+                    expectation: c.expectation,
+                    ffn_stats: c.ffn_stats,
+                    attn_pruning: c.local(c.attn_removal),
+                    ffn_pruning: c.local(c.ffn_removal),
+                };
+                let id = layer_id(t, l);
+                let mut inputs = vec![("model", one("model")), ("x", one(&prev))];
+                if let Some(s) = &last_search {
+                    inputs.push(("previous", one(s)));
+                }
+                out.push(spec(id.clone(), "supernet-layer", &p, &inputs)?);
+                ids.push(id.clone());
+                if l + 1 < n {
+                    let fwd = format!("r{t}-forward-{l:02}");
+                    out.push(forward(&fwd, l, &prev, &id)?);
+                    prev = fwd;
+                }
+            }
+            if !c.searching() {
+                break;
+            }
+            let sp = SearchStageParams {
+                round: t,
+                grids: (t == 1).then(|| RoundGrids {
+                    attn: ga.clone(),
+                    ffn: gf.clone(),
+                }),
+                around: (t > 1).then_some(around),
+                generations: c.generations,
+                offspring: c.offspring,
+                max_swaps: c.max_swaps,
+                selection: c.selection.clone(),
+                fitness: c.fitness,
+                incremental: c.incremental_search,
+                cache_mib: 4096,
+            };
+            let id = format!("r{t}-search");
+            let mut inputs = vec![
+                ("model", one("model")),
+                ("pool", one("calib-pool")),
+                ("teacher", one("teacher")),
+                ("layers", InputRef::Many(ids)),
+            ];
+            if let Some(s) = &last_search {
+                inputs.push(("previous", one(s)));
+            }
+            out.push(spec(id.clone(), "search", &sp, &inputs)?);
+            last_search = Some(id);
+        }
+        let final_layers: Vec<String> = (0..n).map(|l| layer_id(rounds, l)).collect();
 
         // Baselines sit at the §3 centres (the budget exactly, not rounded to the lattice).
         let exact = GridOptions {
@@ -416,13 +678,32 @@ impl SectionExpander for PruneSection {
         };
         let (ba, bf) = grids_with(&c, &cfg, exact)?;
         let mut evals: Vec<EvalSpec> = Vec::new();
-        if c.supernet && c.eval_supernet_centre {
+        let mut exports: Vec<String> = Vec::new();
+        if let Some(search) = &last_search {
+            evals.push((
+                "tyr".into(),
+                EvalChoice::Search(search.clone()),
+                final_layers.clone(),
+            ));
+            if c.export {
+                out.push(export_spec(
+                    &c,
+                    "export",
+                    "tyr",
+                    "model",
+                    EvalChoice::Search(search.clone()),
+                    &final_layers,
+                )?);
+                exports.push("export".into());
+            }
+        }
+        if c.supernet && c.eval_supernet_centre.unwrap_or(!c.searching()) {
             let choice = (0..n)
                 .map(|l| [ga.modules[l].centre, gf.modules[l].centre])
                 .collect();
             evals.push((
                 "r1-centre".into(),
-                Some(choice),
+                EvalChoice::Fixed(choice),
                 (0..n).map(round1_layer_id).collect(),
             ));
         }
@@ -440,14 +721,15 @@ impl SectionExpander for PruneSection {
                         &SupernetLayerParams {
                             round: 1,
                             layer: l,
-                            attn: ModuleLevels {
+                            attn: Some(ModuleLevels {
                                 levels: vec![a],
                                 centre: Some(a),
-                            },
-                            ffn: ModuleLevels {
+                            }),
+                            ffn: Some(ModuleLevels {
                                 levels: vec![f],
                                 centre: Some(f),
-                            },
+                            }),
+                            around: None,
                             expectation: Expectation::Centre,
                             ffn_stats: c.ffn_stats,
                             attn_pruning: c.local(c.attn_removal),
@@ -485,12 +767,26 @@ impl SectionExpander for PruneSection {
                     _ => id,
                 };
             }
-            let choice = (0..n)
+            let choice: Vec<[usize; 2]> = (0..n)
                 .map(|l| [ba.modules[l].centre, bf.modules[l].centre])
                 .collect();
-            evals.push((name.to_string(), Some(choice), ids));
+            if c.exported_baselines().contains(b) {
+                let id = format!("export-{name}");
+                let dir = format!("baselines/{name}/model");
+                out.push(export_spec(
+                    &c,
+                    &id,
+                    name,
+                    &dir,
+                    EvalChoice::Fixed(choice.clone()),
+                    &ids,
+                )?);
+                exports.push(id);
+            }
+            evals.push((name.to_string(), EvalChoice::Fixed(choice), ids));
         }
 
+        let mut eval_ids: Vec<String> = Vec::new();
         if let Some(eval) = &c.eval {
             let et = super::eval_text::EvalTextParams {
                 data: anchored(base, eval),
@@ -510,19 +806,54 @@ impl SectionExpander for PruneSection {
                 &cache,
             ));
             if c.eval_dense {
-                evals.insert(0, ("dense".into(), None, Vec::new()));
+                evals.insert(0, ("dense".into(), EvalChoice::Dense, Vec::new()));
             }
             for (label, choice, layers) in evals {
                 let mut inputs = vec![("model", one("model")), ("windows", one("eval-text"))];
-                if choice.is_some() {
+                if !matches!(choice, EvalChoice::Dense) {
                     inputs.push(("layers", InputRef::Many(layers)));
                 }
+                let (fixed, from_search) = match choice {
+                    EvalChoice::Dense => (None, false),
+                    EvalChoice::Fixed(v) => (Some(v), false),
+                    EvalChoice::Search(s) => {
+                        inputs.push(("search", one(&s)));
+                        (None, true)
+                    }
+                };
                 let p = EvalPplParams {
                     label: label.clone(),
-                    choice,
+                    choice: fixed,
+                    from_search,
                 };
-                out.push(spec(format!("eval-{label}"), "eval-ppl", &p, &inputs)?);
+                let id = format!("eval-{label}");
+                out.push(spec(id.clone(), "eval-ppl", &p, &inputs)?);
+                eval_ids.push(id);
             }
+        }
+        if c.report && (last_search.is_some() || !eval_ids.is_empty()) {
+            let rp = ReportParams {
+                pipeline: ctx.pipeline.to_string(),
+                target: c.target,
+                source: describe_model(&c.model),
+                eval_text: c.eval.as_ref().map(describe_data).unwrap_or_default(),
+                baselines: c.baselines.iter().map(|b| b.name().to_string()).collect(),
+            };
+            let searches: Vec<String> = (1..=rounds)
+                .map(|t| format!("r{t}-search"))
+                .filter(|_| c.searching())
+                .collect();
+            out.push(spec(
+                "report".into(),
+                "report",
+                &rp,
+                &[
+                    ("model", one("model")),
+                    ("searches", InputRef::Many(searches)),
+                    ("evals", InputRef::Many(eval_ids)),
+                    ("exports", InputRef::Many(exports)),
+                ],
+            )?);
         }
         Ok(out)
     }

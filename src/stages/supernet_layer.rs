@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::acts::Acts;
 use super::layer_ops::{Collect, DenseLayer, collect_stats, variant_name};
 use super::model_ref::{ModelRecord, open};
+use super::rounds::{AroundPrevious, RoundChoice, next_grids};
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::prune::expectation::{
     Expectation, ExpectationWeights, averaged_weight, expectation_weights,
@@ -73,8 +74,15 @@ pub struct SupernetLayerParams {
     #[serde(default = "round_one")]
     pub round: usize,
     pub layer: usize,
-    pub attn: ModuleLevels,
-    pub ffn: ModuleLevels,
+    /// Round 1: each module's levels. Later rounds leave them out and take `around`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn: Option<ModuleLevels>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ffn: Option<ModuleLevels>,
+    /// Later rounds: the grid is centred on the previous round's choice (input `previous`, a
+    /// `search` stage) with the step halved, as `rounds::next_grids` computes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub around: Option<AroundPrevious>,
     /// [density-weighted]
     #[serde(default = "density_weighted")]
     pub expectation: Expectation,
@@ -128,29 +136,18 @@ impl Stage for SupernetLayer {
     type Params = SupernetLayerParams;
 
     fn new(p: SupernetLayerParams) -> Result<Self> {
-        for (name, m) in [("attn", &p.attn), ("ffn", &p.ffn)] {
-            let bad = |reason: String| Error::PruneOption {
-                field: if name == "attn" {
-                    "attn.levels"
-                } else {
-                    "ffn.levels"
-                },
-                reason,
-            };
-            if m.levels.is_empty() || m.levels.windows(2).any(|w| w[0] >= w[1]) {
-                return Err(bad(format!(
-                    "{:?} must be non-empty and strictly ascending",
-                    m.levels
-                )));
+        match (&p.attn, &p.ffn, &p.around) {
+            (Some(a), Some(f), None) => {
+                check_grid("attn.levels", a, p.expectation)?;
+                check_grid("ffn.levels", f, p.expectation)?;
             }
-            match (p.expectation, m.centre) {
-                (Expectation::Centre, None) => {
-                    return Err(bad("expectation `centre` needs the module's centre".into()));
-                }
-                (Expectation::Centre, Some(c)) if !m.levels.contains(&c) => {
-                    return Err(bad(format!("the centre {c} is not one of the levels")));
-                }
-                _ => {}
+            (None, None, Some(_)) if p.round > 1 => {}
+            _ => {
+                return Err(Error::PruneOption {
+                    field: "attn.levels",
+                    reason: "give `attn` and `ffn` levels (round 1) or `around` (later rounds)"
+                        .into(),
+                });
             }
         }
         if p.round == 0 {
@@ -163,19 +160,29 @@ impl Stage for SupernetLayer {
     }
 
     fn inputs(&self) -> Vec<InputSlot> {
-        vec![InputSlot::one("model"), InputSlot::one("x")]
+        let mut v = vec![InputSlot::one("model"), InputSlot::one("x")];
+        if self.0.around.is_some() {
+            v.push(InputSlot::one("previous"));
+        }
+        v
     }
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outputs> {
         let p = &self.0;
+        let (attn_grid, ffn_grid) = self.grids(ctx)?;
         let record: ModelRecord = ctx.input("model")?.record("model")?;
         let x = Acts::read(ctx.input("x")?, "x")?;
         let model = open(&record)?;
         let cfg = &model.config;
         let dense = DenseLayer::load(cfg, p.layer, model.source.as_ref())?;
         let (attn_layout, ffn_layout) = (dense.attn_layout(), dense.ffn_layout());
-        check_levels(p.layer, ModuleKind::Attn, &p.attn.levels, attn_layout.units)?;
-        check_levels(p.layer, ModuleKind::Ffn, &p.ffn.levels, ffn_layout.units)?;
+        check_levels(
+            p.layer,
+            ModuleKind::Attn,
+            &attn_grid.levels,
+            attn_layout.units,
+        )?;
+        check_levels(p.layer, ModuleKind::Ffn, &ffn_grid.levels, ffn_layout.units)?;
         let span = tracing::info_span!("supernet-layer", round = p.round, layer = p.layer);
         let _g = span.enter();
 
@@ -200,7 +207,7 @@ impl Stage for SupernetLayer {
                     .attn
                     .iter()
                     .map(|v| v.level)
-                    .eq(p.attn.levels.iter().copied()) =>
+                    .eq(attn_grid.levels.iter().copied()) =>
             {
                 tracing::info!(layer = p.layer, "resuming after the attention variants");
                 pr.attn
@@ -215,7 +222,7 @@ impl Stage for SupernetLayer {
                     &o0,
                     dense.hidden,
                     attn_layout,
-                    &p.attn.levels,
+                    &attn_grid.levels,
                     &p.attn_pruning,
                 )?;
                 ctx.save_progress(&Progress { attn: v.clone() })?;
@@ -226,7 +233,7 @@ impl Stage for SupernetLayer {
         let (o_bar, attn_w) = expected(
             p.expectation,
             &attn,
-            &p.attn,
+            &attn_grid,
             &o0,
             dense.hidden,
             attn_layout,
@@ -257,11 +264,18 @@ impl Stage for SupernetLayer {
             &d0,
             dense.hidden,
             ffn_layout,
-            &p.ffn.levels,
+            &ffn_grid.levels,
             &p.ffn_pruning,
         )?;
         ctx.report(3, 4);
-        let (d_bar, ffn_w) = expected(p.expectation, &ffn, &p.ffn, &d0, dense.hidden, ffn_layout)?;
+        let (d_bar, ffn_w) = expected(
+            p.expectation,
+            &ffn,
+            &ffn_grid,
+            &d0,
+            dense.hidden,
+            ffn_layout,
+        )?;
 
         ctx.report(4, 4);
 
@@ -302,6 +316,54 @@ impl Stage for SupernetLayer {
         ]);
         o.tensors("expected", expected);
         Ok(o)
+    }
+}
+
+impl SupernetLayer {
+    /// This layer's grids: from the params (round 1) or around the previous round's choice.
+    fn grids(&self, ctx: &StageContext<'_>) -> Result<(ModuleLevels, ModuleLevels)> {
+        let p = &self.0;
+        match (&p.attn, &p.ffn, &p.around) {
+            (Some(a), Some(f), _) => Ok((a.clone(), f.clone())),
+            (_, _, Some(around)) => {
+                let prev: RoundChoice = ctx.input("previous")?.record("choice")?;
+                let (ga, gf) = next_grids(&prev, around)?;
+                let module = |g: &crate::prune::grid::TypeGrid| -> Result<ModuleLevels> {
+                    let m = g.modules.get(p.layer).ok_or_else(|| Error::LayerDims {
+                        layer: p.layer,
+                        msg: format!(
+                            "the previous round chose levels for {} layers",
+                            g.modules.len()
+                        ),
+                    })?;
+                    Ok(ModuleLevels {
+                        levels: m.levels.clone(),
+                        centre: Some(m.centre),
+                    })
+                };
+                Ok((module(&ga)?, module(&gf)?))
+            }
+            _ => Err(Error::msg("supernet-layer: no grid (checked in new)")),
+        }
+    }
+}
+
+fn check_grid(field: &'static str, m: &ModuleLevels, expectation: Expectation) -> Result<()> {
+    let bad = |reason: String| Error::PruneOption { field, reason };
+    if m.levels.is_empty() || m.levels.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(bad(format!(
+            "{:?} must be non-empty and strictly ascending",
+            m.levels
+        )));
+    }
+    match (expectation, m.centre) {
+        (Expectation::Centre, None) => {
+            Err(bad("expectation `centre` needs the module's centre".into()))
+        }
+        (Expectation::Centre, Some(c)) if !m.levels.contains(&c) => {
+            Err(bad(format!("the centre {c} is not one of the levels")))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -1,0 +1,234 @@
+//! `export` stage: the chosen variants sliced into a physically smaller model (ALGORITHM.md §10),
+//! written in our saved format (`model.safetensors`, `config.json`, `tokenizer.json`) and as
+//! GGUF (`model.gguf`, llama.cpp's `llama` or `deci` architecture), all published under
+//! `out/<pipeline>/<dir>/`.
+//!
+//! Inputs: `model`, `layers` (one stage per decoder layer with `attn-{level}` / `ffn-{level}`
+//! variant records) and, with `from-search`, `search` (whose choice picks the levels); otherwise
+//! `choice` in the params. Output: record `export` (`ExportRecord`) and the files as bytes.
+//! Invalidated by: params, the model, the layer stages' and the search's outputs.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::layer_ops::variant_name;
+use super::model_ref::{ModelLocation, ModelRecord, TextCodec, open};
+use super::rounds::resolve_choice;
+use crate::engine::{InputSlot, Outputs, Stage, StageContext};
+use crate::export::report::unit_sparsity;
+use crate::export::{
+    GgufDtype, GgufExportOptions, LayerChoice, ModuleChoice, SlicedSource, ZeroWidth, write_gguf,
+};
+use crate::model::{ModelConfig, SaveOptions, save_model};
+use crate::prune::ModuleKind;
+use crate::prune::local::Variant;
+use crate::{Error, Result};
+
+fn d_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ExportParams {
+    /// Names the model in the report (`tyr`, `uniform`).
+    pub label: String,
+    /// Where under `out/<pipeline>/` the files go (`model`, `baselines/uniform/model`).
+    pub dir: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choice: Option<Vec<[usize; 2]>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_search: bool,
+    /// Also write `model.gguf` [true].
+    #[serde(default = "d_true")]
+    pub gguf: bool,
+    #[serde(default)]
+    pub gguf_dtype: GgufDtype,
+    #[serde(default)]
+    pub zero_width: ZeroWidth,
+    /// The requested sparsity, recorded in `config.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<f64>,
+}
+
+/// Record `export`: what was written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportRecord {
+    pub label: String,
+    /// The model folder, relative to `out/<pipeline>/`.
+    pub model_dir: String,
+    /// The GGUF file, relative to `out/<pipeline>/`.
+    pub gguf: Option<String>,
+    /// `llama` or `deci`.
+    pub gguf_architecture: Option<String>,
+    /// Decoder / total parameters as written to the GGUF (K/V heads duplicated to even groups).
+    pub gguf_params_written: Option<[usize; 2]>,
+    /// The pruned model's configuration (per-layer dims).
+    pub config: ModelConfig,
+    pub choice: Vec<[usize; 2]>,
+}
+
+pub struct ExportStage(ExportParams);
+
+impl Stage for ExportStage {
+    const KIND: &'static str = "export";
+    const VERSION: u32 = 1;
+    type Params = ExportParams;
+
+    fn new(p: ExportParams) -> Result<Self> {
+        if p.choice.is_some() == p.from_search {
+            return Err(Error::msg(format!(
+                "export `{}`: give exactly one of `choice` and `from-search`",
+                p.label
+            )));
+        }
+        if p.dir.is_empty() || p.dir.starts_with('/') || p.dir.split('/').any(|c| c == "..") {
+            return Err(Error::msg(format!(
+                "export `{}`: `dir` must be a relative path inside the output folder, not `{}`",
+                p.label, p.dir
+            )));
+        }
+        Ok(Self(p))
+    }
+
+    fn inputs(&self) -> Vec<InputSlot> {
+        let mut v = vec![InputSlot::one("model"), InputSlot::many("layers")];
+        if self.0.from_search {
+            v.push(InputSlot::one("search"));
+        }
+        v
+    }
+
+    fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outputs> {
+        let p = &self.0;
+        let record: ModelRecord = ctx.input("model")?.record("model")?;
+        let choice = resolve_choice(ctx, &p.choice, p.from_search)?
+            .ok_or_else(|| Error::msg("export: no choice"))?;
+        let layers = ctx.inputs("layers")?.to_vec();
+        let model = open(&record)?;
+        let cfg = &model.config;
+        if layers.len() != cfg.n_layers() || choice.len() != cfg.n_layers() {
+            return Err(Error::msg(format!(
+                "export `{}`: {} layer stages and {} choices for {} layers",
+                p.label,
+                layers.len(),
+                choice.len(),
+                cfg.n_layers()
+            )));
+        }
+        let mut choices = Vec::with_capacity(layers.len());
+        for (set, &[a, f]) in layers.iter().zip(&choice) {
+            let attn: Variant = set.record(&variant_name(ModuleKind::Attn, a))?;
+            let ffn: Variant = set.record(&variant_name(ModuleKind::Ffn, f))?;
+            choices.push(LayerChoice {
+                attn: module_choice(attn)?,
+                ffn: module_choice(ffn)?,
+            });
+        }
+        let sliced = SlicedSource::new(cfg, model.source.as_ref(), &choices)?;
+        let pruned = sliced.config().clone();
+        let mem = sliced.to_memory()?;
+
+        let scratch = ctx.scratch_dir()?;
+        let model_dir = scratch.join("model");
+        let tokenizer_json = match &model.codec {
+            TextCodec::Model(t) => {
+                let path = scratch.join("tokenizer.json");
+                t.save(&path)?;
+                Some(path)
+            }
+            TextCodec::Bytes { .. } => None,
+        };
+        let (source_path, digest) = match &record.location {
+            ModelLocation::File { path, digest } => (Some(path.clone()), Some(digest.clone())),
+            ModelLocation::Random(_) => (None, None),
+        };
+        let source_config = source_path
+            .as_deref()
+            .filter(|p| p.is_dir())
+            .and_then(|p| read_json_object(&p.join("config.json")));
+        let achieved = serde_json::to_value(unit_sparsity(cfg, &pruned))
+            .map_err(|e| Error::msg(format!("encoding the achieved sparsity: {e}")))?;
+        let save = SaveOptions {
+            source_config,
+            tokenizer_json,
+            target_sparsity: p.target,
+            achieved_sparsity: Some(achieved),
+            seed: Some(ctx.seed()),
+            digests: digest
+                .into_iter()
+                .map(|d| ("source_model".to_string(), d))
+                .collect(),
+        };
+        save_model(&model_dir, &pruned, &mem, &save)?;
+
+        let mut o = Outputs::new();
+        let (mut gguf, mut arch, mut written) = (None, None, None);
+        if p.gguf {
+            let path = model_dir.join("model.gguf");
+            let opts = GgufExportOptions {
+                zero_width: p.zero_width,
+                dtype: p.gguf_dtype,
+                metadata_from: source_path.filter(|s| {
+                    s.extension()
+                        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+                }),
+                name: Some(format!("tyr-{}", p.label)),
+            };
+            let r = write_gguf(&path, &pruned, &mem, &opts)?;
+            gguf = Some(format!("{}/model.gguf", p.dir));
+            arch = Some(r.architecture.clone());
+            written = Some([r.decoder_params_written, r.total_params_written]);
+        }
+        let mut files: Vec<_> = std::fs::read_dir(&model_dir)
+            .map_err(|e| Error::io(&model_dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| f.is_file())
+            .collect();
+        files.sort();
+        for f in &files {
+            let name = f
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| Error::msg(format!("export: odd file name {}", f.display())))?
+                .to_string();
+            let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
+            o.bytes(format!("file:{name}"), bytes)
+                .publish(format!("{}/{name}", p.dir));
+        }
+        std::fs::remove_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
+        o.metric("decoder_params", pruned.decoder_params() as f64);
+        o.metric("total_params", pruned.total_params() as f64);
+        let rec = ExportRecord {
+            label: p.label.clone(),
+            model_dir: p.dir.clone(),
+            gguf,
+            gguf_architecture: arch,
+            gguf_params_written: written,
+            config: pruned,
+            choice,
+        };
+        tracing::info!(label = %rec.label, dir = %rec.model_dir, "exported");
+        o.record("export", &rec)?;
+        Ok(o)
+    }
+}
+
+/// A variant as the slicer takes it: kept units and the compact refit weight `[hidden, kept·w]`.
+fn module_choice(v: Variant) -> Result<ModuleChoice> {
+    let cols = v.weight.len().checked_div(v.d_out).unwrap_or(0);
+    Ok(ModuleChoice {
+        kept: v.kept,
+        weight: Tensor::from_vec(v.weight, (v.d_out, cols), &Device::Cpu)?,
+    })
+}
+
+fn read_json_object(path: &Path) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match serde_json::from_str(&text).ok()? {
+        serde_json::Value::Object(m) => Some(m),
+        _ => None,
+    }
+}

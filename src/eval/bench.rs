@@ -148,3 +148,66 @@ mod tests {
         assert!(process_cpu_seconds().unwrap() > a);
     }
 }
+
+/// Prefill and decode speed of one sequence (batch 1) with the KV cache.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeResult {
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    pub iters: usize,
+    /// Median seconds of the prompt forward.
+    pub prefill_s: f64,
+    pub prefill_tokens_per_s: f64,
+    /// Median seconds of the `new_tokens` one-token steps.
+    pub decode_s: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+/// Times a prompt of `prompt_tokens` deterministic ids, then `new_tokens` greedy steps, `iters`
+/// times after one untimed warm-up; medians are reported.
+pub fn bench_decode(
+    model: &Llama,
+    prompt_tokens: usize,
+    new_tokens: usize,
+    iters: usize,
+) -> Result<DecodeResult> {
+    use crate::model::KvCache;
+    let vocab = model.config().vocab_size as u64;
+    let ids: Vec<u32> = (0..prompt_tokens as u64)
+        .map(|i| ((i * 2_654_435_761 + 12_345) % vocab) as u32)
+        .collect();
+    let prompt = Tensor::from_vec(ids, (1, prompt_tokens), &Device::Cpu)?;
+    let mut pre = Vec::new();
+    let mut dec = Vec::new();
+    for it in 0..=iters.max(1) {
+        let mut cache = KvCache::new(model.blocks().len());
+        let t0 = std::time::Instant::now();
+        let mut logits = model.forward_step(&prompt, &mut cache)?;
+        let t1 = std::time::Instant::now();
+        for _ in 0..new_tokens {
+            let next = logits
+                .argmax(candle_core::D::Minus1)?
+                .to_dtype(candle_core::DType::U32)?;
+            logits = model.forward_step(&next.reshape((1, 1))?, &mut cache)?;
+        }
+        let t2 = std::time::Instant::now();
+        if it > 0 {
+            pre.push((t1 - t0).as_secs_f64());
+            dec.push((t2 - t1).as_secs_f64());
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (p, d) = (median(&mut pre), median(&mut dec));
+    Ok(DecodeResult {
+        prompt_tokens,
+        new_tokens,
+        iters: iters.max(1),
+        prefill_s: p,
+        prefill_tokens_per_s: prompt_tokens as f64 / p,
+        decode_s: d,
+        decode_tokens_per_s: new_tokens as f64 / d,
+    })
+}

@@ -252,8 +252,10 @@ pub(super) fn tables(h: &mut String, r: &Report) {
         let ran = r.timings.stages.iter().filter(|s| !s.cached).count();
         let _ = write!(
             h,
-            "<p>{} stages, {} ran, {} cached; {} s ({} min) in all. Wall-clock times vary \
-             between runs; every other number in this report is reproducible.</p>",
+            "<p>{} stages, {} ran, {} cached; {} s ({} min) summed over stages (independent \
+             stages run side by side, so the run's wall time is shorter; a cached stage shows \
+             the time it took when it ran). Wall-clock times vary between runs; every other \
+             number in this report is reproducible.</p>",
             r.timings.stages.len(),
             ran,
             r.timings.stages.len() - ran,

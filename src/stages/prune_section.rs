@@ -246,9 +246,17 @@ pub struct PruneConfig {
 impl PruneConfig {
     /// Parses and validates the section (field errors name `prune.<key>`).
     pub fn parse(table: &toml::Table) -> Result<Self> {
-        let c: PruneConfig = toml::Value::Table(table.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::msg(format!("`prune`: {}", e.message().trim())))?;
+        let c: PruneConfig = serde_path_to_error::deserialize(toml::Value::Table(table.clone()))
+            .map_err(|e| {
+                // Name the key when serde knows it (`prune.fitness: unknown variant …`).
+                let path = e.path().to_string();
+                let msg = e.inner().message().trim().to_string();
+                if path.is_empty() || path == "." || path == "?" {
+                    Error::msg(format!("`prune`: {msg}"))
+                } else {
+                    Error::msg(format!("`prune.{path}`: {msg}"))
+                }
+            })?;
         if !(0.0..1.0).contains(&c.target) {
             return Err(field("target", format!("{} is outside [0, 1)", c.target)));
         }

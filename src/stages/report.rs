@@ -19,9 +19,10 @@ use super::rounds::{RoundChoice, search_space};
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::export::{
     BaselineReport, ModelRole, ParamCounts, Perplexity, Report, RoundReport, SourceModel,
-    StageTiming, Timings, unit_sparsity,
+    StageTiming, Timings, UnitSparsity, unit_sparsity,
 };
-use crate::search::Configuration;
+use crate::model::ModelConfig;
+use crate::search::{Configuration, ModuleKind};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,13 +157,19 @@ impl Stage for ReportStage {
                 name: b.clone(),
                 params: exported
                     .map(|e| ParamCounts::of(&e.config))
-                    .or(evaluated.map(|e| ParamCounts {
+                    .or(evaluated.as_ref().map(|e| ParamCounts {
                         decoder: e.decoder_params as u64,
                         total: e.total_params as u64,
                     })),
-                unit_sparsity: exported
-                    .map(|e| unit_sparsity(&model.config, &e.config))
-                    .unwrap_or_default(),
+                unit_sparsity: match (exported, &evaluated) {
+                    (Some(e), _) => unit_sparsity(&model.config, &e.config),
+                    (None, Some(e)) => e
+                        .choice
+                        .as_deref()
+                        .map(|c| sparsity_of_levels(&model.config, c))
+                        .unwrap_or_default(),
+                    (None, None) => Vec::new(),
+                },
                 model_dir: exported.map(|e| e.model_dir.clone()),
             });
         }
@@ -173,6 +180,23 @@ impl Stage for ReportStage {
             .publish("report.html");
         Ok(o)
     }
+}
+
+/// Removed heads and channels of a per-layer `[attn, ffn]` level choice.
+fn sparsity_of_levels(dense: &ModelConfig, levels: &[[usize; 2]]) -> Vec<UnitSparsity> {
+    let removed = |i: usize| -> u64 { levels.iter().map(|l| l[i] as u64).sum() };
+    let units = |f: fn(&crate::model::LayerDims) -> usize| -> u64 {
+        dense.layers.iter().map(|d| f(d) as u64).sum()
+    };
+    let (heads, channels) = (units(|d| d.n_q), units(|d| d.d_ff));
+    vec![
+        UnitSparsity::new(ModuleKind::Attn, heads, heads.saturating_sub(removed(0))),
+        UnitSparsity::new(
+            ModuleKind::Ffn,
+            channels,
+            channels.saturating_sub(removed(1)),
+        ),
+    ]
 }
 
 /// Puts the run's stage timings into the published `report.json` / `report.html` in `out_dir`

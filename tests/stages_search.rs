@@ -251,3 +251,21 @@ fn incremental_offspring_evaluation_equals_full_forwards() {
         );
     }
 }
+
+#[test]
+fn full_vocabulary_kl_is_an_option() {
+    let w = tempfile::tempdir().unwrap();
+    let set = [
+        "--set",
+        "prune.fitness=\"full-kl\"",
+        "--set",
+        "prune.baselines=[]",
+        "--set",
+        "prune.rounds=1",
+    ];
+    run_ok(w.path(), &set);
+    let r = json(w.path(), "search/round-1.json");
+    assert_eq!(r["fitness_metric"], "full-vocabulary KL");
+    let f = r["fitness"].as_f64().unwrap();
+    assert!(f.is_finite() && f >= 0.0, "fitness {f}");
+}

@@ -5,27 +5,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use common::{text, tyr_env};
+use common::{plan, text, tiny, tyr_env, tyr_in};
 use tyr::data::{TextDocuments, TextFormat, read_documents, token_stream};
 use tyr::eval::perplexity::{PerplexityOptions, perplexity};
 use tyr::model::Llama;
 use tyr::model::open::open_model;
-
-fn tiny() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tiny.toml")
-}
-
-fn tyr_in(work: &Path, verb: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Output {
-    let p = tiny();
-    let mut args: Vec<&str> = verb.to_vec();
-    args.push(p.to_str().unwrap());
-    args.extend(["--workdir", work.to_str().unwrap()]);
-    args.extend(extra);
-    tyr_env(&args, env)
-}
 
 fn run_ok(work: &Path, extra: &[&str]) -> Output {
     let o = tyr_in(work, &["run"], extra, &[]);
@@ -40,21 +27,6 @@ fn read(work: &Path, rel: &str) -> Vec<u8> {
 
 fn json(work: &Path, rel: &str) -> serde_json::Value {
     serde_json::from_slice(&read(work, rel)).unwrap()
-}
-
-/// `tyr plan --json` as (id, state, key) triples.
-fn plan(work: &Path, extra: &[&str]) -> Vec<(String, String, String)> {
-    let o = tyr_in(work, &["plan", "--json"], extra, &[]);
-    assert!(o.status.success(), "plan failed:\n{}", text(&o));
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
-            (s("id"), s("state"), s("key"))
-        })
-        .collect()
 }
 
 #[test]

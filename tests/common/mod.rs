@@ -215,5 +215,8 @@ pub fn random_hidden(batch: usize, seq: usize, hidden: usize, seed: u64) -> Tens
 }
 
 mod engine;
+mod tiny_pipeline;
 #[allow(unused_imports)]
 pub use engine::*;
+#[allow(unused_imports)]
+pub use tiny_pipeline::*;

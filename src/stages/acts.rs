@@ -14,6 +14,22 @@ use crate::{Error, Result};
 /// Most tokens one forward batch holds.
 const BATCH_TOKENS: usize = 4096;
 
+/// Batches of indices into `lengths`: equal lengths together, at most `BATCH_TOKENS` tokens each,
+/// in ascending (length, index) order — a fixed order, so statistics and fitness sums are
+/// reproducible. Layer stages batch pool pieces with it, the search its minibatch slices.
+pub fn batches_by_length(lengths: &[usize]) -> Vec<Vec<usize>> {
+    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, &l) in lengths.iter().enumerate() {
+        by_len.entry(l).or_default().push(i);
+    }
+    let mut out = Vec::new();
+    for (len, items) in by_len {
+        let per = (BATCH_TOKENS / len.max(1)).max(1);
+        out.extend(items.chunks(per).map(<[usize]>::to_vec));
+    }
+    out
+}
+
 /// `X_l` in memory.
 #[derive(Debug, Clone)]
 pub struct Acts {
@@ -59,19 +75,9 @@ impl Acts {
         Ok(())
     }
 
-    /// Batches of piece indices: equal lengths together, at most `BATCH_TOKENS` tokens each,
-    /// in ascending (length, piece) order — a fixed order, so statistics are reproducible.
+    /// Batches of piece indices (`batches_by_length` of the piece lengths).
     pub fn batches(&self) -> Vec<Vec<usize>> {
-        let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (i, &l) in self.lengths.iter().enumerate() {
-            by_len.entry(l).or_default().push(i);
-        }
-        let mut out = Vec::new();
-        for (len, pieces) in by_len {
-            let per = (BATCH_TOKENS / len.max(1)).max(1);
-            out.extend(pieces.chunks(per).map(<[usize]>::to_vec));
-        }
-        out
+        batches_by_length(&self.lengths)
     }
 
     fn offsets(&self) -> Vec<usize> {

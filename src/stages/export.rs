@@ -8,8 +8,6 @@
 //! `choice` in the params. Output: record `export` (`ExportRecord`) and the files as bytes.
 //! Invalidated by: params, the model, the layer stages' and the search's outputs.
 
-use std::path::Path;
-
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +19,7 @@ use crate::export::report::unit_sparsity;
 use crate::export::{
     GgufDtype, GgufExportOptions, LayerChoice, ModuleChoice, SlicedSource, ZeroWidth, write_gguf,
 };
+use crate::model::hf::read_hf_config;
 use crate::model::{ModelConfig, SaveOptions, save_model};
 use crate::prune::ModuleKind;
 use crate::prune::local::Variant;
@@ -145,10 +144,11 @@ impl Stage for ExportStage {
             ModelLocation::File { path, digest } => (Some(path.clone()), Some(digest.clone())),
             ModelLocation::Random(_) => (None, None),
         };
-        let source_config = source_path
-            .as_deref()
-            .filter(|p| p.is_dir())
-            .and_then(|p| read_json_object(&p.join("config.json")));
+        // An HF source's config.json keys are kept in the saved config.
+        let source_config = match source_path.as_deref().filter(|p| p.is_dir()) {
+            Some(dir) => Some(read_hf_config(dir)?.1),
+            None => None,
+        };
         let achieved = serde_json::to_value(unit_sparsity(cfg, &pruned))
             .map_err(|e| Error::msg(format!("encoding the achieved sparsity: {e}")))?;
         let save = SaveOptions {
@@ -223,12 +223,4 @@ fn module_choice(v: Variant) -> Result<ModuleChoice> {
         kept: v.kept,
         weight: Tensor::from_vec(v.weight, (v.d_out, cols), &Device::Cpu)?,
     })
-}
-
-fn read_json_object(path: &Path) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    match serde_json::from_str(&text).ok()? {
-        serde_json::Value::Object(m) => Some(m),
-        _ => None,
-    }
 }

@@ -416,6 +416,21 @@ enum EvalChoice {
     Search(String),
 }
 
+impl EvalChoice {
+    /// The params pair (`choice`, `from-search`) of an `eval-ppl` / `export`; a search choice
+    /// also adds the `search` input.
+    fn bind(self, inputs: &mut Vec<(&str, InputRef)>) -> (Option<Vec<[usize; 2]>>, bool) {
+        match self {
+            EvalChoice::Dense => (None, false),
+            EvalChoice::Fixed(v) => (Some(v), false),
+            EvalChoice::Search(s) => {
+                inputs.push(("search", one(&s)));
+                (None, true)
+            }
+        }
+    }
+}
+
 /// One `eval-ppl` to generate: label, choice and the layer stages it reads.
 type EvalSpec = (String, EvalChoice, Vec<String>);
 
@@ -437,14 +452,7 @@ fn export_spec(
         ("model", one("model")),
         ("layers", InputRef::Many(layers.to_vec())),
     ];
-    let (fixed, from_search) = match choice {
-        EvalChoice::Search(s) => {
-            inputs.push(("search", one(&s)));
-            (None, true)
-        }
-        EvalChoice::Fixed(v) => (Some(v), false),
-        EvalChoice::Dense => (None, false),
-    };
+    let (fixed, from_search) = choice.bind(&mut inputs);
     let p = ExportParams {
         label: label.to_string(),
         dir: dir.to_string(),
@@ -821,14 +829,7 @@ impl SectionExpander for PruneSection {
                 if !matches!(choice, EvalChoice::Dense) {
                     inputs.push(("layers", InputRef::Many(layers)));
                 }
-                let (fixed, from_search) = match choice {
-                    EvalChoice::Dense => (None, false),
-                    EvalChoice::Fixed(v) => (Some(v), false),
-                    EvalChoice::Search(s) => {
-                        inputs.push(("search", one(&s)));
-                        (None, true)
-                    }
-                };
+                let (fixed, from_search) = choice.bind(&mut inputs);
                 let p = EvalPplParams {
                     label: label.clone(),
                     choice: fixed,

@@ -15,14 +15,14 @@ use serde::{Deserialize, Serialize};
 use super::eval_ppl::PerplexityRecord;
 use super::export::ExportRecord;
 use super::model_ref::{ModelLocation, ModelRecord};
-use super::rounds::{RoundChoice, search_space};
+use super::rounds::{RoundChoice, configuration, search_space};
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::export::{
     BaselineReport, ModelRole, ParamCounts, Perplexity, Report, RoundReport, SourceModel,
     StageTiming, Timings, UnitSparsity, unit_sparsity,
 };
 use crate::model::ModelConfig;
-use crate::search::{Configuration, ModuleKind};
+use crate::search::ModuleKind;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,23 +111,20 @@ impl Stage for ReportStage {
         for s in ctx.inputs("searches")?.iter() {
             let rc: RoundChoice = s.record("choice")?;
             let space = search_space(&rc.attn, &rc.ffn)?;
-            let config = Configuration {
-                levels: rc
-                    .levels
-                    .iter()
-                    .flat_map(|l| [l[0] as u32, l[1] as u32])
-                    .collect(),
-            };
             r.rounds.push(RoundReport::from_search(
                 rc.round as u32,
                 &space,
-                &config,
+                &configuration(&rc.levels),
                 &rc.history,
             )?);
             r.fitness_metric = Some(rc.fitness_metric.clone());
         }
-        for s in ctx.inputs("evals")?.iter() {
-            let e: PerplexityRecord = s.record("ppl")?;
+        let evals: Vec<PerplexityRecord> = ctx
+            .inputs("evals")?
+            .iter()
+            .map(|s| s.record("ppl"))
+            .collect::<Result<_>>()?;
+        for e in &evals {
             let role = if e.label == "dense" {
                 ModelRole::Dense
             } else if p.baselines.contains(&e.label) {
@@ -146,22 +143,16 @@ impl Stage for ReportStage {
         }
         for b in &p.baselines {
             let exported = exports.iter().find(|e| &e.label == b);
-            let evaluated = ctx
-                .inputs("evals")?
-                .iter()
-                .map(|s| s.record::<PerplexityRecord>("ppl"))
-                .collect::<Result<Vec<_>>>()?
-                .into_iter()
-                .find(|e| &e.label == b);
+            let evaluated = evals.iter().find(|e| &e.label == b);
             r.baselines.push(BaselineReport {
                 name: b.clone(),
                 params: exported
                     .map(|e| ParamCounts::of(&e.config))
-                    .or(evaluated.as_ref().map(|e| ParamCounts {
+                    .or(evaluated.map(|e| ParamCounts {
                         decoder: e.decoder_params as u64,
                         total: e.total_params as u64,
                     })),
-                unit_sparsity: match (exported, &evaluated) {
+                unit_sparsity: match (exported, evaluated) {
                     (Some(e), _) => unit_sparsity(&model.config, &e.config),
                     (None, Some(e)) => e
                         .choice

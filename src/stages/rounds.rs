@@ -119,6 +119,17 @@ pub fn layer_levels(config: &Configuration) -> Vec<[usize; 2]> {
         .collect()
 }
 
+/// The inverse of `layer_levels`: per-layer `[attn, ffn]` levels as a configuration of
+/// `search_space`.
+pub fn configuration(levels: &[[usize; 2]]) -> Configuration {
+    Configuration {
+        levels: levels
+            .iter()
+            .flat_map(|l| [l[0] as u32, l[1] as u32])
+            .collect(),
+    }
+}
+
 /// The per-layer levels a consumer uses: its static `choice`, or the `search` input's.
 pub fn resolve_choice(
     ctx: &StageContext<'_>,

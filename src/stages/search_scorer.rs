@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use candle_core::{D, Device, Tensor};
 
+use super::acts::batches_by_length;
 use super::layer_ops::{DenseLayer, assemble_block, variant_name};
 use crate::engine::ArtifactSet;
 use crate::model::{Block, Embeddings, Head, ModelConfig, TensorSource};
@@ -27,8 +28,6 @@ use crate::search::fitness::{KlMean, piece_offsets, top_k_kl_gathered};
 use crate::search::{Configuration, FitnessKind, PieceSlice, ScoreRequest, Scorer, SearchSpace};
 use crate::{Error, Result};
 
-/// Most tokens per forward batch.
-const BATCH_TOKENS: usize = 4096;
 /// Rows of the gathered `lm_head` product computed at once.
 const GATHER_ROWS: usize = 64;
 
@@ -147,21 +146,14 @@ impl<'a> ModelScorer<'a> {
     }
 
     fn groups(mb: &[PieceSlice]) -> Vec<Group> {
-        let mut by_len: BTreeMap<usize, Vec<PieceSlice>> = BTreeMap::new();
-        for s in mb {
-            by_len.entry(s.len).or_default().push(*s);
-        }
-        let mut out = Vec::new();
-        for (len, slices) in by_len {
-            let per = (BATCH_TOKENS / len.max(1)).max(1);
-            for c in slices.chunks(per) {
-                out.push(Group {
-                    slices: c.to_vec(),
-                    len,
-                });
-            }
-        }
-        out
+        let lens: Vec<usize> = mb.iter().map(|s| s.len).collect();
+        batches_by_length(&lens)
+            .into_iter()
+            .map(|idx| Group {
+                len: mb[idx[0]].len,
+                slices: idx.iter().map(|&i| mb[i]).collect(),
+            })
+            .collect()
     }
 
     fn embed(&self, g: &Group) -> Result<Tensor> {

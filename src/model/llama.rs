@@ -8,6 +8,7 @@ use candle_core::{DType, IndexOp, Tensor};
 
 use super::attention::LayerKv;
 use super::llama_block::{Block, validate_dims};
+use super::sgemm::PackedWeight;
 use super::source::read_checked;
 use super::{ModelConfig, TensorSource};
 use crate::{Error, Result};
@@ -80,8 +81,8 @@ pub struct Head {
     norm: Tensor,
     /// HF `lm_head.weight` `[vocab, hidden]`.
     lm_head: Tensor,
-    /// The same, transposed and contiguous `[hidden, vocab]`: the fast matmul operand.
-    lm_head_t: Tensor,
+    /// The same, packed for `sgemm`: the operand of full logits.
+    lm_head_packed: PackedWeight,
     eps: f32,
 }
 
@@ -100,21 +101,21 @@ impl Head {
         } else {
             read_checked(src, "lm_head.weight", &[v, h])?
         };
-        let lm_head_t = lm_head.t()?.contiguous()?;
+        let lm_head_packed = PackedWeight::from_out_in(&[&lm_head])?;
         Ok(Head {
             norm,
             lm_head,
-            lm_head_t,
+            lm_head_packed,
             eps: cfg.rms_norm_eps as f32,
         })
     }
 
     pub fn new(cfg: &ModelConfig, norm: Tensor, lm_head: Tensor) -> Result<Self> {
-        let lm_head_t = lm_head.t()?.contiguous()?;
+        let lm_head_packed = PackedWeight::from_out_in(&[&lm_head])?;
         Ok(Head {
             norm: norm.contiguous()?,
             lm_head: lm_head.contiguous()?,
-            lm_head_t,
+            lm_head_packed,
             eps: cfg.rms_norm_eps as f32,
         })
     }
@@ -140,7 +141,7 @@ impl Head {
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let n = self.normed(x)?.reshape((b * s, h))?;
-        Ok(n.matmul(&self.lm_head_t)?.reshape((b, s, ()))?)
+        Ok(self.lm_head_packed.apply(&n)?.reshape((b, s, ()))?)
     }
 
     /// Logits of only the vocabulary rows `rows` (u32 ids), `[batch, seq, rows.len()]`.

@@ -9,6 +9,7 @@ use candle_core::Tensor;
 use super::attention::{AttnShape, LayerKv, causal_attention};
 use super::llama_kernels::{swiglu, tensor_from, with_f32};
 use super::rope::Rope;
+use super::sgemm::PackedWeight;
 use super::source::read_checked;
 use super::{LayerDims, ModelConfig, TensorSource};
 use crate::{Error, Result};
@@ -80,24 +81,23 @@ pub struct Block {
     mlp: Option<FusedMlp>,
 }
 
-/// Projection weights are stored transposed (`[in, out]`, contiguous): candle's CPU matmul runs
-/// about 1.6× faster on a contiguous right-hand side than on the transposed view of an HF
-/// `[out, in]` weight.
+/// Projection weights are stored packed for `sgemm` (the layout its kernel reads).
 #[derive(Debug, Clone)]
 struct FusedAttn {
-    qkv: Tensor,
+    qkv: PackedWeight,
     qkv_bias: Option<Tensor>,
-    o_proj: Tensor,
+    o_proj: PackedWeight,
     o_bias: Option<Tensor>,
 }
 
 #[derive(Debug, Clone)]
 struct FusedMlp {
-    gate_up: Tensor,
+    gate_up: PackedWeight,
     gate_up_bias: Option<Tensor>,
-    down_proj: Tensor,
+    down_proj: PackedWeight,
     down_bias: Option<Tensor>,
 }
+
 
 /// Reads an optional bias: absent is fine, present must have the right shape.
 fn read_opt(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
@@ -308,11 +308,9 @@ impl Block {
                     }
                 };
                 Some(FusedAttn {
-                    qkv: Tensor::cat(&[&a.q_proj, &a.k_proj, &a.v_proj], 0)?
-                        .t()?
-                        .contiguous()?,
+                    qkv: PackedWeight::from_out_in(&[&a.q_proj, &a.k_proj, &a.v_proj])?,
                     qkv_bias,
-                    o_proj: a.o_proj.t()?.contiguous()?,
+                    o_proj: PackedWeight::from_out_in(&[&a.o_proj])?,
                     o_bias: a.o_bias,
                 })
             }
@@ -355,11 +353,9 @@ impl Block {
                     }
                 };
                 Some(FusedMlp {
-                    gate_up: Tensor::cat(&[&m.gate_proj, &m.up_proj], 0)?
-                        .t()?
-                        .contiguous()?,
+                    gate_up: PackedWeight::from_out_in(&[&m.gate_proj, &m.up_proj])?,
                     gate_up_bias,
-                    down_proj: m.down_proj.t()?.contiguous()?,
+                    down_proj: PackedWeight::from_out_in(&[&m.down_proj])?,
                     down_bias: m.down_bias,
                 })
             }
@@ -381,8 +377,7 @@ impl Block {
         &self.dims
     }
 
-    /// The block's weights in HF layout (`[out, in]`, contiguous copies of the stored
-    /// transposed weights).
+    /// The block's weights in HF layout (`[out, in]`, unpacked copies of the stored weights).
     pub fn weights(&self) -> Result<BlockWeights> {
         let dh = self.head_dim;
         let attn = match &self.attn {
@@ -395,12 +390,11 @@ impl Block {
                         None => None,
                     })
                 };
-                let hf = |t: Tensor| -> Result<Tensor> { Ok(t.t()?.contiguous()?) };
                 Some(AttnWeights {
-                    q_proj: hf(a.qkv.narrow(1, 0, q)?)?,
-                    k_proj: hf(a.qkv.narrow(1, q, kv)?)?,
-                    v_proj: hf(a.qkv.narrow(1, q + kv, kv)?)?,
-                    o_proj: hf(a.o_proj.clone())?,
+                    q_proj: a.qkv.out_in(0, q)?,
+                    k_proj: a.qkv.out_in(q, kv)?,
+                    v_proj: a.qkv.out_in(q + kv, kv)?,
+                    o_proj: a.o_proj.out_in(0, a.o_proj.out_dim())?,
                     q_bias: bias(0, q)?,
                     k_bias: bias(q, kv)?,
                     v_bias: bias(q + kv, kv)?,
@@ -418,11 +412,10 @@ impl Block {
                         None => None,
                     })
                 };
-                let hf = |t: Tensor| -> Result<Tensor> { Ok(t.t()?.contiguous()?) };
                 Some(MlpWeights {
-                    gate_proj: hf(m.gate_up.narrow(1, 0, f)?)?,
-                    up_proj: hf(m.gate_up.narrow(1, f, f)?)?,
-                    down_proj: hf(m.down_proj.clone())?,
+                    gate_proj: m.gate_up.out_in(0, f)?,
+                    up_proj: m.gate_up.out_in(f, f)?,
+                    down_proj: m.down_proj.out_in(0, m.down_proj.out_dim())?,
                     gate_bias: bias(0)?,
                     up_bias: bias(f)?,
                     down_bias: m.down_bias.clone(),
@@ -474,7 +467,7 @@ impl Block {
         };
         if let Some(a) = &self.attn {
             let n = candle_nn::ops::rms_norm(&xs, &self.ln1, self.eps)?;
-            let mut qkv = n.matmul(&a.qkv)?;
+            let mut qkv = a.qkv.apply(&n)?;
             if let Some(bias) = &a.qkv_bias {
                 qkv = qkv.broadcast_add(bias)?;
             }
@@ -492,7 +485,7 @@ impl Block {
                 causal_attention(q, &sh, &d.kv_map, &tables, cache)
             })?;
             let y = tensor_from(y, (t, d.n_q * self.head_dim))?;
-            let mut o = y.matmul(&a.o_proj)?;
+            let mut o = a.o_proj.apply(&y)?;
             if let Some(bias) = &a.o_bias {
                 o = o.broadcast_add(bias)?;
             }
@@ -503,13 +496,13 @@ impl Block {
         }
         if let Some(m) = &self.mlp {
             let n = candle_nn::ops::rms_norm(&xs, &self.ln2, self.eps)?;
-            let mut gu = n.matmul(&m.gate_up)?;
+            let mut gu = m.gate_up.apply(&n)?;
             if let Some(bias) = &m.gate_up_bias {
                 gu = gu.broadcast_add(bias)?;
             }
             let f = self.dims.d_ff;
             let act = tensor_from(with_f32(&gu, |g| swiglu(g, f))?, (t, f))?;
-            let mut o = act.matmul(&m.down_proj)?;
+            let mut o = m.down_proj.apply(&act)?;
             if let Some(bias) = &m.down_bias {
                 o = o.broadcast_add(bias)?;
             }

@@ -12,6 +12,7 @@ pub mod open;
 pub mod random;
 pub mod rope;
 pub mod saved;
+pub mod sgemm;
 pub mod source;
 pub mod tokenizer;
 

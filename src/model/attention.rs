@@ -6,13 +6,14 @@
 //!
 //! Only the causal prefix of each tile is computed (the upper triangle beyond the tile is never
 //! touched), and no K/V head is copied per query head, which is why this is faster than the
-//! candle op chain (repeat_kv, matmul, masked_fill, softmax, matmul).
+//! candle op chain (repeat_kv, matmul, masked_fill, softmax, matmul). Each K/V head is packed
+//! once per call for the `sgemm` kernel and shared by its query heads and tiles.
 
-use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
 use super::llama_kernels::masked_softmax;
 use super::rope::RopeTables;
+use super::sgemm::PackedWeight;
 
 /// Query rows per tile: small enough that a tile's scores stay in cache.
 const TILE: usize = 64;
@@ -82,6 +83,18 @@ pub fn causal_attention(
         })
         .collect();
 
+    // Packed once per layer for the products below: keys as the `[positions, dh]` weight of
+    // the scores, values as the `[positions, dh]` weight of the output.
+    let packed: Vec<(PackedWeight, PackedWeight)> = kvs
+        .par_iter()
+        .map(|(k, v)| {
+            (
+                PackedWeight::from_out_in_rows(k, kv_len, dh),
+                PackedWeight::from_in_out_rows(v, kv_len, dh),
+            )
+        })
+        .collect();
+
     let scale = 1.0 / (dh as f32).sqrt();
     let n_tiles = s.div_ceil(TILE);
     // One task per (batch row, query head, query tile); each returns its [m, dh] output block.
@@ -90,73 +103,24 @@ pub fn causal_attention(
         .map(|t| {
             let (bh, tile) = (t / n_tiles, t % n_tiles);
             let (bi, h) = (bh / nq, bh % nq);
-            let (k, v) = &kvs[bi * nkv + kv_map[h]];
+            let (k, v) = &packed[bi * nkv + kv_map[h]];
             let i0 = tile * TILE;
             let m = TILE.min(s - i0);
             let n = past_len + i0 + m; // keys visible to the tile's last row
             let mut q = vec![0f32; m * dh];
             for r in 0..m {
                 let row = &qkv[(bi * s + i0 + r) * w..];
-                tables.rotate(
-                    i0 + r,
-                    &row[h * dh..(h + 1) * dh],
-                    &mut q[r * dh..(r + 1) * dh],
-                );
+                let q = &mut q[r * dh..(r + 1) * dh];
+                tables.rotate(i0 + r, &row[h * dh..(h + 1) * dh], q);
+                q.iter_mut().for_each(|x| *x *= scale);
             }
             let mut scores = vec![0f32; m * n];
-            let mut out = vec![0f32; m * dh];
-            // SAFETY: every pointer/stride pair below addresses only inside its buffer:
-            // scores is m×n (rs n, cs 1), q is m×dh (rs dh), k holds ≥ n rows of dh (Kᵀ read
-            // with rs 1, cs dh), v holds ≥ n rows of dh, out is m×dh.
-            unsafe {
-                gemm(
-                    m,
-                    n,
-                    dh,
-                    scores.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    q.as_ptr(),
-                    1,
-                    dh as isize,
-                    k.as_ptr(),
-                    dh as isize,
-                    1,
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
+            k.matmul_prefix_into(&q, dh, n, &mut scores, n);
             for r in 0..m {
                 masked_softmax(&mut scores[r * n..(r + 1) * n], past_len + i0 + r + 1);
             }
-            unsafe {
-                gemm(
-                    m,
-                    dh,
-                    n,
-                    out.as_mut_ptr(),
-                    1,
-                    dh as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    n as isize,
-                    v.as_ptr(),
-                    1,
-                    dh as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
+            let mut out = vec![0f32; m * dh];
+            v.matmul_prefix_into(&scores, n, dh, &mut out, dh);
             out
         })
         .collect();

@@ -98,7 +98,6 @@ struct FusedMlp {
     down_bias: Option<Tensor>,
 }
 
-
 /// Reads an optional bias: absent is fine, present must have the right shape.
 fn read_opt(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
     if src.contains(name) {

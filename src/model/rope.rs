@@ -3,6 +3,7 @@
 //! f32 the way transformers does (`inv_freq · position`, then cos/sin), for the positions a call
 //! needs.
 
+use super::llama_kernels::avx2_dispatch;
 use super::{Llama3RopeScaling, ModelConfig};
 
 /// The inverse frequencies of one model; cheap to clone and to turn into tables.
@@ -92,16 +93,27 @@ impl RopeTables {
     #[inline]
     pub fn rotate(&self, row: usize, x: &[f32], out: &mut [f32]) {
         let h = self.half;
-        let (c, s) = (
+        rotate_half(
             &self.cos[row * h..(row + 1) * h],
             &self.sin[row * h..(row + 1) * h],
+            x,
+            out,
         );
-        let (x1, x2) = x.split_at(h);
-        let (o1, o2) = out.split_at_mut(h);
-        for i in 0..h {
-            o1[i] = x1[i] * c[i] - x2[i] * s[i];
-            o2[i] = x2[i] * c[i] + x1[i] * s[i];
-        }
+    }
+}
+
+avx2_dispatch! {
+    fn rotate_half(c: &[f32], s: &[f32], x: &[f32], out: &mut [f32]) = rotate_half_body;
+}
+
+#[inline(always)]
+fn rotate_half_body(c: &[f32], s: &[f32], x: &[f32], out: &mut [f32]) {
+    let h = c.len();
+    let (x1, x2) = x.split_at(h);
+    let (o1, o2) = out.split_at_mut(h);
+    for i in 0..h {
+        o1[i] = x1[i] * c[i] - x2[i] * s[i];
+        o2[i] = x2[i] * c[i] + x1[i] * s[i];
     }
 }
 

@@ -67,8 +67,34 @@ impl PackedWeight {
             }
         }
         let k = k.unwrap_or(0);
-        let n = if k == 0 { 0 } else { rows.len() / k };
+        let n = rows.len().checked_div(k).unwrap_or(0);
         Ok(Self::pack(&rows, n, k))
+    }
+
+    /// Packs `W` given as row-major `[in, out]` data (`k` rows of `n`), e.g. the values of
+    /// attention, which multiply the probabilities over positions.
+    pub fn from_in_out_rows(w: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(w.len(), k * n, "internal: weight data of the wrong length");
+        let np = n.div_ceil(NR);
+        let mut data = vec![0f32; k * np * NR];
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            for j in 0..np {
+                let (base, cols) = (p0 * np * NR + j * kc * NR, NR.min(n - j * NR));
+                for p in 0..kc {
+                    data[base + p * NR..][..cols]
+                        .copy_from_slice(&w[(p0 + p) * n + j * NR..][..cols]);
+                }
+            }
+        }
+        PackedWeight { k, n, data }
+    }
+
+    /// Packs `W` given as row-major `[out, in]` data (`n` rows of `k`), e.g. the keys of
+    /// attention, whose dot products with the queries are the scores.
+    pub fn from_out_in_rows(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), k * n, "internal: weight data of the wrong length");
+        Self::pack(w, n, k)
     }
 
     /// Packs `w` given as row-major `[n, k]` data.
@@ -133,13 +159,16 @@ impl PackedWeight {
                 self.k
             )));
         }
-        Ok(tensor_from(with_f32(x, |x| self.matmul(x))?, (rows, self.n))?)
+        Ok(tensor_from(
+            with_f32(x, |x| self.matmul(x))?,
+            (rows, self.n),
+        )?)
     }
 
     /// `x · Wᵀ` for row-major `x` `[m, k]`; returns `[m, n]` row-major.
     pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
         let (k, n) = (self.k, self.n);
-        let m = if k == 0 { 0 } else { x.len() / k };
+        let m = x.len().checked_div(k).unwrap_or(0);
         debug_assert_eq!(x.len(), m * k);
         if m == 0 || n == 0 || k == 0 {
             return vec![0f32; m * n];
@@ -147,54 +176,125 @@ impl PackedWeight {
         // Not zeroed: the first depth block of every tile overwrites all its elements, and the
         // tiles cover `y` (zeroing the 100 MB logits of a 512-token window costs measurably).
         let mut y: Vec<f32> = Vec::with_capacity(m * n);
-        let xp = pack_rows(x, m, k);
-        let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
-        let (n_ic, n_jc) = (m.div_ceil(MC), n.div_ceil(NC));
-        let kernel = Kernel::detect();
-        let out = SendPtr(y.as_mut_ptr());
-        (0..n_ic * n_jc).into_par_iter().for_each(|t| {
-            let out = out;
-            let (ic, jc) = (t / n_jc, t % n_jc);
-            let (i_lo, i_hi) = (ic * MC / MR, ((ic + 1) * MC / MR).min(mp));
-            let (j_lo, j_hi) = (jc * NC / NR, ((jc + 1) * NC / NR).min(np));
-            for p0 in (0..k).step_by(KC) {
-                let kc = KC.min(k - p0);
-                for j in j_lo..j_hi {
-                    let b = &self.data[p0 * np * NR + j * kc * NR..][..kc * NR];
-                    let cols = NR.min(n - j * NR);
-                    for i in i_lo..i_hi {
-                        let a = &xp[p0 * mp * MR + i * kc * MR..][..kc * MR];
-                        let tile = Tile {
-                            rows: MR.min(m - i * MR),
-                            cols,
-                            // SAFETY: row i·MR, column j·NR is inside y (i < mp, j < np), and
-                            // the tile writes only its `rows × cols` elements, each of which
-                            // belongs to this (ic, jc) task alone.
-                            c: unsafe { out.0.add(i * MR * n + j * NR) },
-                            ldc: n,
-                            accumulate: p0 > 0,
-                        };
-                        // SAFETY: a holds kc·MR values, b kc·NR, and `tile` is valid (above).
-                        unsafe { kernel.run(kc, a, b, &tile) };
-                    }
-                }
-            }
+        let job = Job {
+            xp: &pack_rows(x, m, k, true),
+            m,
+            k,
+            w: self,
+            n,
+            out: SendPtr(y.as_mut_ptr()),
+            ldc: n,
+            kernel: Kernel::detect(),
+        };
+        (0..job.tiles()).into_par_iter().for_each(|t| {
+            // SAFETY: y has room for m·n values, and tasks write disjoint tiles.
+            unsafe { job.tile(t) }
         });
-        // SAFETY: every element of the m×n output was written by the p0 = 0 pass (above).
+        // SAFETY: every element of the m×n output was written by the p0 = 0 pass of its tile.
         unsafe { y.set_len(m * n) };
         y
+    }
+
+    /// `out[i·ldc + j] = Σ_{p<k} x[i·k + p] · W[j, p]` for the first `n ≤ out_dim` outputs and
+    /// the first `k ≤ in_dim` inputs of the weight, on the calling thread: the small products
+    /// inside attention, which already runs one task per head and tile.
+    pub fn matmul_prefix_into(&self, x: &[f32], k: usize, n: usize, out: &mut [f32], ldc: usize) {
+        let m = x.len().checked_div(k).unwrap_or(0);
+        assert!(
+            k <= self.k && n <= self.n && n <= ldc,
+            "internal: product outside the weight"
+        );
+        assert!(
+            m == 0 || out.len() >= (m - 1) * ldc + n,
+            "internal: output too short"
+        );
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            out.chunks_mut(ldc).for_each(|r| r[..n].fill(0.0));
+            return;
+        }
+        let job = Job {
+            xp: &pack_rows(x, m, k, false),
+            m,
+            k,
+            w: self,
+            n,
+            out: SendPtr(out.as_mut_ptr()),
+            ldc,
+            kernel: Kernel::detect(),
+        };
+        for t in 0..job.tiles() {
+            // SAFETY: out addresses m rows of ldc ≥ n values (asserted above).
+            unsafe { job.tile(t) }
+        }
+    }
+}
+
+/// One product `out = xp · Wᵀ` cut into (row block, column block) tiles.
+struct Job<'a> {
+    /// `x` packed by `pack_rows` with depth `k`.
+    xp: &'a [f32],
+    m: usize,
+    /// Depth used: the first `k` inputs of `w`.
+    k: usize,
+    w: &'a PackedWeight,
+    /// Outputs used: the first `n` of `w`.
+    n: usize,
+    out: SendPtr,
+    ldc: usize,
+    kernel: Kernel,
+}
+
+impl Job<'_> {
+    fn tiles(&self) -> usize {
+        self.m.div_ceil(MC) * self.n.div_ceil(NC)
+    }
+
+    /// Computes tile `t`: rows `[ic·MC, …)` × columns `[jc·NC, …)`, all depth blocks in order.
+    ///
+    /// # Safety
+    /// `out` must address `m` rows of `ldc ≥ n` writable values, and no other thread may touch
+    /// this tile's elements meanwhile.
+    unsafe fn tile(&self, t: usize) {
+        let (m, n, k) = (self.m, self.n, self.k);
+        let n_jc = n.div_ceil(NC);
+        let (ic, jc) = (t / n_jc, t % n_jc);
+        let (mp, np_used, np_w) = (m.div_ceil(MR), n.div_ceil(NR), self.w.n.div_ceil(NR));
+        let (i_lo, i_hi) = (ic * MC / MR, ((ic + 1) * MC / MR).min(mp));
+        let (j_lo, j_hi) = (jc * NC / NR, ((jc + 1) * NC / NR).min(np_used));
+        for p0 in (0..k).step_by(KC) {
+            // The activations were packed with depth k, the weight with its own depth.
+            let (kc, kc_w) = (KC.min(k - p0), KC.min(self.w.k - p0));
+            for j in j_lo..j_hi {
+                let b = &self.w.data[p0 * np_w * NR + j * kc_w * NR..][..kc * NR];
+                for i in i_lo..i_hi {
+                    let a = &self.xp[p0 * mp * MR + i * kc * MR..][..kc * MR];
+                    let tile = Tile {
+                        rows: MR.min(m - i * MR),
+                        cols: NR.min(n - j * NR),
+                        // SAFETY: row i·MR < m, column j·NR < n ≤ ldc (caller's contract).
+                        c: unsafe { self.out.0.add(i * MR * self.ldc + j * NR) },
+                        ldc: self.ldc,
+                        accumulate: p0 > 0,
+                    };
+                    // SAFETY: a holds kc·MR values, b kc·NR, and `tile` is valid (above).
+                    unsafe { self.kernel.run(kc, a, b, &tile) };
+                }
+            }
+        }
     }
 }
 
 /// Packs `x` `[m, k]` for the kernel: for each `KC` block, for each panel of `MR` rows, `kc`
 /// steps of `MR` values (zero past `m`).
-fn pack_rows(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+fn pack_rows(x: &[f32], m: usize, k: usize, parallel: bool) -> Vec<f32> {
     let mp = m.div_ceil(MR);
     let mut out = vec![0f32; mp * MR * k];
     // Panel i of block p0 sits at p0·mp·MR + i·kc·MR: gather each panel's pieces per task.
     let dst = SendPtr(out.as_mut_ptr());
-    (0..mp).into_par_iter().with_min_len(8).for_each(|i| {
-        let dst = dst;
+    let panel = |i: usize| {
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
             let base = p0 * mp * MR + i * kc * MR;
@@ -203,11 +303,16 @@ fn pack_rows(x: &[f32], m: usize, k: usize) -> Vec<f32> {
                 for (p, &v) in src.iter().enumerate() {
                     // SAFETY: base + p·MR + r < (p0 + kc)·mp·MR ≤ out.len(), and panel i's
                     // slots are written by this task only.
-                    unsafe { *dst.0.add(base + p * MR + r) = v };
+                    unsafe { *dst.get().add(base + p * MR + r) = v };
                 }
             }
         }
-    });
+    };
+    if parallel {
+        (0..mp).into_par_iter().with_min_len(8).for_each(panel);
+    } else {
+        (0..mp).for_each(panel);
+    }
     out
 }
 
@@ -217,6 +322,13 @@ struct SendPtr(*mut f32);
 // SAFETY: the tasks holding copies write disjoint elements (see the callers).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Where one kernel call writes: `rows × cols` (≤ MR × NR) at `c` with row stride `ldc`,
 /// overwriting (first block) or adding to it.
@@ -259,8 +371,7 @@ enum Kernel {
 impl Kernel {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if super::llama_kernels::avx2_fma() {
             return Kernel::Avx2Fma;
         }
         Kernel::Portable
@@ -407,7 +518,7 @@ mod tests {
             // Both kernels on one tile agree with the reference too.
             let rows = m.min(MR);
             let kc = k.min(KC);
-            let xp = pack_rows(&x[..rows * k], rows, k);
+            let xp = pack_rows(&x[..rows * k], rows, k, false);
             for &kern in &kernels {
                 let mut c = vec![0f32; rows * NR];
                 let tile = Tile {
@@ -446,6 +557,39 @@ mod tests {
     }
 
     #[test]
+    fn both_row_layouts_pack_the_same_weight_and_prefix_products_use_only_the_prefix() {
+        let (n, k) = (37, 300);
+        let w = data(n * k, 9); // [n, k]
+        let mut wt = vec![0f32; k * n]; // [k, n]
+        for j in 0..n {
+            for p in 0..k {
+                wt[p * n + j] = w[j * k + p];
+            }
+        }
+        let a = PackedWeight::from_out_in_rows(&w, n, k);
+        let b = PackedWeight::from_in_out_rows(&wt, k, n);
+        assert_eq!(a.data, b.data);
+        // First 20 outputs over the first 270 inputs, into a wider output.
+        let (m, kk, nn, ldc) = (9, 270, 20, 24);
+        let x = data(m * kk, 3);
+        let mut out = vec![f32::NAN; m * ldc];
+        a.matmul_prefix_into(&x, kk, nn, &mut out, ldc);
+        for i in 0..m {
+            for j in 0..ldc {
+                let got = out[i * ldc + j];
+                if j >= nn {
+                    assert!(got.is_nan(), "({i},{j}) written outside the prefix");
+                    continue;
+                }
+                let r: f64 = (0..kk)
+                    .map(|p| x[i * kk + p] as f64 * w[j * k + p] as f64)
+                    .sum();
+                assert!((got as f64 - r).abs() < 1e-3, "({i},{j}): {got} vs {r}");
+            }
+        }
+    }
+
+    #[test]
     fn the_result_does_not_depend_on_the_thread_count() {
         let (m, n, k) = (300, 200, 600);
         let (x, w) = (data(m * k, 2), data(n * k, 5));
@@ -456,6 +600,10 @@ mod tests {
             .build()
             .unwrap()
             .install(|| p.matmul(&x));
-        assert!(many.iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(
+            many.iter()
+                .zip(&one)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
     }
 }

@@ -19,8 +19,8 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 /// of MB per batch; by default mimalloc hands freed memory back to the OS after a delay, so the
 /// next layer or batch faults the pages back in and the kernel zeroes them (7% of a batch-8
 /// forward with logits in the profile of the notes; a 1 s delay did not remove it). Freed memory
-/// is therefore kept for reuse until the process exits: the peak stays what the work needs, it
-/// is only not returned early. An explicit `MIMALLOC_PURGE_DELAY` in the environment still wins.
+/// is therefore kept for reuse until the process exits. Measured on the quickstart: 7% less wall
+/// time for 8% more peak RSS. An explicit `MIMALLOC_PURGE_DELAY` in the environment still wins.
 fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets an option value; mimalloc allows this at any time.

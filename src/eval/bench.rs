@@ -100,14 +100,12 @@ pub fn bench_forward(model: &Llama, spec: &BenchSpec) -> Result<Vec<BenchResult>
                 cpu.push(c1 - c0);
             }
         }
-        times.sort_by(f64::total_cmp);
-        cpu.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
-        let median_cpu = (cpu.len() == times.len()).then(|| cpu[cpu.len() / 2]);
+        let median_cpu = (cpu.len() == times.len()).then(|| median(&mut cpu));
+        let med = median(&mut times); // sorts: times[0] is the minimum
         tracing::info!(
             batch = b,
             seq_len = spec.seq_len,
-            median_s = median,
+            median_s = med,
             "forward benchmark"
         );
         out.push(BenchResult {
@@ -115,38 +113,14 @@ pub fn bench_forward(model: &Llama, spec: &BenchSpec) -> Result<Vec<BenchResult>
             seq_len: spec.seq_len,
             logits: spec.logits,
             iters: times.len(),
-            median_s: median,
+            median_s: med,
             min_s: times[0],
-            tokens_per_s: n as f64 / median,
+            tokens_per_s: n as f64 / med,
             median_cpu_s: median_cpu,
             tokens_per_cpu_s: median_cpu.map(|c| n as f64 / c),
         });
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn smollm2_shape_has_the_published_parameter_count() {
-        assert_eq!(smollm2_135m_config().decoder_params(), 106_202_880);
-        assert_eq!(smollm2_135m_config().total_params(), 134_515_008);
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn process_cpu_time_is_read_and_grows_with_work() {
-        let a = process_cpu_seconds().unwrap();
-        let mut x = 0u64;
-        let t = Instant::now();
-        while t.elapsed().as_millis() < 60 {
-            x = x.wrapping_mul(31).wrapping_add(7);
-        }
-        std::hint::black_box(x);
-        assert!(process_cpu_seconds().unwrap() > a);
-    }
 }
 
 /// Prefill and decode speed of one sequence (batch 1) with the KV cache.
@@ -196,10 +170,6 @@ pub fn bench_decode(
             dec.push((t2 - t1).as_secs_f64());
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (p, d) = (median(&mut pre), median(&mut dec));
     Ok(DecodeResult {
         prompt_tokens,
@@ -210,4 +180,34 @@ pub fn bench_decode(
         decode_s: d,
         decode_tokens_per_s: new_tokens as f64 / d,
     })
+}
+
+/// The median of non-empty `v` (the upper one of an even count); sorts `v`.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smollm2_shape_has_the_published_parameter_count() {
+        assert_eq!(smollm2_135m_config().decoder_params(), 106_202_880);
+        assert_eq!(smollm2_135m_config().total_params(), 134_515_008);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_cpu_time_is_read_and_grows_with_work() {
+        let a = process_cpu_seconds().unwrap();
+        let mut x = 0u64;
+        let t = Instant::now();
+        while t.elapsed().as_millis() < 60 {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        assert!(process_cpu_seconds().unwrap() > a);
+    }
 }

@@ -68,47 +68,34 @@ impl PackedWeight {
         }
         let k = k.unwrap_or(0);
         let n = rows.len().checked_div(k).unwrap_or(0);
-        Ok(Self::pack(&rows, n, k))
+        Ok(Self::from_out_in_rows(&rows, n, k))
     }
 
     /// Packs `W` given as row-major `[in, out]` data (`k` rows of `n`), e.g. the values of
     /// attention, which multiply the probabilities over positions.
     pub fn from_in_out_rows(w: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(w.len(), k * n, "internal: weight data of the wrong length");
-        let np = n.div_ceil(NR);
-        let mut data = vec![0f32; k * np * NR];
-        for p0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - p0);
-            for j in 0..np {
-                let (base, cols) = (p0 * np * NR + j * kc * NR, NR.min(n - j * NR));
-                for p in 0..kc {
-                    data[base + p * NR..][..cols]
-                        .copy_from_slice(&w[(p0 + p) * n + j * NR..][..cols]);
-                }
-            }
-        }
-        PackedWeight { k, n, data }
+        Self::pack(w, k, n, n, 1)
     }
 
     /// Packs `W` given as row-major `[out, in]` data (`n` rows of `k`), e.g. the keys of
     /// attention, whose dot products with the queries are the scores.
     pub fn from_out_in_rows(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), k * n, "internal: weight data of the wrong length");
-        Self::pack(w, n, k)
+        Self::pack(w, k, n, 1, k)
     }
 
-    /// Packs `w` given as row-major `[n, k]` data.
-    fn pack(w: &[f32], n: usize, k: usize) -> Self {
+    /// Packs the `k × n` weight whose element (input `p`, output `j`) is `w[p·sp + j·sj]`.
+    fn pack(w: &[f32], k: usize, n: usize, sp: usize, sj: usize) -> Self {
         let np = n.div_ceil(NR);
         let mut data = vec![0f32; k * np * NR];
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
             for j in 0..np {
                 let base = p0 * np * NR + j * kc * NR;
-                for c in 0..NR.min(n - j * NR) {
-                    let src = &w[(j * NR + c) * k + p0..][..kc];
-                    for (p, &v) in src.iter().enumerate() {
-                        data[base + p * NR + c] = v;
+                for p in 0..kc {
+                    for c in 0..NR.min(n - j * NR) {
+                        data[base + p * NR + c] = w[(p0 + p) * sp + (j * NR + c) * sj];
                     }
                 }
             }
@@ -208,11 +195,8 @@ impl PackedWeight {
             m == 0 || out.len() >= (m - 1) * ldc + n,
             "internal: output too short"
         );
+        // k = 0 leaves m = 0: with no inputs the rows cannot be counted, so nothing is written.
         if m == 0 || n == 0 {
-            return;
-        }
-        if k == 0 {
-            out.chunks_mut(ldc).for_each(|r| r[..n].fill(0.0));
             return;
         }
         let job = Job {
@@ -507,7 +491,7 @@ mod tests {
         ] {
             let (x, w) = (data(m * k, 1), data(n * k, 7));
             let want = naive(&x, &w, m, n, k);
-            let packed = PackedWeight::pack(&w, n, k);
+            let packed = PackedWeight::from_out_in_rows(&w, n, k);
             let got = packed.matmul(&x);
             let err = got
                 .iter()
@@ -593,7 +577,7 @@ mod tests {
     fn the_result_does_not_depend_on_the_thread_count() {
         let (m, n, k) = (300, 200, 600);
         let (x, w) = (data(m * k, 2), data(n * k, 5));
-        let p = PackedWeight::pack(&w, n, k);
+        let p = PackedWeight::from_out_in_rows(&w, n, k);
         let many = p.matmul(&x);
         let one = rayon::ThreadPoolBuilder::new()
             .num_threads(1)

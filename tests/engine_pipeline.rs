@@ -40,6 +40,7 @@ impl SectionExpander for Fanout {
                 inputs: BTreeMap::new(),
                 line: None,
                 section: None,
+                mem_bytes: None,
             })
             .collect();
         let mut parts: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
@@ -51,6 +52,7 @@ impl SectionExpander for Fanout {
             inputs: BTreeMap::from([("parts".to_string(), InputRef::Many(parts))]),
             line: None,
             section: None,
+            mem_bytes: None,
         });
         Ok(specs)
     }

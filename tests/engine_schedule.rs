@@ -92,6 +92,7 @@ fn build(deps: &[Vec<usize>], order: &[usize], workdir: &Path) -> Graph {
             )]),
             line: None,
             section: None,
+            mem_bytes: None,
         })
         .collect();
     let header = Header {

@@ -96,6 +96,48 @@ fn killed_supernet_build_resumes_to_identical_variants() {
     }
 }
 
+#[test]
+fn a_new_forward_version_reruns_every_forward_stage_and_nothing_else() {
+    let w = tempfile::tempdir().unwrap();
+    let o = tyr_in(w.path(), &["run"], &[], &[]);
+    assert!(o.status.success(), "run failed:\n{}", text(&o));
+    let bumped = [("TYR_TEST_FORWARD_VERSION", "99")];
+    let runs_forward = |id: &str, kind: &str| {
+        matches!(
+            kind,
+            "embed" | "supernet-layer" | "layer-forward" | "teacher-topk" | "search" | "eval-ppl"
+        ) || id.starts_with("wanda-sp-layer-")
+    };
+    // The plan names the changed part for the forward stages it can key now; everything
+    // else is cached or waits for them.
+    let o = tyr_in(w.path(), &["plan", "--json"], &[], &bumped);
+    assert!(o.status.success(), "plan failed:\n{}", text(&o));
+    let mut forward_ids = Vec::new();
+    for v in String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        let (id, kind) = (v["id"].as_str().unwrap(), v["kind"].as_str().unwrap());
+        let (state, reason) = (v["state"].as_str().unwrap(), v["reason"].as_str().unwrap());
+        match (runs_forward(id, kind), state) {
+            (true, "run") => assert_eq!(reason, "forward code version 1 → 99", "{id}"),
+            (true, s) => assert_eq!(s, "blocked", "{id} ({kind}): {reason}"),
+            (false, s) => assert_ne!(s, "run", "{id} ({kind}): {reason}"),
+        }
+        if runs_forward(id, kind) {
+            forward_ids.push(id.to_string());
+        }
+    }
+    // Running it reruns exactly the forward stages: the same code gives the same bits, so
+    // every other stage (exports, magnitude, the report) finds its inputs unchanged.
+    let o = tyr_in(w.path(), &["run"], &[], &bumped);
+    assert!(o.status.success(), "run failed:\n{}", text(&o));
+    let mut ran = common::ran(&o);
+    ran.sort();
+    forward_ids.sort();
+    assert_eq!(ran, forward_ids);
+}
+
 fn plan_error(set: &[&str]) -> String {
     let w = tempfile::tempdir().unwrap();
     let mut extra = Vec::new();
@@ -140,4 +182,71 @@ fn bad_prune_input_fails_with_an_error_naming_the_key() {
     assert!(e.contains("prune.export-baselines"), "{e}");
     let e = plan_error(&["prune.fitness=\"kl\""]);
     assert!(e.contains("fitness"), "{e}");
+}
+
+#[test]
+fn absurd_counts_are_refused_before_anything_is_built() {
+    // Each of these once allocated until the OOM killer ended the process.
+    for (set, key) in [
+        ("prune.rounds=1000000000000", "prune.rounds"),
+        ("prune.generations=1000000000000", "prune.generations"),
+        ("prune.offspring=1000000000000", "prune.offspring"),
+        (
+            "prune.levels-each-side=1000000000",
+            "prune.levels-each-side",
+        ),
+        ("prune.calib-tokens=1000000000000000", "prune.calib-tokens"),
+        ("prune.top-k=1000000000000", "prune.top-k"),
+        (
+            "prune.search-cache-mib=1000000000000",
+            "prune.search-cache-mib",
+        ),
+    ] {
+        let e = plan_error(&[set]);
+        assert!(e.contains(key) && e.contains("tyr accepts"), "{set}: {e}");
+    }
+    for (set, what) in [
+        (&["prune.model.layers=1000000000000"][..], "layers"),
+        (&["prune.model.hidden=1000000000000"][..], "hidden"),
+        (
+            &["prune.model.hidden=1000000", "prune.model.d-ff=1000000"][..],
+            "elements",
+        ),
+    ] {
+        let e = plan_error(set);
+        assert!(
+            e.contains("random model") && e.contains(what),
+            "{set:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_stage_over_the_memory_budget_fails_before_it_starts() {
+    let w = tempfile::tempdir().unwrap();
+    // The plan shows each heavy stage's estimate.
+    let o = tyr_in(w.path(), &["plan", "--json"], &[], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let embed = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["id"] == "embed")
+        .expect("embed in the plan");
+    let need = embed["mem_bytes"].as_u64().unwrap();
+    assert!(need > 1 << 20, "embed declares {need} bytes");
+    // A budget below that: the run fails naming the stage, its estimate and the budget, and
+    // the stage never starts (nothing of it is committed; a later run with room does it).
+    let o = tyr_in(w.path(), &["run", "--mem-budget", "1M"], &[], &[]);
+    assert!(!o.status.success(), "ran within a 1 MiB budget");
+    let t = text(&o);
+    assert!(
+        t.contains("embed") && t.contains("needs an estimated") && t.contains("budget of 1.0 MiB"),
+        "{t}"
+    );
+    let stages = plan(w.path(), &[]);
+    let state = |id: &str| stages.iter().find(|s| s.0 == id).unwrap().1.clone();
+    assert_eq!(state("embed"), "run");
+    assert_eq!(state("calib-pool"), "cached");
+    let o = tyr_in(w.path(), &["run"], &[], &[]);
+    assert!(o.status.success(), "{}", text(&o));
 }

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::cli::logging::Ui;
+use crate::engine::human_bytes;
 use crate::engine::store::lock;
 use crate::engine::{self, Graph, Observer, OpenMode, Outcome, Registry, StageState, Store};
 
@@ -23,13 +24,49 @@ pub struct PipelineArgs {
     /// Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Memory for concurrently running stages (`20G`, `512M`, bytes); a stage whose estimate
+    /// exceeds it fails before it starts [80% of RAM or of the cgroup limit].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub mem_budget: Option<u64>,
+}
+
+/// `20G`, `1.5T`, `512M`, `64K` (binary units) or plain bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((at, _)) => {
+            let unit = t[at..].to_ascii_lowercase();
+            let mult: u64 = match unit.trim_end_matches("ib").trim_end_matches('b') {
+                "" => 1,
+                "k" => 1 << 10,
+                "m" => 1 << 20,
+                "g" => 1 << 30,
+                "t" => 1 << 40,
+                _ => return Err(format!("`{s}`: unknown unit (use K, M, G or T)")),
+            };
+            (t[..at].trim(), mult)
+        }
+        None => (t, 1),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size such as 20G, 512M or 1073741824"))?;
+    let bytes = v * mult as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < 2f64.powi(63)) {
+        return Err(format!("`{s}` is not a positive size below 8 EiB"));
+    }
+    Ok(bytes as u64)
 }
 
 impl PipelineArgs {
     fn load(&self) -> anyhow::Result<Graph> {
+        let mut set = self.set.clone();
+        if let Some(b) = self.mem_budget {
+            set.push(format!("pipeline.mem_budget_bytes={b}"));
+        }
         Ok(crate::pipeline::load(
             &self.pipeline,
-            &self.set,
+            &set,
             self.workdir.as_deref(),
             &Registry::with_defaults(),
         )?)
@@ -235,13 +272,30 @@ pub fn graph(args: &GraphArgs) -> anyhow::Result<()> {
 
 pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     check_workdir(&args.workdir)?;
-    let report = if args.repair {
+    let mut report = if args.repair {
         let store = Store::open(&args.workdir, OpenMode::Exclusive)?;
         let notes = store.open_notes().to_vec();
         engine::verify::repair(&store, notes)?
     } else {
         engine::verify::verify(&Store::open(&args.workdir, OpenMode::Inspect)?)
     };
+    // The remembered digests of input files are re-hashed too; one that no longer holds is
+    // dropped, so the next plan hashes that file again.
+    let digests = args.workdir.join(crate::pipeline::DIGESTS_DIR);
+    let check = crate::data::digest::verify_remembered(&digests)?;
+    for p in &check.wrong {
+        report.repaired.push(format!(
+            "the remembered digest of {} did not match its bytes; dropped (the next plan \
+             hashes it again)",
+            p.display()
+        ));
+    }
+    if check.sound + check.stale + check.wrong.len() > 0 {
+        report.notes.push(format!(
+            "input file digests: {} re-hashed and sound, {} stale entries dropped",
+            check.sound, check.stale
+        ));
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -289,21 +343,6 @@ fn check_workdir(dir: &Path) -> anyhow::Result<()> {
     }
     std::fs::metadata(dir).with_context(|| dir.display().to_string())?;
     Ok(())
-}
-
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 /// Progress bars for running stages on an interactive terminal.

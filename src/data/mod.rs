@@ -3,12 +3,14 @@
 //! closure ([`Tokenize`]), so this area does not depend on the model.
 
 pub mod archive;
+pub mod digest;
 pub mod pool;
 pub mod reader;
 pub mod source;
 pub mod windows;
 
+pub use digest::file_digest;
 pub use pool::{Pool, PoolParams, PoolReport, Tokenize, build_pool};
 pub use reader::{TextDocuments, TextFormat, read_documents};
-pub use source::{DataSource, Fetched, PipClient, fetch, fetch_with, file_digest};
+pub use source::{DataSource, Fetched, PipClient, fetch, fetch_with};
 pub use windows::{EvalWindows, eval_windows, token_stream};

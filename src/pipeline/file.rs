@@ -11,7 +11,8 @@
 //! device = "cpu"         # default "cpu"; part of every key
 //! cpu_tokens = 4         # heavy CPU tokens; default: number of cores
 //! gpu_tokens = 0         # default 0
-//! mem_budget_bytes = 0   # memory budget for concurrent stages; default unlimited
+//! mem_budget_bytes = 0   # memory budget for concurrent stages, bytes (`tyr run --mem-budget
+//!                        # 20G` sets it too); default (or 0): 80% of RAM or of the cgroup limit
 //!
 //! [[stage]]
 //! id = "digest"          # unique

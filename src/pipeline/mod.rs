@@ -37,6 +37,9 @@ pub fn load_str(
     }
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let header = resolve_header(&raw.header, &base, workdir, path)?;
+    // Input files hashed while the stages expand and key are remembered in the store, so a
+    // replan (a requeued job) does not hash a large checkpoint again.
+    crate::data::digest::remember_in(&header.workdir.join(DIGESTS_DIR));
     let mut specs: Vec<StageSpec> = raw
         .stages
         .iter()
@@ -47,6 +50,7 @@ pub fn load_str(
             inputs: s.inputs.clone(),
             line: Some(*line),
             section: None,
+            mem_bytes: None,
         })
         .collect();
     let declared: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
@@ -81,6 +85,33 @@ pub fn load_str(
     }
     Graph::build(header, specs, registry, path)
 }
+
+/// The memory budget when the pipeline names none: 80% of the memory this process may use
+/// (the machine's RAM, or a lower cgroup limit such as a Slurm job's `--mem`), leaving room for
+/// the page cache and whatever else runs; unlimited where neither can be read.
+pub fn default_mem_budget() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib.saturating_mul(1024))
+    });
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|p| std::fs::read_to_string(p).ok())
+    .filter_map(|s| s.trim().parse::<u64>().ok())
+    .min();
+    match (total, cgroup) {
+        (None, None) => u64::MAX,
+        (a, b) => a.unwrap_or(u64::MAX).min(b.unwrap_or(u64::MAX)) / 5 * 4,
+    }
+}
+
+/// The folder of the work directory where input files' digests are remembered.
+pub const DIGESTS_DIR: &str = "digests";
 
 fn resolve_header(
     h: &RawHeader,
@@ -122,6 +153,9 @@ fn resolve_header(
         device: h.device.clone(),
         cpu_tokens: h.cpu_tokens.unwrap_or(cores).max(1),
         gpu_tokens: h.gpu_tokens,
-        mem_budget_bytes: h.mem_budget_bytes.filter(|&m| m > 0).unwrap_or(u64::MAX),
+        mem_budget_bytes: h
+            .mem_budget_bytes
+            .filter(|&m| m > 0)
+            .unwrap_or_else(default_mem_budget),
     })
 }

@@ -72,6 +72,14 @@ impl Stage for BaselineLayer {
         Ok(Self(p))
     }
 
+    fn code_versions(&self) -> Vec<(&'static str, u32)> {
+        // Magnitude scores weights only; Wanda-sp runs the block for its activations.
+        match self.0.method {
+            BaselineMethod::Magnitude => Vec::new(),
+            BaselineMethod::WandaSp => crate::model::forward_code_versions(),
+        }
+    }
+
     fn inputs(&self) -> Vec<InputSlot> {
         match self.0.method {
             BaselineMethod::Magnitude => vec![InputSlot::one("model")],

@@ -80,6 +80,10 @@ impl Stage for EvalPpl {
         Ok(Self(p))
     }
 
+    fn code_versions(&self) -> Vec<(&'static str, u32)> {
+        crate::model::forward_code_versions()
+    }
+
     fn inputs(&self) -> Vec<InputSlot> {
         let mut v = vec![InputSlot::one("model"), InputSlot::one("windows")];
         if self.0.choice.is_some() || self.0.from_search {

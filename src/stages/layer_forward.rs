@@ -31,6 +31,10 @@ impl Stage for LayerForward {
         Ok(Self(p))
     }
 
+    fn code_versions(&self) -> Vec<(&'static str, u32)> {
+        crate::model::forward_code_versions()
+    }
+
     fn inputs(&self) -> Vec<InputSlot> {
         vec![
             InputSlot::one("model"),

@@ -12,6 +12,7 @@ pub mod acts;
 pub mod baseline_layer;
 pub mod calib_pool;
 pub mod embed;
+pub mod estimate;
 pub mod eval_ppl;
 pub mod eval_text;
 pub mod export;

@@ -44,6 +44,41 @@ impl RandomDims {
         if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return Err(bad("heads must be a positive multiple of kv-heads"));
         }
+        // Bounds before anything is sized by these numbers: far above Llama-3.1-405B's
+        // shapes, far below what would overflow or exhaust memory by a typo.
+        const MAX_LAYERS: usize = 1024;
+        const MAX_DIM: usize = 1 << 20;
+        const MAX_TENSOR: u128 = 1 << 32;
+        if self.layers > MAX_LAYERS {
+            return Err(bad(&format!(
+                "layers = {} is more than the {MAX_LAYERS} tyr accepts",
+                self.layers
+            )));
+        }
+        for (name, v) in [
+            ("hidden", self.hidden),
+            ("head-dim", self.head_dim),
+            ("heads", self.heads),
+            ("d-ff", self.d_ff),
+            ("vocab", self.vocab),
+        ] {
+            if v > MAX_DIM {
+                return Err(bad(&format!(
+                    "{name} = {v} is more than the {MAX_DIM} tyr accepts"
+                )));
+            }
+        }
+        let widest = [self.vocab, self.d_ff, self.heads * self.head_dim]
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        if widest as u128 * self.hidden as u128 > MAX_TENSOR {
+            return Err(bad(&format!(
+                "a {widest} × {} weight has more than the {MAX_TENSOR} elements tyr accepts \
+                 in one tensor",
+                self.hidden
+            )));
+        }
         Ok(ModelConfig {
             hidden_size: self.hidden,
             head_dim: self.head_dim,

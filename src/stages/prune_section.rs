@@ -36,6 +36,8 @@
 //! fitness = "top-k-kl"         # | full-kl
 //! incremental-search = true    # offspring start from the parent's cached hidden states at
 //!                              # their first changed layer; false: from layer 0 (same result)
+//! search-cache-mib = 4096      # memory for those cached hidden states, MiB (not in the key:
+//!                              # it changes what is recomputed, never a result)
 //! export = true                # write the pruned model to out/<name>/model/ [true]
 //! export-baselines = ["uniform"]   # exported baselines, to out/<name>/baselines/<b>/model/
 //!                              # [uniform, when it is one of `baselines`]
@@ -65,6 +67,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::baseline_layer::{BaselineLayerParams, BaselineMethod};
+use super::estimate::Shapes;
 use super::eval_ppl::EvalPplParams;
 use super::export::ExportParams;
 use super::model_ref::{ModelSpec, config_of, resolve};
@@ -156,6 +159,9 @@ fn d_selection() -> Vec<[usize; 2]> {
 fn d_top_k() -> usize {
     8192
 }
+fn d_search_cache_mib() -> u64 {
+    4096
+}
 
 /// The `[prune]` table, typed (see the module docs for every key and default).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -223,6 +229,8 @@ pub struct PruneConfig {
     pub fitness: FitnessKind,
     #[serde(default = "d_true")]
     pub incremental_search: bool,
+    #[serde(default = "d_search_cache_mib")]
+    pub search_cache_mib: u64,
     #[serde(default = "d_true")]
     pub export: bool,
     #[serde(default)]
@@ -257,6 +265,7 @@ impl PruneConfig {
                     Error::msg(format!("`prune.{path}`: {msg}"))
                 }
             })?;
+        c.check_counts()?;
         if !(0.0..1.0).contains(&c.target) {
             return Err(field("target", format!("{} is outside [0, 1)", c.target)));
         }
@@ -338,6 +347,104 @@ impl PruneConfig {
         Ok(c)
     }
 
+    /// Every count that sizes work or memory, against a ceiling far above any real run
+    /// (the paper's settings sit orders of magnitude below each), so a typo such as
+    /// `rounds = 1000000000000` is an error naming the key before anything is allocated.
+    fn check_counts(&self) -> Result<()> {
+        let counts: [(&str, u64, u64, &str); 12] = [
+            (
+                "rounds",
+                self.rounds as u64,
+                MAX_ROUNDS,
+                "rounds of supernet and search",
+            ),
+            (
+                "generations",
+                self.generations,
+                MAX_GENERATIONS,
+                "generations per round",
+            ),
+            (
+                "offspring",
+                self.offspring as u64,
+                MAX_OFFSPRING,
+                "offspring per generation",
+            ),
+            (
+                "max-swaps",
+                u64::from(self.max_swaps),
+                MAX_SWAPS,
+                "swaps per mutation",
+            ),
+            (
+                "levels-each-side",
+                self.levels_each_side.unwrap_or(0) as u64,
+                MAX_LEVELS_EACH_SIDE,
+                "levels on each side of a grid's centre",
+            ),
+            (
+                "seq-len",
+                self.seq_len as u64,
+                MAX_SEQ_LEN,
+                "tokens per piece",
+            ),
+            (
+                "calib-tokens",
+                self.calib_tokens as u64,
+                MAX_TOKENS,
+                "calibration tokens",
+            ),
+            (
+                "eval-seq-len",
+                self.eval_seq_len.unwrap_or(0) as u64,
+                MAX_SEQ_LEN,
+                "tokens per evaluation window",
+            ),
+            (
+                "eval-max-tokens",
+                self.eval_max_tokens.unwrap_or(0) as u64,
+                MAX_TOKENS,
+                "evaluation tokens",
+            ),
+            (
+                "top-k",
+                self.top_k as u64,
+                MAX_TOP_K,
+                "teacher logits per position",
+            ),
+            (
+                "min-step",
+                self.min_step.unwrap_or(0) as u64,
+                MAX_UNITS,
+                "units",
+            ),
+            (
+                "search-cache-mib",
+                self.search_cache_mib,
+                MAX_CACHE_MIB,
+                "MiB",
+            ),
+        ];
+        for (key, value, max, what) in counts {
+            if value > max {
+                return Err(field(
+                    key,
+                    format!("{value} is more than the {max} {what} tyr accepts"),
+                ));
+            }
+        }
+        if self.selection.len() as u64 > MAX_SELECTION_STAGES {
+            return Err(field(
+                "selection",
+                format!(
+                    "{} stages is more than the {MAX_SELECTION_STAGES} tyr accepts",
+                    self.selection.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The baselines exported: as given, else `uniform` when it runs.
     pub fn exported_baselines(&self) -> Vec<Baseline> {
         self.export_baselines.clone().unwrap_or_else(|| {
@@ -375,6 +482,19 @@ impl PruneConfig {
         }
     }
 }
+
+// Ceilings of the counts in `[prune]` (see `PruneConfig::check_counts`).
+const MAX_ROUNDS: u64 = 64;
+const MAX_GENERATIONS: u64 = 1_000_000;
+const MAX_OFFSPRING: u64 = 1 << 16;
+const MAX_SWAPS: u64 = 1 << 16;
+const MAX_LEVELS_EACH_SIDE: u64 = 1 << 10;
+const MAX_SEQ_LEN: u64 = 1 << 20;
+const MAX_TOKENS: u64 = 1 << 34;
+const MAX_TOP_K: u64 = 1 << 20;
+const MAX_UNITS: u64 = 1 << 20;
+const MAX_SELECTION_STAGES: u64 = 64;
+const MAX_CACHE_MIB: u64 = 1 << 24;
 
 fn field(key: &str, message: String) -> Error {
     Error::msg(format!("`prune.{key}`: {message}"))
@@ -442,6 +562,7 @@ fn layer_id(t: usize, l: usize) -> String {
 /// An `export` stage writing `label`'s model to `out/<pipeline>/<dir>/`.
 fn export_spec(
     c: &PruneConfig,
+    shapes: &Shapes<'_>,
     id: &str,
     label: &str,
     dir: &str,
@@ -463,7 +584,10 @@ fn export_spec(
         zero_width: c.zero_width,
         target: Some(c.target),
     };
-    spec(id.to_string(), "export", &p, &inputs)
+    Ok(with_mem(
+        spec(id.to_string(), "export", &p, &inputs)?,
+        shapes.export(),
+    ))
 }
 
 /// How the report names the model (`pip:<package>/<member>`, a path, `random`).
@@ -510,6 +634,7 @@ fn spec<P: Serialize>(
             .collect(),
         line: None,
         section: None,
+        mem_bytes: None,
     })
 }
 
@@ -538,6 +663,12 @@ fn anchored(base: &Path, s: &DataSource) -> DataSource {
         },
         other => other.clone(),
     }
+}
+
+/// `s` with its peak-memory estimate (`estimate.rs`) for the executor's budget.
+fn with_mem(mut s: StageSpec, bytes: u64) -> StageSpec {
+    s.mem_bytes = Some(bytes);
+    s
 }
 
 fn with_cache(mut s: StageSpec, cache: &Path) -> StageSpec {
@@ -593,12 +724,21 @@ impl SectionExpander for PruneSection {
             )?,
             &cache,
         ));
-        out.push(spec(
-            "embed".into(),
-            "embed",
-            &super::embed::EmbedParams {},
-            &[("model", one("model")), ("pool", one("calib-pool"))],
-        )?);
+        let shapes = Shapes {
+            cfg: &cfg,
+            tokens: c.calib_tokens as u64,
+            top_k: c.top_k as u64,
+            eval_seq_len: c.eval_seq_len.unwrap_or(c.seq_len) as u64,
+        };
+        out.push(with_mem(
+            spec(
+                "embed".into(),
+                "embed",
+                &super::embed::EmbedParams {},
+                &[("model", one("model")), ("pool", one("calib-pool"))],
+            )?,
+            shapes.embed(),
+        ));
 
         // The supernets: round 1 (explicit, target-independent grids), then rounds 2..T centred
         // on the previous round's search, each with its own expectation chain from X_0.
@@ -613,13 +753,18 @@ impl SectionExpander for PruneSection {
             min_step: c.grid_options().min_step,
         };
         if c.searching() {
-            out.push(spec(
-                "teacher".into(),
-                "teacher-topk",
-                &TeacherParams { top_k: c.top_k },
-                &[("model", one("model")), ("pool", one("calib-pool"))],
-            )?);
+            out.push(with_mem(
+                spec(
+                    "teacher".into(),
+                    "teacher-topk",
+                    &TeacherParams { top_k: c.top_k },
+                    &[("model", one("model")), ("pool", one("calib-pool"))],
+                )?,
+                shapes.teacher(),
+            ));
         }
+        // Levels per module in a round after the first: the centre and K on each side.
+        let later_levels = 2 * c.grid_options().levels_each_side + 1;
         let mut last_search: Option<String> = None;
         for t in 1..=rounds {
             let mut prev = "embed".to_string();
@@ -646,11 +791,22 @@ impl SectionExpander for PruneSection {
                 if let Some(s) = &last_search {
                     inputs.push(("previous", one(s)));
                 }
-                out.push(spec(id.clone(), "supernet-layer", &p, &inputs)?);
+                let (la, lf) = if t == 1 {
+                    (ga.modules[l].levels.len(), gf.modules[l].levels.len())
+                } else {
+                    (later_levels, later_levels)
+                };
+                out.push(with_mem(
+                    spec(id.clone(), "supernet-layer", &p, &inputs)?,
+                    shapes.supernet_layer(l, la, lf),
+                ));
                 ids.push(id.clone());
                 if l + 1 < n {
                     let fwd = format!("r{t}-forward-{l:02}");
-                    out.push(forward(&fwd, l, &prev, &id)?);
+                    out.push(with_mem(
+                        forward(&fwd, l, &prev, &id)?,
+                        shapes.layer_forward(l),
+                    ));
                     prev = fwd;
                 }
             }
@@ -670,7 +826,7 @@ impl SectionExpander for PruneSection {
                 selection: c.selection.clone(),
                 fitness: c.fitness,
                 incremental: c.incremental_search,
-                cache_mib: 4096,
+                cache_mib: 0, // not serialised: set below, outside the key
             };
             let id = format!("r{t}-search");
             let mut inputs = vec![
@@ -682,7 +838,25 @@ impl SectionExpander for PruneSection {
             if let Some(s) = &last_search {
                 inputs.push(("previous", one(s)));
             }
-            out.push(spec(id.clone(), "search", &sp, &inputs)?);
+            let round_levels = if t == 1 {
+                ga.modules
+                    .iter()
+                    .chain(&gf.modules)
+                    .map(|m| m.levels.len())
+                    .max()
+                    .unwrap_or(1)
+            } else {
+                later_levels
+            };
+            let mut search = with_mem(
+                spec(id.clone(), "search", &sp, &inputs)?,
+                shapes.search(c.search_cache_mib << 20, round_levels),
+            );
+            search.params.insert(
+                "cache-mib".into(),
+                toml::Value::Integer(c.search_cache_mib as i64),
+            );
+            out.push(search);
             last_search = Some(id);
         }
         let final_layers: Vec<String> = (0..n).map(|l| layer_id(rounds, l)).collect();
@@ -704,6 +878,7 @@ impl SectionExpander for PruneSection {
             if c.export {
                 out.push(export_spec(
                     &c,
+                    &shapes,
                     "export",
                     "tyr",
                     "model",
@@ -752,7 +927,8 @@ impl SectionExpander for PruneSection {
                             ffn_pruning: c.local(c.ffn_removal),
                         },
                         &[("model", one("model")), ("x", one(&prev))],
-                    )?,
+                    )
+                    .map(|s| with_mem(s, shapes.supernet_layer(l, 1, 1)))?,
                     Baseline::Magnitude | Baseline::WandaSp => {
                         let method = if *b == Baseline::Magnitude {
                             BaselineMethod::Magnitude
@@ -766,10 +942,14 @@ impl SectionExpander for PruneSection {
                             ffn_level: f,
                         };
                         let mut inputs = vec![("model", one("model"))];
-                        if method == BaselineMethod::WandaSp {
+                        let reads_x = method == BaselineMethod::WandaSp;
+                        if reads_x {
                             inputs.push(("x", one(&prev)));
                         }
-                        spec(id.clone(), "baseline-layer", &p, &inputs)?
+                        with_mem(
+                            spec(id.clone(), "baseline-layer", &p, &inputs)?,
+                            shapes.baseline_layer(l, reads_x),
+                        )
                     }
                 };
                 out.push(s);
@@ -777,7 +957,10 @@ impl SectionExpander for PruneSection {
                 prev = match b {
                     Baseline::Uniform if l + 1 < n => {
                         let fwd = format!("{name}-forward-{l:02}");
-                        out.push(forward(&fwd, l, &prev, &id)?);
+                        out.push(with_mem(
+                            forward(&fwd, l, &prev, &id)?,
+                            shapes.layer_forward(l),
+                        ));
                         fwd
                     }
                     _ => id,
@@ -791,6 +974,7 @@ impl SectionExpander for PruneSection {
                 let dir = format!("baselines/{name}/model");
                 out.push(export_spec(
                     &c,
+                    &shapes,
                     &id,
                     name,
                     &dir,
@@ -836,7 +1020,10 @@ impl SectionExpander for PruneSection {
                     from_search,
                 };
                 let id = format!("eval-{label}");
-                out.push(spec(id.clone(), "eval-ppl", &p, &inputs)?);
+                out.push(with_mem(
+                    spec(id.clone(), "eval-ppl", &p, &inputs)?,
+                    shapes.eval(),
+                ));
                 eval_ids.push(id);
             }
         }

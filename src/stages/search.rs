@@ -60,8 +60,9 @@ pub struct SearchStageParams {
     /// Cache the parent's hidden states for incremental offspring evaluation [true].
     #[serde(default = "d_true")]
     pub incremental: bool,
-    /// The largest parent cache, MiB [4096].
-    #[serde(default = "d_cache_mib")]
+    /// The largest parent cache, MiB [4096]. Not part of the key: the cache only decides
+    /// what is recomputed, never a result bit.
+    #[serde(default = "d_cache_mib", skip_serializing)]
     pub cache_mib: usize,
 }
 
@@ -104,7 +105,17 @@ impl Stage for SearchStage {
         if p.offspring == 0 {
             return Err(bad("offspring", "must be at least 1".into()));
         }
+        if p.cache_mib > 1 << 24 {
+            return Err(bad(
+                "cache-mib",
+                format!("{} MiB is more than the 16 TiB tyr accepts", p.cache_mib),
+            ));
+        }
         Ok(Self(p))
+    }
+
+    fn code_versions(&self) -> Vec<(&'static str, u32)> {
+        crate::model::forward_code_versions()
     }
 
     fn inputs(&self) -> Vec<InputSlot> {

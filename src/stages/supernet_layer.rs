@@ -159,6 +159,10 @@ impl Stage for SupernetLayer {
         Ok(Self(p))
     }
 
+    fn code_versions(&self) -> Vec<(&'static str, u32)> {
+        crate::model::forward_code_versions()
+    }
+
     fn inputs(&self) -> Vec<InputSlot> {
         let mut v = vec![InputSlot::one("model"), InputSlot::one("x")];
         if self.0.around.is_some() {

@@ -52,6 +52,10 @@ impl Stage for TeacherStage {
         Ok(Self(p))
     }
 
+    fn code_versions(&self) -> Vec<(&'static str, u32)> {
+        crate::model::forward_code_versions()
+    }
+
     fn inputs(&self) -> Vec<InputSlot> {
         vec![InputSlot::one("model"), InputSlot::one("pool")]
     }

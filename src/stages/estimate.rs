@@ -1,0 +1,173 @@
+//! Peak-memory estimates of the stages `[prune]` generates, from the model's shapes and the
+//! section's settings, so the executor admits stages within the memory budget and refuses one
+//! that cannot fit before it starts (`tyr plan --json` shows each estimate as `mem_bytes`).
+//!
+//! Each figure counts what today's code holds at the stage's peak (docs/ARCHITECTURE.md,
+//! "Memory"): the activations `X` (`tokens × hidden` f32) several times over, the layer's
+//! weights as read, packed and unpacked, the OBS matrices of the levels built at once, the
+//! teacher's top-k record, and so on, plus a fixed allowance for the process itself. They are
+//! upper-bound arithmetic, not measurements; the memory benchmark (`scripts/bench_memory.sh`)
+//! is what checks them.
+
+use crate::model::ModelConfig;
+
+/// The process itself: code, allocator pools, tokenizer, thread stacks.
+const BASE_BYTES: u64 = 256 << 20;
+/// Tokens per batch of the layer passes (`acts::BATCH_TOKENS`) and of the teacher.
+const PASS_TOKENS: u64 = 4096;
+const TEACHER_TOKENS: u64 = 1024;
+
+/// The shapes an estimate needs.
+pub struct Shapes<'a> {
+    pub cfg: &'a ModelConfig,
+    /// Calibration tokens in the pool.
+    pub tokens: u64,
+    pub top_k: u64,
+    pub eval_seq_len: u64,
+}
+
+impl Shapes<'_> {
+    fn hidden(&self) -> u64 {
+        self.cfg.hidden_size as u64
+    }
+
+    /// One copy of the activations X, f32.
+    fn x(&self) -> u64 {
+        self.tokens * self.hidden() * 4
+    }
+
+    /// Layer `l`'s weights in f32.
+    fn layer(&self, l: usize) -> u64 {
+        self.cfg.layer_params(l) as u64 * 4
+    }
+
+    fn embeddings(&self) -> u64 {
+        self.cfg.vocab_size as u64 * self.hidden() * 4
+    }
+
+    /// The whole model in f32 (decoder, embeddings, head).
+    fn model(&self) -> u64 {
+        self.cfg.total_params() as u64 * 4
+    }
+
+    /// Logits of one batch of `tokens` positions, f32.
+    fn logits(&self, tokens: u64) -> u64 {
+        tokens * self.cfg.vocab_size as u64 * 4
+    }
+
+    /// The teacher's record: k (id, value) pairs of 8 bytes per position.
+    fn teacher_record(&self) -> u64 {
+        self.tokens * self.top_k.min(self.cfg.vocab_size as u64) * 8
+    }
+
+    /// `embed`: the pool's ids, X_0 (built per batch, concatenated, encoded) and the table.
+    pub fn embed(&self) -> u64 {
+        BASE_BYTES + 3 * self.x() + self.embeddings()
+    }
+
+    /// `layer-forward`: X_ℓ in, X_{ℓ+1} gathered per batch and concatenated, its encoding,
+    /// and the layer's weights as read and packed.
+    pub fn layer_forward(&self, l: usize) -> u64 {
+        BASE_BYTES + 5 * self.x() + 3 * self.layer(l)
+    }
+
+    /// `supernet-layer`: X and the statistics pass (≈ 4 X), the layer three times, the two
+    /// Hessians, and per level built at once the OBS working set (Hλ, its inverse and the
+    /// gradient, d² f64 each, and the f64 weight), modules one after the other.
+    pub fn supernet_layer(&self, l: usize, attn_levels: usize, ffn_levels: usize) -> u64 {
+        let d = &self.cfg.layers[l];
+        let h = self.hidden();
+        let da = (d.n_q * self.cfg.head_dim) as u64;
+        let df = d.d_ff as u64;
+        let level = |dim: u64| 3 * dim * dim * 8 + h * dim * 8;
+        let obs = (attn_levels as u64 * level(da)).max(ffn_levels as u64 * level(df));
+        BASE_BYTES + 4 * self.x() + 3 * self.layer(l) + (da * da + df * df) * 8 + obs
+    }
+
+    /// `baseline-layer`: Wanda-sp runs the layer over X like a forward; magnitude only reads
+    /// the weights.
+    pub fn baseline_layer(&self, l: usize, reads_x: bool) -> u64 {
+        if reads_x {
+            self.layer_forward(l)
+        } else {
+            BASE_BYTES + 3 * self.layer(l)
+        }
+    }
+
+    /// `teacher-topk`: the model, one batch of logits, and the record about three times over
+    /// (growing, its progress copy, the committed encoding).
+    pub fn teacher(&self) -> u64 {
+        BASE_BYTES + self.model() + 2 * self.logits(TEACHER_TOKENS) + 3 * self.teacher_record()
+    }
+
+    /// `search`: every dense layer, and every variant it reads stays cached (the round's
+    /// levels of each module, on average half the dense width: decoder × levels / 2),
+    /// embeddings and head twice, the teacher decoded beside its bytes, the parent cache, and
+    /// one minibatch's logits.
+    pub fn search(&self, cache_bytes: u64, max_levels: usize) -> u64 {
+        let decoder = self.cfg.decoder_params() as u64 * 4;
+        BASE_BYTES
+            + self.model()
+            + 2 * self.embeddings()
+            + decoder * max_levels as u64 / 2
+            + 2 * self.teacher_record()
+            + cache_bytes
+            + self.logits(PASS_TOKENS)
+    }
+
+    /// `eval-ppl`: the model and one window batch of logits.
+    pub fn eval(&self) -> u64 {
+        BASE_BYTES + self.model() + 2 * self.logits(self.eval_seq_len.max(1) * 8)
+    }
+
+    /// `export`: the sliced model, the files built from it and read back (at most the dense
+    /// model four times).
+    pub fn export(&self) -> u64 {
+        BASE_BYTES + 4 * self.model()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LayerDims;
+
+    fn llama8b(layers: usize) -> ModelConfig {
+        ModelConfig {
+            hidden_size: 4096,
+            head_dim: 128,
+            vocab_size: 128_256,
+            layers: vec![LayerDims::dense(32, 8, 14_336); layers],
+            rms_norm_eps: 1e-5,
+            rope_theta: 500_000.0,
+            rope_scaling: None,
+            max_position_embeddings: 131_072,
+            tie_word_embeddings: false,
+            attention_bias: false,
+            mlp_bias: false,
+            bos_token_id: None,
+            eos_token_id: None,
+        }
+    }
+
+    #[test]
+    fn estimates_grow_with_the_tokens_and_the_model_as_the_code_holds_them() {
+        let cfg = llama8b(32);
+        let s = |tokens| Shapes {
+            cfg: &cfg,
+            tokens,
+            top_k: 8192,
+            eval_seq_len: 4096,
+        };
+        let (small, paper) = (s(262_144), s(4 << 20));
+        // X at the paper's 4M tokens is 64 GiB; a layer forward holds it five times.
+        assert_eq!(paper.x(), 64 << 30);
+        assert!(paper.layer_forward(0) > 5 * (64u64 << 30));
+        assert!(small.layer_forward(0) < paper.layer_forward(0) / 10);
+        // The teacher record at top-k 8192: 4M × 8192 × 8 B = 256 GiB, held ~3 times.
+        assert!(paper.teacher() > 3 * (256u64 << 30));
+        // Export and eval do not depend on the token count.
+        assert_eq!(small.export(), paper.export());
+        assert_eq!(small.eval(), paper.eval());
+    }
+}

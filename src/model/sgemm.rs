@@ -8,7 +8,7 @@
 //! (`cpu_kernel::kernel`, `TYR_KERNEL` to force one):
 //!
 //! - AVX-512: a 12×32 register tile (two activation panels × two weight panels, 24 of the 32 zmm
-//!   registers), 1.4–1.8× the AVX2 kernel's GFLOPS on the 2-core Xeon of the issue 15 note;
+//!   registers), 1.5–1.7× the AVX2 kernel's GFLOPS on the 2-core AVX-512 Xeon of issue 15;
 //! - AVX2 + FMA: the classic 6×16 tile (12 ymm accumulators); on the 2-core AVX2 machine of the
 //!   notes it runs the SmolLM2 shapes 5–25% faster than the `gemm` crate behind candle's matmul;
 //! - portable Rust: the 6×16 tile with `f32::mul_add`.

@@ -65,6 +65,9 @@ pub enum Error {
     Tokenizer { path: PathBuf, reason: String },
     #[error("{path}: not a model: {reason}")]
     NotAModel { path: PathBuf, reason: String },
+    /// A `TYR_KERNEL` value that cannot be used.
+    #[error("TYR_KERNEL={value}: {reason}")]
+    CpuKernel { value: String, reason: String },
 
     // ---- data ---------------------------------------------------------------------------------
     /// The package client could not be started at all (not installed, not on `PATH`).

@@ -70,6 +70,12 @@ fn main() -> std::process::ExitCode {
     tune_allocator();
     let cli = Cli::parse();
     let ui = tyr::cli::logging::init(cli.log_format);
+    // A `TYR_KERNEL` that is unknown or that this CPU cannot run fails here, before any work;
+    // otherwise the kernels would warn and run the best class instead.
+    if let Err(e) = tyr::model::cpu_kernel::kernel_from_env() {
+        eprintln!("error: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     let result = match &cli.command {
         Command::Run(a) => engine_cmds::run(a, &ui),
         Command::Plan(a) => engine_cmds::plan(a),

@@ -316,3 +316,64 @@ fn token_id_outside_the_vocabulary_is_an_error() {
     let ids = Tensor::new(&[[1u32, 61]], &Device::Cpu).unwrap();
     assert!(model.forward(&ids).unwrap_err().to_string().contains("61"));
 }
+
+/// The kernel class is chosen once per process, so each class runs in a child: this test
+/// re-runs itself with `TYR_KERNEL` set and this variable naming where to write the logits.
+const FORWARD_BITS_OUT: &str = "TYR_TEST_FORWARD_BITS_OUT";
+
+/// Every kernel class the CPU runs gives the portable kernels' bits for a whole forward, on
+/// widths that are multiples of no tile size, a depth past one block (d_ff 300) and attention
+/// over more than one block of positions (seq 300).
+#[test]
+fn forward_gives_the_same_bits_on_every_kernel_class() {
+    let mut cfg = hetero_config();
+    cfg.layers[0].d_ff = 300;
+    cfg.max_position_embeddings = 512;
+    if let Some(out) = std::env::var_os(FORWARD_BITS_OUT) {
+        let forced = std::env::var("TYR_KERNEL").unwrap();
+        assert_eq!(tyr::model::cpu_kernel::kernel().name(), forced);
+        let model = Llama::load(&cfg, &random_source(&cfg, 8).unwrap()).unwrap();
+        let logits = model
+            .forward(&random_ids(2, 300, cfg.vocab_size, 8))
+            .unwrap();
+        let bits: Vec<u8> = logits
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .flat_map(|x| x.to_bits().to_le_bytes())
+            .collect();
+        std::fs::write(out, bits).unwrap();
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut runs = Vec::new();
+    for class in tyr::model::KernelClass::available() {
+        let out = dir.path().join(class.name());
+        let status = std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "forward_gives_the_same_bits_on_every_kernel_class",
+                "--test-threads=1",
+            ])
+            .env("TYR_KERNEL", class.name())
+            .env(FORWARD_BITS_OUT, &out)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{} child failed", class.name());
+        runs.push((class, std::fs::read(&out).unwrap()));
+    }
+    let (_, want) = &runs[0];
+    assert_eq!(want.len(), 2 * 300 * cfg.vocab_size * 4);
+    for (class, got) in &runs[1..] {
+        let differing = got
+            .chunks_exact(4)
+            .zip(want.chunks_exact(4))
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(differing, 0, "{class:?}: logits differing from portable");
+    }
+}

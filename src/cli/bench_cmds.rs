@@ -111,16 +111,21 @@ fn decode(a: &DecodeArgs) -> anyhow::Result<()> {
     }
     let r = bench_decode(&model, a.prompt_len, a.new_tokens, a.iters)?;
     let threads = candle_core::utils::get_num_threads();
+    let kernel = crate::model::cpu_kernel::kernel();
     if a.json {
         println!(
             "{}",
-            serde_json::json!({ "model": name, "threads": threads, "result": r })
+            serde_json::json!({ "model": name, "threads": threads, "kernel": kernel, "result": r })
         );
     } else {
         println!(
-            "decode benchmark: {name}, {threads} threads: prefill {} tokens {:.1} tokens/s, \
+            "decode benchmark: {name}, {threads} threads, {} kernels: prefill {} tokens {:.1} tokens/s, \
              decode {} tokens {:.1} tokens/s",
-            r.prompt_tokens, r.prefill_tokens_per_s, r.new_tokens, r.decode_tokens_per_s
+            kernel.name(),
+            r.prompt_tokens,
+            r.prefill_tokens_per_s,
+            r.new_tokens,
+            r.decode_tokens_per_s
         );
     }
     Ok(())
@@ -147,12 +152,16 @@ fn forward(a: &ForwardArgs) -> anyhow::Result<()> {
     };
     let results = bench_forward(&model, &spec)?;
     let threads = candle_core::utils::get_num_threads();
+    let kernel = crate::model::cpu_kernel::kernel();
     if a.json {
-        let v = serde_json::json!({ "model": name, "threads": threads, "results": results });
+        let v = serde_json::json!({
+            "model": name, "threads": threads, "kernel": kernel, "results": results
+        });
         println!("{v}");
     } else {
         println!(
-            "forward benchmark: {name}, {threads} threads, logits: {}",
+            "forward benchmark: {name}, {threads} threads, {} kernels, logits: {}",
+            kernel.name(),
             a.logits
         );
         println!(

@@ -5,44 +5,50 @@
 use candle_core::{Device, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-/// Whether the CPU has AVX2 and FMA (checked once; the answer is cached by std).
-#[inline]
-pub(crate) fn avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Defines `fn $name(args)` that runs `$body` (an `#[inline(always)]` fn with the same
-/// arguments) compiled for AVX2 + FMA when the CPU has them, else as built. The crate is built
-/// for baseline x86-64 (SSE2), so the compiler vectorises element-wise loops 4 wide; inside the
-/// AVX2 copy the same loops run 8 wide. The arithmetic is the same (Rust never fuses a multiply
-/// and an add on its own), so both copies give bit-identical results.
-macro_rules! avx2_dispatch {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) = $body:ident;) => {
+/// arguments) compiled for the process's kernel class (`cpu_kernel::kernel`), and `fn $on(class,
+/// args)` that runs it for a given class (the cross-kernel tests): AVX-512, AVX2 + FMA, or as
+/// built. The crate is built for baseline x86-64 (SSE2), so the compiler vectorises element-wise
+/// loops 4 wide; inside the AVX2 copy the same loops run 8 wide, inside the AVX-512 copy 16
+/// wide. The arithmetic is the same in every copy: Rust never fuses a multiply and an add on its
+/// own, and the bodies fix their own reduction order (lane-wise accumulators of a set width, not
+/// the vector width), so all copies give bit-identical results.
+macro_rules! kernel_dispatch {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) = $body:ident via $on:ident;) => {
         $(#[$m])*
         $vis fn $name($($arg: $ty),*) {
+            $on($crate::model::cpu_kernel::kernel(), $($arg),*)
+        }
+
+        /// The same, on kernel class `class` (which the CPU must run: asserted).
+        #[allow(dead_code)]
+        fn $on(class: $crate::model::cpu_kernel::KernelClass, $($arg: $ty),*) {
+            assert!(class.supported(), "internal: {class:?} kernels on this CPU");
             #[cfg(target_arch = "x86_64")]
             {
+                use $crate::model::cpu_kernel::KernelClass;
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn wide($($arg: $ty),*) {
+                unsafe fn avx2($($arg: $ty),*) {
                     $body($($arg),*)
                 }
-                if $crate::model::llama_kernels::avx2_fma() {
-                    // SAFETY: the CPU has the features `wide` was compiled for.
-                    return unsafe { wide($($arg),*) };
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                match class {
+                    // SAFETY: the CPU runs `class` (asserted above, by CPUID), so it has the
+                    // features each copy was compiled for.
+                    KernelClass::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
+                    KernelClass::Avx2 => return unsafe { avx2($($arg),*) },
+                    KernelClass::Portable => {}
                 }
             }
             $body($($arg),*)
         }
     };
 }
-pub(crate) use avx2_dispatch;
+pub(crate) use kernel_dispatch;
 
 /// Calls `f` with the contiguous f32 data of a CPU tensor (made contiguous first if needed).
 pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
@@ -102,8 +108,8 @@ pub(crate) fn swiglu(gu: &[f32], d_ff: usize) -> Vec<f32> {
     out
 }
 
-avx2_dispatch! {
-    fn swiglu_row(out: &mut [f32], gate: &[f32], up: &[f32]) = swiglu_row_body;
+kernel_dispatch! {
+    fn swiglu_row(out: &mut [f32], gate: &[f32], up: &[f32]) = swiglu_row_body via swiglu_row_on;
 }
 
 #[inline(always)]
@@ -113,9 +119,9 @@ fn swiglu_row_body(out: &mut [f32], gate: &[f32], up: &[f32]) {
     }
 }
 
-avx2_dispatch! {
+kernel_dispatch! {
     /// In-place softmax of `row[..valid]`; entries from `valid` on (future positions) become 0.
-    pub(crate) fn masked_softmax(row: &mut [f32], valid: usize) = masked_softmax_body;
+    pub(crate) fn masked_softmax(row: &mut [f32], valid: usize) = masked_softmax_body via masked_softmax_on;
 }
 
 #[inline(always)]
@@ -159,6 +165,52 @@ fn masked_softmax_body(row: &mut [f32], valid: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::cpu_kernel::KernelClass;
+
+    /// Values from -100 to 100 (past fast_exp's clamp both ways), in an irregular order.
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i + seed) * 2_654_435_761) % 20_001) as f32 / 100.0 - 100.0)
+            .collect()
+    }
+
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    /// Lengths below, at and past every vector width and the softmax lane count.
+    const LENGTHS: [usize; 10] = [1, 3, 7, 8, 15, 16, 17, 33, 100, 1001];
+
+    #[test]
+    fn swiglu_gives_the_same_bits_on_every_kernel() {
+        for len in LENGTHS {
+            let (g, u) = (values(len, 1), values(len, 2));
+            let mut want = vec![0f32; len];
+            swiglu_row_on(KernelClass::Portable, &mut want, &g, &u);
+            for k in KernelClass::available() {
+                let mut got = vec![f32::NAN; len];
+                swiglu_row_on(k, &mut got, &g, &u);
+                assert!(same_bits(&got, &want), "{k:?}, length {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_gives_the_same_bits_on_every_kernel() {
+        for len in LENGTHS {
+            for valid in [1, len / 2 + 1, len] {
+                // Scores of attention's range, so the exponentials do not all underflow.
+                let row: Vec<f32> = values(len, 3).iter().map(|x| x / 10.0).collect();
+                let mut want = row.clone();
+                masked_softmax_on(KernelClass::Portable, &mut want, valid);
+                for k in KernelClass::available() {
+                    let mut got = row.clone();
+                    masked_softmax_on(k, &mut got, valid);
+                    assert!(same_bits(&got, &want), "{k:?}, length {len}, valid {valid}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn fast_exp_agrees_with_exp_to_float_precision() {

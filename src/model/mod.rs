@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod cpu_kernel;
 pub mod gguf;
 pub mod hf;
 pub mod llama;
@@ -40,6 +41,7 @@ pub fn forward_code_versions() -> Vec<(&'static str, u32)> {
 
 pub use attention::LayerKv;
 pub use config::{LayerDims, Llama3RopeScaling, ModelConfig};
+pub use cpu_kernel::KernelClass;
 pub use hf::{HfConfig, SafetensorsSource, open_hf_dir};
 pub use llama::{Embeddings, Head, KvCache, Llama};
 pub use llama_block::{AttnWeights, Block, BlockTaps, BlockWeights, MlpWeights};

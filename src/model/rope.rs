@@ -3,7 +3,7 @@
 //! f32 the way transformers does (`inv_freq · position`, then cos/sin), for the positions a call
 //! needs.
 
-use super::llama_kernels::avx2_dispatch;
+use super::llama_kernels::kernel_dispatch;
 use super::{Llama3RopeScaling, ModelConfig};
 
 /// The inverse frequencies of one model; cheap to clone and to turn into tables.
@@ -102,8 +102,8 @@ impl RopeTables {
     }
 }
 
-avx2_dispatch! {
-    fn rotate_half(c: &[f32], s: &[f32], x: &[f32], out: &mut [f32]) = rotate_half_body;
+kernel_dispatch! {
+    fn rotate_half(c: &[f32], s: &[f32], x: &[f32], out: &mut [f32]) = rotate_half_body via rotate_half_on;
 }
 
 #[inline(always)]
@@ -159,6 +159,30 @@ mod tests {
         let a = 3.0f32 * r.inv_freq()[0];
         assert!((o[0] - a.cos()).abs() < 1e-6 && (o[4] - a.sin()).abs() < 1e-6);
         assert_eq!(o[1], 0.0);
+    }
+
+    #[test]
+    fn rotation_gives_the_same_bits_on_every_kernel() {
+        use crate::model::cpu_kernel::KernelClass;
+        let v = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| (((i + seed) * 2_654_435_761) % 2001) as f32 / 1000.0 - 1.0)
+                .collect()
+        };
+        for h in [1, 3, 8, 17, 32, 64, 100] {
+            let (c, s, x) = (v(h, 1), v(h, 2), v(2 * h, 3));
+            let mut want = vec![0f32; 2 * h];
+            rotate_half_on(KernelClass::Portable, &c, &s, &x, &mut want);
+            for k in KernelClass::available() {
+                let mut got = vec![f32::NAN; 2 * h];
+                rotate_half_on(k, &c, &s, &x, &mut got);
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{k:?}, half {h}");
+            }
+        }
     }
 
     #[test]

@@ -3,19 +3,30 @@
 //!
 //! Why our own: every projection and `lm_head` multiply activations by a weight that never
 //! changes, so the weight can be laid out once in exactly the order the inner kernel reads it
-//! (column panels of `NR`, blocks of `KC` rows), instead of being re-packed on every call as a
-//! general GEMM must. The kernel is the classic 6×16 register tile (12 AVX2 accumulators, FMA),
-//! picked at run time when the CPU has AVX2 and FMA; elsewhere a portable kernel with the same
-//! packed layout runs. On the 2-core AVX2 machine of the notes this runs the SmolLM2 shapes
-//! 5–25% faster than the `gemm` crate behind candle's matmul (paired medians; see the issue note).
+//! (column panels of `NR` = 16, blocks of `KC` rows), instead of being re-packed on every call as
+//! a general GEMM must. Three kernels read that one layout, chosen at run time
+//! (`cpu_kernel::kernel`, `TYR_KERNEL` to force one):
 //!
-//! Determinism: the work is split into fixed (row block, column block) tiles and every output
-//! element sums its `KC` blocks in order inside one tile, so the result does not depend on the
-//! number of threads.
+//! - AVX-512: a 12×32 register tile (two activation panels × two weight panels, 24 of the 32 zmm
+//!   registers), 1.5–1.7× the AVX2 kernel's GFLOPS on the 2-core AVX-512 Xeon of issue 15;
+//! - AVX2 + FMA: the classic 6×16 tile (12 ymm accumulators); on the 2-core AVX2 machine of the
+//!   notes it runs the SmolLM2 shapes 5–25% faster than the `gemm` crate behind candle's matmul;
+//! - portable Rust: the 6×16 tile with `f32::mul_add`.
+//!
+//! Same bits on every CPU: each output element is computed the same way by every kernel (see
+//! `run_kernel`): per `KC` block a sum from 0 over the depth in order, one fused multiply-add per
+//! step, then the blocks added in order. So AVX-512, AVX2 and portable results are identical
+//! (tested bit for bit); the price is a portable kernel that is slow on a CPU without FMA, where
+//! `mul_add` is a libm call.
+//!
+//! Determinism: the work is split into fixed (row block, column block) tiles, the same for every
+//! kernel, and every output element sums its `KC` blocks in order inside one tile, so the result
+//! does not depend on the number of threads either.
 
 use candle_core::Tensor;
 use rayon::prelude::*;
 
+use super::cpu_kernel::{KernelClass, kernel};
 use super::llama_kernels::{tensor_from, with_f32};
 use crate::Result;
 
@@ -154,6 +165,16 @@ impl PackedWeight {
 
     /// `x · Wᵀ` for row-major `x` `[m, k]`; returns `[m, n]` row-major.
     pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
+        self.matmul_on(x, kernel())
+    }
+
+    /// `matmul` on a given kernel class (one the CPU runs).
+    fn matmul_on(&self, x: &[f32], kernel: KernelClass) -> Vec<f32> {
+        // Cheap (std caches CPUID), and what makes running the class's kernels sound.
+        assert!(
+            kernel.supported(),
+            "internal: {kernel:?} kernels on this CPU"
+        );
         let (k, n) = (self.k, self.n);
         let m = x.len().checked_div(k).unwrap_or(0);
         debug_assert_eq!(x.len(), m * k);
@@ -171,7 +192,7 @@ impl PackedWeight {
             n,
             out: SendPtr(y.as_mut_ptr()),
             ldc: n,
-            kernel: Kernel::detect(),
+            kernel,
         };
         (0..job.tiles()).into_par_iter().for_each(|t| {
             // SAFETY: y has room for m·n values, and tasks write disjoint tiles.
@@ -186,6 +207,21 @@ impl PackedWeight {
     /// the first `k ≤ in_dim` inputs of the weight, on the calling thread: the small products
     /// inside attention, which already runs one task per head and tile.
     pub fn matmul_prefix_into(&self, x: &[f32], k: usize, n: usize, out: &mut [f32], ldc: usize) {
+        self.matmul_prefix_into_on(x, (k, n), (out, ldc), kernel());
+    }
+
+    /// `matmul_prefix_into` on a given kernel class (one the CPU runs).
+    fn matmul_prefix_into_on(
+        &self,
+        x: &[f32],
+        (k, n): (usize, usize),
+        (out, ldc): (&mut [f32], usize),
+        kernel: KernelClass,
+    ) {
+        assert!(
+            kernel.supported(),
+            "internal: {kernel:?} kernels on this CPU"
+        );
         let m = x.len().checked_div(k).unwrap_or(0);
         assert!(
             k <= self.k && n <= self.n && n <= ldc,
@@ -207,7 +243,7 @@ impl PackedWeight {
             n,
             out: SendPtr(out.as_mut_ptr()),
             ldc,
-            kernel: Kernel::detect(),
+            kernel,
         };
         for t in 0..job.tiles() {
             // SAFETY: out addresses m rows of ldc ≥ n values (asserted above).
@@ -228,7 +264,7 @@ struct Job<'a> {
     n: usize,
     out: SendPtr,
     ldc: usize,
-    kernel: Kernel,
+    kernel: KernelClass,
 }
 
 impl Job<'_> {
@@ -236,7 +272,8 @@ impl Job<'_> {
         self.m.div_ceil(MC) * self.n.div_ceil(NC)
     }
 
-    /// Computes tile `t`: rows `[ic·MC, …)` × columns `[jc·NC, …)`, all depth blocks in order.
+    /// Computes tile `t`: rows `[ic·MC, …)` × columns `[jc·NC, …)`, all depth blocks in order,
+    /// in kernel calls of as many `MR`-row and `NR`-column panels as the kernel covers.
     ///
     /// # Safety
     /// `out` must address `m` rows of `ldc ≥ n` writable values, and no other thread may touch
@@ -248,23 +285,32 @@ impl Job<'_> {
         let (mp, np_used, np_w) = (m.div_ceil(MR), n.div_ceil(NR), self.w.n.div_ceil(NR));
         let (i_lo, i_hi) = (ic * MC / MR, ((ic + 1) * MC / MR).min(mp));
         let (j_lo, j_hi) = (jc * NC / NR, ((jc + 1) * NC / NR).min(np_used));
+        let (row_panels, col_panels) = kernel_cover(self.kernel);
         for p0 in (0..k).step_by(KC) {
             // The activations were packed with depth k, the weight with its own depth.
             let (kc, kc_w) = (KC.min(k - p0), KC.min(self.w.k - p0));
-            for j in j_lo..j_hi {
-                let b = &self.w.data[p0 * np_w * NR + j * kc_w * NR..][..kc * NR];
-                for i in i_lo..i_hi {
-                    let a = &self.xp[p0 * mp * MR + i * kc * MR..][..kc * MR];
+            for j in (j_lo..j_hi).step_by(col_panels) {
+                let panels = col_panels.min(j_hi - j);
+                for i in (i_lo..i_hi).step_by(row_panels) {
+                    let ops = Operands {
+                        kc,
+                        a: &self.xp[p0 * mp * MR + i * kc * MR..],
+                        a_next: kc * MR,
+                        b: &self.w.data[p0 * np_w * NR + j * kc_w * NR..],
+                        b_next: kc_w * NR,
+                    };
                     let tile = Tile {
-                        rows: MR.min(m - i * MR),
-                        cols: NR.min(n - j * NR),
+                        rows: (row_panels.min(i_hi - i) * MR).min(m - i * MR),
+                        cols: (panels * NR).min(n - j * NR),
                         // SAFETY: row i·MR < m, column j·NR < n ≤ ldc (caller's contract).
                         c: unsafe { self.out.0.add(i * MR * self.ldc + j * NR) },
                         ldc: self.ldc,
                         accumulate: p0 > 0,
                     };
-                    // SAFETY: a holds kc·MR values, b kc·NR, and `tile` is valid (above).
-                    unsafe { self.kernel.run(kc, a, b, &tile) };
+                    // SAFETY: the CPU runs the job's kernel (checked where jobs are made),
+                    // `ops` holds the panels the tile needs (the packed layouts hold every
+                    // panel below mp and np_w), and `tile` is valid (above).
+                    unsafe { run_kernel(self.kernel, &ops, &tile) };
                 }
             }
         }
@@ -314,8 +360,19 @@ impl SendPtr {
     }
 }
 
-/// Where one kernel call writes: `rows × cols` (≤ MR × NR) at `c` with row stride `ldc`,
-/// overwriting (first block) or adding to it.
+/// What one kernel call multiplies: `kc` depth steps of up to two `MR`-row activation panels
+/// (the second `a_next` values after the first) and of several `NR`-column weight panels (each
+/// `b_next` values after the previous one).
+struct Operands<'a> {
+    kc: usize,
+    a: &'a [f32],
+    a_next: usize,
+    b: &'a [f32],
+    b_next: usize,
+}
+
+/// Where one kernel call writes: `rows × cols` (at most the kernel's cover) at `c` with row
+/// stride `ldc`, overwriting (first depth block) or adding to it.
 struct Tile {
     rows: usize,
     cols: usize,
@@ -325,90 +382,136 @@ struct Tile {
 }
 
 impl Tile {
-    /// Writes row `i` of the register tile `acc` (NR values) to the output.
+    /// Writes row `i` of a one-panel register tile `acc` (NR values) to the output.
     ///
     /// # Safety
-    /// `self` must address `rows × cols` writable values, initialised when `accumulate`.
+    /// `self` must address `rows × cols` writable values, initialised when `accumulate`, with
+    /// `i < rows` and `cols ≤ NR`.
     #[inline(always)]
     unsafe fn put(&self, i: usize, acc: &[f32; NR]) {
+        // SAFETY: row i of the tile is inside the output (caller's contract).
         let dst = unsafe { self.c.add(i * self.ldc) };
         if self.accumulate {
-            // Initialised by the first depth block.
+            // SAFETY: the row's cols values are initialised by the first depth block.
             let row = unsafe { std::slice::from_raw_parts_mut(dst, self.cols) };
             for (o, a) in row.iter_mut().zip(acc) {
                 *o += a;
             }
         } else {
-            // May be uninitialised: written through the pointer, never read.
+            // SAFETY: may be uninitialised: written through the pointer, never read.
             unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), dst, self.cols) };
         }
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kernel {
-    Portable,
+/// Activation and weight panels one call of the class's kernel covers: AVX-512 computes a
+/// 12×32 tile (two panels each way, 24 of its 32 registers), the others 6×16.
+fn kernel_cover(kernel: KernelClass) -> (usize, usize) {
+    match kernel {
+        KernelClass::Avx512 => (2, 2),
+        KernelClass::Avx2 | KernelClass::Portable => (1, 1),
+    }
+}
+
+/// Runs `kernel` on one tile.
+///
+/// Every kernel computes each output element the same way, which is what makes their results
+/// bit-identical: a sum starting at 0 over the `kc` depth steps of the block in order, each
+/// step one fused multiply-add `acc = x·w + acc` (rounded once), then one plain addition to
+/// the output for every block after the first. Only how many elements run side by side
+/// differs.
+///
+/// # Safety
+/// The CPU must run `kernel`; `ops` must hold `kc` steps of every panel the tile touches
+/// (`tile.rows.div_ceil(MR)` activation panels, `tile.cols.div_ceil(NR)` weight panels, at most
+/// the class's cover); `tile` must address writable memory, initialised when `accumulate`.
+unsafe fn run_kernel(kernel: KernelClass, ops: &Operands, tile: &Tile) {
+    let (rp, cp) = kernel_cover(kernel);
+    debug_assert!(tile.rows >= 1 && tile.rows <= rp * MR && tile.cols >= 1 && tile.cols <= cp * NR);
+    debug_assert!(ops.a.len() >= (tile.rows.div_ceil(MR) - 1) * ops.a_next + ops.kc * MR);
+    debug_assert!(ops.b.len() >= (tile.cols.div_ceil(NR) - 1) * ops.b_next + ops.kc * NR);
+    macro_rules! by_rows {
+        ($f:ident $(, $c:literal)?) => {
+            match tile.rows {
+                6 => $f::<6 $(, $c)?>(ops, tile),
+                5 => $f::<5 $(, $c)?>(ops, tile),
+                4 => $f::<4 $(, $c)?>(ops, tile),
+                3 => $f::<3 $(, $c)?>(ops, tile),
+                2 => $f::<2 $(, $c)?>(ops, tile),
+                _ => $f::<1 $(, $c)?>(ops, tile),
+            }
+        };
+    }
     #[cfg(target_arch = "x86_64")]
-    Avx2Fma,
-}
-
-impl Kernel {
-    fn detect() -> Self {
+    macro_rules! by_rows_wide {
+        ($c:literal) => {
+            match tile.rows {
+                12 => avx512::<12, $c>(ops, tile),
+                11 => avx512::<11, $c>(ops, tile),
+                10 => avx512::<10, $c>(ops, tile),
+                9 => avx512::<9, $c>(ops, tile),
+                8 => avx512::<8, $c>(ops, tile),
+                7 => avx512::<7, $c>(ops, tile),
+                _ => by_rows!(avx512, $c),
+            }
+        };
+    }
+    match kernel {
+        // SAFETY (all arms): the operands and tile are as the kernels require (caller's
+        // contract), and the CPU has the features of the class it runs (caller's contract).
+        KernelClass::Portable => unsafe { by_rows!(portable) },
         #[cfg(target_arch = "x86_64")]
-        if super::llama_kernels::avx2_fma() {
-            return Kernel::Avx2Fma;
-        }
-        Kernel::Portable
-    }
-
-    /// # Safety
-    /// `a` holds `kc·MR`, `b` `kc·NR` values; `tile` addresses writable memory.
-    unsafe fn run(self, kc: usize, a: &[f32], b: &[f32], tile: &Tile) {
-        debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
-        macro_rules! by_rows {
-            ($f:ident) => {
-                match tile.rows {
-                    6 => $f::<6>(kc, a, b, tile),
-                    5 => $f::<5>(kc, a, b, tile),
-                    4 => $f::<4>(kc, a, b, tile),
-                    3 => $f::<3>(kc, a, b, tile),
-                    2 => $f::<2>(kc, a, b, tile),
-                    _ => $f::<1>(kc, a, b, tile),
-                }
-            };
-        }
-        match self {
-            Kernel::Portable => unsafe { by_rows!(portable) },
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Fma => unsafe { by_rows!(avx2_fma) },
-        }
+        KernelClass::Avx2 => unsafe { by_rows!(avx2_fma) },
+        #[cfg(target_arch = "x86_64")]
+        KernelClass::Avx512 => unsafe {
+            if tile.cols > NR {
+                by_rows_wide!(2)
+            } else {
+                by_rows_wide!(1)
+            }
+        },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unsafe { by_rows!(portable) },
     }
 }
 
-/// The same product as the AVX2 kernel in plain Rust (the compiler vectorises the `NR` loop).
-unsafe fn portable<const R: usize>(kc: usize, a: &[f32], b: &[f32], tile: &Tile) {
+/// The 6×16 product of the other kernels in plain Rust, one fused multiply-add per step like
+/// theirs (`f32::mul_add`, which on a CPU without FMA is a libm call: correct, but slow).
+///
+/// # Safety
+/// As `run_kernel`, with `R = tile.rows ≤ MR` and `tile.cols ≤ NR`.
+unsafe fn portable<const R: usize>(ops: &Operands, tile: &Tile) {
     let mut acc = [[0f32; NR]; R];
-    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+    let (a, b) = (&ops.a[..ops.kc * MR], &ops.b[..ops.kc * NR]);
+    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
         for i in 0..R {
             for (o, &w) in acc[i].iter_mut().zip(bp) {
-                *o += ap[i] * w;
+                *o = ap[i].mul_add(w, *o);
             }
         }
     }
     for (i, row) in acc.iter().enumerate() {
+        // SAFETY: i < R = tile.rows, and the tile is valid (caller's contract).
         unsafe { tile.put(i, row) };
     }
 }
 
+/// How far ahead (in floats) the SIMD kernels prefetch an activation panel, which streams from
+/// L2 while the weight panels stay in L1.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH: usize = 64;
+
 /// The 6×16 register tile: per step two loads of the weight panel, one broadcast per row and
 /// two FMAs per row; unrolled by four.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; otherwise as `portable`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_fma<const R: usize>(kc: usize, a: &[f32], b: &[f32], tile: &Tile) {
+unsafe fn avx2_fma<const R: usize>(ops: &Operands, tile: &Tile) {
     use std::arch::x86_64::*;
-    // How far ahead (in floats) to prefetch the activation panel, which streams from L2.
-    const PREFETCH: usize = 64;
-    let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr());
+    let kc = ops.kc;
+    let (mut ap, mut bp) = (ops.a.as_ptr(), ops.b.as_ptr());
     let mut lo = [_mm256_setzero_ps(); R];
     let mut hi = [_mm256_setzero_ps(); R];
     macro_rules! step {
@@ -449,6 +552,88 @@ unsafe fn avx2_fma<const R: usize>(kc: usize, a: &[f32], b: &[f32], tile: &Tile)
     }
 }
 
+/// The AVX-512 register tile: `R ≤ 12` rows (two activation panels) × `C ≤ 2` weight panels
+/// of 16, one zmm accumulator each (24 at most). Per step one load per weight panel, one
+/// broadcast per row and `C` FMAs per row; unrolled by four. Partial columns are written with
+/// masked stores.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `ops` holds `kc` steps of `R.div_ceil(MR)` activation and `C`
+/// weight panels; `tile` has `R` rows and `(C − 1)·NR < cols ≤ C·NR` columns and is valid.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn avx512<const R: usize, const C: usize>(ops: &Operands, tile: &Tile) {
+    use std::arch::x86_64::*;
+    let kc = ops.kc;
+    // The second panels are only read when R > MR or C > 1; wrapping arithmetic keeps the
+    // unused pointers harmless.
+    let mut a = [ops.a.as_ptr(), ops.a.as_ptr().wrapping_add(ops.a_next)];
+    let mut b = [ops.b.as_ptr(), ops.b.as_ptr().wrapping_add(ops.b_next)];
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    macro_rules! step {
+        ($s:expr) => {{
+            let mut w = [_mm512_setzero_ps(); C];
+            for q in 0..C {
+                w[q] = _mm512_loadu_ps(b[q].add($s * NR));
+            }
+            for i in 0..R {
+                let x = _mm512_set1_ps(*a[i / MR].add($s * MR + i % MR));
+                for q in 0..C {
+                    acc[i][q] = _mm512_fmadd_ps(x, w[q], acc[i][q]);
+                }
+            }
+        }};
+    }
+    macro_rules! advance {
+        ($steps:expr) => {{
+            for p in a.iter_mut().take(R.div_ceil(MR)) {
+                *p = p.add($steps * MR);
+            }
+            for p in b.iter_mut().take(C) {
+                *p = p.add($steps * NR);
+            }
+        }};
+    }
+    // SAFETY: the loops read kc steps of MR values from each used activation panel and of NR
+    // values from each used weight panel, all within the slices (caller's contract); the
+    // prefetch addresses may point past them, which prefetching tolerates (it never faults).
+    unsafe {
+        for _ in 0..kc / 4 {
+            for p in a.iter().take(R.div_ceil(MR)) {
+                _mm_prefetch(p.wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
+            }
+            step!(0);
+            step!(1);
+            step!(2);
+            step!(3);
+            advance!(4);
+        }
+        for _ in 0..kc % 4 {
+            step!(0);
+            advance!(1);
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (q, &v) in row.iter().enumerate() {
+            let left = tile.cols - q * NR;
+            let mask: __mmask16 = if left >= NR { !0 } else { (1 << left) - 1 };
+            // SAFETY: row i < rows and the first `left.min(NR)` columns of panel q are inside
+            // the tile (caller's contract); masked-off lanes are neither read nor written, and
+            // the read happens only when the first depth block has initialised the values.
+            unsafe {
+                let dst = tile.c.add(i * tile.ldc + q * NR);
+                let v = if tile.accumulate {
+                    // The same addition `out + acc` as `Tile::put`.
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst), v)
+                } else {
+                    v
+                };
+                _mm512_mask_storeu_ps(dst, mask, v);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,53 +660,95 @@ mod tests {
 
     /// Every edge: rows not a multiple of MR or MC, outputs not a multiple of NR or NC, depth
     /// across KC blocks with a short last block, and the 1-row (decode) case.
+    const SHAPES: [(usize, usize, usize); 10] = [
+        (1, 1, 1),
+        (1, 17, 5),
+        (1, 40, 300),
+        (5, 33, 300),
+        (7, 16, 256),
+        (12, 31, 1),
+        (13, 130, 513),
+        (25, 47, 257),
+        (3, 5, 1030),
+        (150, 300, 700),
+    ];
+
     #[test]
-    fn matches_the_naive_product_on_every_edge_and_with_both_kernels() {
-        let mut kernels = vec![Kernel::Portable];
-        if Kernel::detect() != Kernel::Portable {
-            kernels.push(Kernel::detect());
-        }
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (1, 17, 5),
-            (5, 33, 300),
-            (7, 16, 256),
-            (13, 130, 513),
-            (150, 300, 700),
-        ] {
+    fn matches_the_naive_product_on_every_edge() {
+        for &(m, n, k) in &SHAPES {
             let (x, w) = (data(m * k, 1), data(n * k, 7));
             let want = naive(&x, &w, m, n, k);
-            let packed = PackedWeight::from_out_in_rows(&w, n, k);
-            let got = packed.matmul(&x);
+            let got = PackedWeight::from_out_in_rows(&w, n, k).matmul(&x);
             let err = got
                 .iter()
                 .zip(&want)
                 .map(|(&g, &r)| (g as f64 - r).abs())
                 .fold(0.0, f64::max);
             assert!(err < 1e-4 * k as f64, "{m}×{n}×{k}: max error {err}");
-            // Both kernels on one tile agree with the reference too.
-            let rows = m.min(MR);
-            let kc = k.min(KC);
-            let xp = pack_rows(&x[..rows * k], rows, k, false);
-            for &kern in &kernels {
-                let mut c = vec![0f32; rows * NR];
-                let tile = Tile {
-                    rows,
-                    cols: n.min(NR),
-                    c: c.as_mut_ptr(),
-                    ldc: NR,
-                    accumulate: false,
-                };
-                unsafe { kern.run(kc, &xp, &packed.data, &tile) };
-                for i in 0..rows {
-                    for j in 0..n.min(NR) {
-                        let r: f64 = (0..kc)
-                            .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
-                            .sum();
-                        let e = (c[i * NR + j] as f64 - r).abs();
-                        assert!(e < 1e-4 * kc as f64, "{kern:?} {m}×{n}×{k} ({i},{j}): {e}");
+        }
+    }
+
+    /// The portable kernel against every other one the CPU runs, bit for bit; the portable one
+    /// itself against a scalar sum written out here (fused steps per KC block, blocks added).
+    #[test]
+    fn every_kernel_gives_the_bits_of_the_portable_one_on_every_edge() {
+        for &(m, n, k) in &SHAPES {
+            let (x, w) = (data(m * k, 1), data(n * k, 7));
+            let packed = PackedWeight::from_out_in_rows(&w, n, k);
+            let want = packed.matmul_on(&x, KernelClass::Portable);
+            for (i, j) in [(0, 0), (m - 1, n - 1), (m / 2, n / 3)] {
+                let mut total = 0f32;
+                for p0 in (0..k).step_by(KC) {
+                    let mut acc = 0f32;
+                    for p in p0..(p0 + KC).min(k) {
+                        acc = x[i * k + p].mul_add(w[j * k + p], acc);
                     }
+                    total = if p0 == 0 { acc } else { total + acc };
                 }
+                assert_eq!(
+                    want[i * n + j].to_bits(),
+                    total.to_bits(),
+                    "{m}×{n}×{k} ({i},{j})"
+                );
+            }
+            for kern in KernelClass::available() {
+                let got = packed.matmul_on(&x, kern);
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{kern:?} differs from portable on {m}×{n}×{k}");
+            }
+        }
+    }
+
+    /// Attention's products: a prefix of the depth (so weight panels are deeper than the
+    /// activation panels) and of the outputs, into a wider output.
+    #[test]
+    fn prefix_products_give_the_same_bits_on_every_kernel() {
+        let (n_w, k_w) = (75, 600);
+        let w = data(n_w * k_w, 9);
+        let packed = PackedWeight::from_out_in_rows(&w, n_w, k_w);
+        for (m, kk, nn, ldc) in [
+            (9, 270, 20, 24),
+            (64, 600, 75, 80),
+            (1, 1, 1, 1),
+            (13, 513, 33, 33),
+        ] {
+            let x = data(m * kk, 3);
+            let run = |kern| {
+                let mut out = vec![f32::NAN; m * ldc];
+                packed.matmul_prefix_into_on(&x, (kk, nn), (&mut out, ldc), kern);
+                out
+            };
+            let want = run(KernelClass::Portable);
+            for kern in KernelClass::available() {
+                let got = run(kern);
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{kern:?} differs from portable on {m}×{kk}→{nn}");
             }
         }
     }

@@ -232,7 +232,12 @@ pub fn read_task(spec: &TaskSpec, opts: &TaskReadOptions) -> Result<Task> {
             path,
             at: format!("{unit} {line}"),
         };
-        examples.push(build_example(spec.kind, &doc, line, &opts.target_delimiter)?);
+        examples.push(build_example(
+            spec.kind,
+            &doc,
+            line,
+            &opts.target_delimiter,
+        )?);
         Ok(examples.len() < limit)
     };
     if is_parquet {
@@ -381,16 +386,16 @@ impl<'a> Doc<'a> {
     }
 
     fn strings_of(&self, field: &str, v: &Value) -> Result<Vec<String>> {
-        let arr = v.as_array().ok_or_else(|| {
-            self.err(format!("field `{field}` is {v}, not a list of strings"))
-        })?;
+        let arr = v
+            .as_array()
+            .ok_or_else(|| self.err(format!("field `{field}` is {v}, not a list of strings")))?;
         arr.iter()
             .enumerate()
             .map(|(i, s)| match s {
                 Value::String(s) => Ok(s.clone()),
-                other => Err(self.err(format!(
-                    "field `{field}` item {i} is {other}, not a string"
-                ))),
+                other => {
+                    Err(self.err(format!("field `{field}` item {i} is {other}, not a string")))
+                }
             })
             .collect()
     }
@@ -408,9 +413,9 @@ impl<'a> Doc<'a> {
             ))
         })?;
         let part = |name: &str| -> Result<Vec<String>> {
-            let inner = obj.get(name).ok_or_else(|| {
-                self.err(format!("field `{field}` has no `{name}` list"))
-            })?;
+            let inner = obj
+                .get(name)
+                .ok_or_else(|| self.err(format!("field `{field}` has no `{name}` list")))?;
             self.strings_of(&format!("{field}.{name}"), inner)
         };
         let (text, label) = (part("text")?, part("label")?);
@@ -573,9 +578,7 @@ fn build_example(kind: TaskKind, doc: &Doc, line: usize, delim: &str) -> Result<
             let options = [doc.str("option1")?, doc.str("option2")?];
             let answer = doc.index("answer")?;
             if !(1..=2).contains(&answer) {
-                return Err(doc.err(format!(
-                    "gold answer `answer` = {answer} is not 1 or 2"
-                )));
+                return Err(doc.err(format!("gold answer `answer` = {answer} is not 1 or 2")));
             }
             let before = &sentence[..blank];
             let after = sentence[blank + 1..].trim();
@@ -617,9 +620,9 @@ fn build_example(kind: TaskKind, doc: &Doc, line: usize, delim: &str) -> Result<
                 Value::String(s) => match choices.iter().position(|c| c == s) {
                     Some(i) => i,
                     None => {
-                        return Err(doc.err(format!(
-                            "gold answer `gold` = {s:?} is none of the choices"
-                        )));
+                        return Err(
+                            doc.err(format!("gold answer `gold` = {s:?} is none of the choices"))
+                        );
                     }
                 },
                 _ => check_gold(doc, "gold", doc.index("gold")?, choices.len())?,
@@ -696,7 +699,10 @@ mod tests {
     #[test]
     fn task_names_accept_lm_eval_spellings() {
         assert_eq!(TaskKind::parse("arc_easy"), Some(TaskKind::ArcEasy));
-        assert_eq!(TaskKind::parse("ARC-Challenge"), Some(TaskKind::ArcChallenge));
+        assert_eq!(
+            TaskKind::parse("ARC-Challenge"),
+            Some(TaskKind::ArcChallenge)
+        );
         assert_eq!(TaskKind::parse("lambada_openai"), Some(TaskKind::Lambada));
         assert_eq!(TaskKind::parse("mmlu"), None);
         for k in TaskKind::ALL {

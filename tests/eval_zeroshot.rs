@@ -246,50 +246,51 @@ fn the_delimiter_and_limit_options_apply() {
     );
 }
 
-/// An ARC file the way Hugging Face datasets writes one: `choices` a struct of two string lists.
+/// An ARC file the way Hugging Face datasets writes one: optional columns, `choices` a struct of
+/// two three-level LIST columns of strings.
 fn write_arc_parquet(path: &Path, rows: &[(&str, &[&str], &[&str], &str)]) {
-    let schema = Arc::new(
-        parse_message_type(
-            "message schema { REQUIRED BYTE_ARRAY question (UTF8); REQUIRED GROUP choices { \
-             REPEATED BYTE_ARRAY text (UTF8); REPEATED BYTE_ARRAY label (UTF8); } \
-             REQUIRED BYTE_ARRAY answerKey (UTF8); }",
+    let list = |name: &str| {
+        format!(
+            "OPTIONAL GROUP {name} (LIST) {{ REPEATED GROUP list {{ OPTIONAL BYTE_ARRAY element (UTF8); }} }}"
         )
+    };
+    let schema = Arc::new(
+        parse_message_type(&format!(
+            "message schema {{ OPTIONAL BYTE_ARRAY question (UTF8); OPTIONAL GROUP choices {{ \
+             {} {} }} OPTIONAL BYTE_ARRAY answerKey (UTF8); }}",
+            list("text"),
+            list("label")
+        ))
         .unwrap(),
     );
     let file = std::fs::File::create(path).unwrap();
     let mut writer = SerializedFileWriter::new(file, schema, Default::default()).unwrap();
     let mut rg = writer.next_row_group().unwrap();
-    let flat =
-        |vals: Vec<&str>| -> Vec<ByteArray> { vals.into_iter().map(ByteArray::from).collect() };
-    let mut write_col = |values: Vec<ByteArray>, levels: Option<(Vec<i16>, Vec<i16>)>| {
+    let mut write_col = |values: Vec<&str>, defs: Vec<i16>, reps: Option<Vec<i16>>| {
+        let values: Vec<ByteArray> = values.into_iter().map(ByteArray::from).collect();
         let mut col = rg.next_column().unwrap().unwrap();
-        match &levels {
-            None => col
-                .typed::<ByteArrayType>()
-                .write_batch(&values, None, None),
-            Some((d, r)) => col
-                .typed::<ByteArrayType>()
-                .write_batch(&values, Some(d), Some(r)),
-        }
-        .unwrap();
+        col.typed::<ByteArrayType>()
+            .write_batch(&values, Some(&defs), reps.as_deref())
+            .unwrap();
         col.close().unwrap();
     };
-    write_col(flat(rows.iter().map(|r| r.0).collect()), None);
-    // choices.text, then choices.label: one value per item; repetition level 0 starts a row.
+    let n = rows.len();
+    write_col(rows.iter().map(|r| r.0).collect(), vec![1; n], None);
+    // choices.text, then choices.label. A present element sits at definition level 4 (choices,
+    // the list, its repeated group, the element); repetition level 0 starts a row's list.
     for part in 0..2 {
-        let mut vals = Vec::new();
-        let (mut defs, mut reps) = (Vec::new(), Vec::new());
+        let (mut vals, mut defs, mut reps) = (Vec::new(), Vec::new(), Vec::new());
         for r in rows {
             let items = if part == 0 { r.1 } else { r.2 };
             for (i, v) in items.iter().enumerate() {
-                vals.push(ByteArray::from(*v));
-                defs.push(1);
+                vals.push(*v);
+                defs.push(4);
                 reps.push(i16::from(i > 0));
             }
         }
-        write_col(vals, Some((defs, reps)));
+        write_col(vals, defs, Some(reps));
     }
-    write_col(flat(rows.iter().map(|r| r.3).collect()), None);
+    write_col(rows.iter().map(|r| r.3).collect(), vec![1; n], None);
     rg.close().unwrap();
     writer.close().unwrap();
 }

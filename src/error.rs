@@ -243,6 +243,16 @@ pub enum Error {
     TextTooShort { tokens: usize, seq_len: usize },
     #[error("invalid evaluation setting: {0}")]
     EvalSetting(String),
+    /// A zero-shot task file that cannot be read as its task's format; `location` is "line N"
+    /// (JSONL) or "row N" (parquet) when one example is at fault.
+    #[error("{}{}: {reason}", path.display(), location.as_ref().map(|l| format!(": {l}")).unwrap_or_default())]
+    EvalTaskFile {
+        path: PathBuf,
+        location: Option<String>,
+        reason: String,
+    },
+    #[error("unknown task `{name}`; the tasks are: {known}")]
+    EvalTaskName { name: String, known: String },
 }
 
 impl Error {

@@ -58,7 +58,7 @@ enum Command {
     Gc(engine_cmds::GcArgs),
     /// Architecture, per-layer dims and parameter counts of a model.
     Inspect(model_cmds::InspectArgs),
-    /// Perplexity of a model on a text (non-overlapping windows, no BOS).
+    /// Perplexity on a text (--data) or zero-shot task accuracy (--tasks).
     Eval(model_cmds::EvalArgs),
     /// Continue a prompt (greedy unless --temperature is given).
     Generate(model_cmds::GenerateArgs),

@@ -9,6 +9,8 @@ use serde_json::json;
 
 use crate::eval::generate::{GenerateOptions, Sampling, generate};
 use crate::eval::perplexity::{PerplexityOptions, perplexity, windows};
+use crate::eval::tasks::{TaskReadOptions, parse_task_specs, read_task};
+use crate::eval::zeroshot::{ZeroShotOptions, score_task};
 use crate::model::llama::Llama;
 use crate::model::open::{OpenedModel, open_model};
 use crate::model::tokenizer::Tokenizer;
@@ -28,15 +30,36 @@ pub struct EvalArgs {
     /// A GGUF file, a Hugging Face directory, or a model saved by tyr.
     #[arg(long)]
     pub model: PathBuf,
-    /// A plain UTF-8 text file, tokenized as one stream.
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Tokens per non-overlapping window.
+    /// Perplexity: a plain UTF-8 text file, tokenized as one stream.
+    #[arg(long, required_unless_present = "tasks", conflicts_with = "tasks")]
+    pub data: Option<PathBuf>,
+    /// Tokens per non-overlapping window (perplexity).
     #[arg(long, default_value_t = 512)]
     pub seq_len: usize,
-    /// Keep only the first N tokens of the text [default: all].
+    /// Keep only the first N tokens of the text [default: all] (perplexity).
     #[arg(long)]
     pub max_tokens: Option<usize>,
+    /// Zero-shot accuracy: TASK=FILE pairs, comma-separated or repeated (JSONL, or parquet by
+    /// the `.parquet` extension). Tasks: arc-easy, arc-challenge, hellaswag, piqa, winogrande,
+    /// boolq, openbookqa, lambada, generic. `TASK:LABEL=FILE` names a second file of one task.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub tasks: Vec<String>,
+    /// Score only the first N examples of each task.
+    #[arg(long, requires = "tasks")]
+    pub limit: Option<usize>,
+    /// Put between a task's context and each answer (lm-eval's target delimiter).
+    #[arg(long, default_value = " ", requires = "tasks")]
+    pub target_delimiter: String,
+    /// Padded tokens per forward when scoring tasks (rows × longest row).
+    #[arg(long, default_value_t = 2048, requires = "tasks")]
+    pub batch_tokens: usize,
+    /// Put the model's BOS token before every task context (lm-eval does for tokenizers that add
+    /// BOS by default, e.g. Llama 2/3; not for SmolLM2's).
+    #[arg(long, requires = "tasks")]
+    pub add_bos: bool,
+    /// With --json, list every example's log-likelihoods and choices.
+    #[arg(long, requires = "tasks")]
+    pub per_example: bool,
     /// Print one JSON object instead of a sentence.
     #[arg(long)]
     pub json: bool,
@@ -169,19 +192,22 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
 }
 
 pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let Some(data) = &args.data else {
+        return eval_tasks(args);
+    };
     let started = Instant::now();
-    let text = read_text(&args.data)?;
+    let text = read_text(data)?;
     let mut m = open(&args.model)?;
     let tokenizer = tokenizer_for(&mut m, args.tokenizer.as_deref())?;
     let tokens = tokenizer
         .encode(&text)
-        .with_context(|| format!("tokenizing {}", args.data.display()))?;
+        .with_context(|| format!("tokenizing {}", data.display()))?;
     let opts = PerplexityOptions {
         seq_len: args.seq_len,
         max_tokens: args.max_tokens,
     };
     // Check the text is long enough before loading any weights.
-    windows(&tokens, &opts).with_context(|| format!("text file {}", args.data.display()))?;
+    windows(&tokens, &opts).with_context(|| format!("text file {}", data.display()))?;
     if args.seq_len > m.config.max_position_embeddings {
         bail!(
             "--seq-len {} exceeds the model's context of {} positions",
@@ -196,7 +222,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     if args.json {
         let out = json!({
             "model": args.model,
-            "data": args.data,
+            "data": data,
             "perplexity": report.perplexity,
             "mean_nll": report.mean_nll,
             "tokens": report.tokens,
@@ -212,7 +238,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         println!(
             "perplexity {:.4} on {} ({} windows of {} tokens, {} of {} text tokens), model {}, {:.1} s",
             report.perplexity,
-            args.data.display(),
+            data.display(),
             report.windows,
             report.seq_len,
             report.tokens,
@@ -221,6 +247,77 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
             seconds
         );
     }
+    Ok(())
+}
+
+/// `tyr eval --tasks`: read every task file first (so a bad file fails before any weights load),
+/// then score each task with `eval::zeroshot::score_task`.
+fn eval_tasks(args: &EvalArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let specs = parse_task_specs(&args.tasks)?;
+    let read_opts = TaskReadOptions {
+        target_delimiter: args.target_delimiter.clone(),
+        limit: args.limit,
+    };
+    if args.batch_tokens == 0 {
+        bail!("--batch-tokens must be at least 1");
+    }
+    let tasks = specs
+        .iter()
+        .map(|s| read_task(s, &read_opts).with_context(|| format!("task {}", s.name)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut m = open(&args.model)?;
+    let tokenizer = tokenizer_for(&mut m, args.tokenizer.as_deref())?;
+    let model = Llama::load(&m.config, m.source.as_ref())
+        .with_context(|| format!("loading weights of {}", args.model.display()))?;
+    let opts = ZeroShotOptions {
+        batch_tokens: args.batch_tokens,
+        add_bos: args.add_bos,
+    };
+    let mut results = Vec::new();
+    for task in &tasks {
+        let mut r = score_task(&model, &tokenizer, task, &opts)
+            .with_context(|| format!("task {}", task.name))?;
+        if !args.per_example {
+            r.examples.clear();
+        }
+        results.push(r);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        let by_name: serde_json::Map<String, serde_json::Value> = results
+            .iter()
+            .map(|r| Ok((r.name.clone(), serde_json::to_value(r)?)))
+            .collect::<anyhow::Result<_>>()?;
+        let out = json!({
+            "model": args.model,
+            "tasks": by_name,
+            "limit": args.limit,
+            "target_delimiter": args.target_delimiter,
+            "add_bos": args.add_bos,
+            "seconds": seconds,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v));
+    println!(
+        "{:<20} {:>6} {:>7} {:>6} {:>9} {:>6} {:>9}",
+        "task", "n", "acc%", "±", "acc_norm%", "±", "ppl"
+    );
+    for r in &results {
+        println!(
+            "{:<20} {:>6} {:>7} {:>6} {:>9} {:>6} {:>9}",
+            r.name,
+            r.n,
+            pct(Some(r.acc)),
+            pct(r.acc_stderr),
+            pct(r.acc_norm),
+            pct(r.acc_norm_stderr),
+            r.perplexity.map_or("-".to_string(), |p| format!("{p:.3}"))
+        );
+    }
+    println!("model {}, {seconds:.1} s", args.model.display());
     Ok(())
 }
 

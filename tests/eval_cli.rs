@@ -5,8 +5,10 @@
 #[path = "common/tiny_gguf.rs"]
 mod tiny_gguf;
 
+mod common;
+
+use common::{assert_failed_cleanly, stderr, tyr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 use tiny_gguf::{GgufOptions, tiny_config, write_tiny_gguf};
@@ -17,27 +19,6 @@ use tyr::model::random::random_source;
 
 const TEXT: &str =
     "hello world, hello there. The 12 hello worlds are all here, 3 of them new.\n\nhello again";
-
-fn tyr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tyr"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_failed_cleanly(o: &Output, mentions: &[&str]) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, stderr: {err}");
-    assert_eq!(o.status.code(), Some(1), "a panic exits 101: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    for m in mentions {
-        assert!(err.contains(m), "stderr does not mention {m:?}: {err}");
-    }
-}
 
 /// A tiny GGUF model and a text file in a temp dir.
 fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {

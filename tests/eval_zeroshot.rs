@@ -10,8 +10,11 @@ mod smollm2;
 #[path = "common/tiny_gguf.rs"]
 mod tiny_gguf;
 
+mod common;
+
+use common::{assert_failed_cleanly, stderr, tyr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 
 use candle_core::{D, Device, Tensor};
@@ -28,27 +31,6 @@ use tyr::model::llama::Llama;
 use tyr::model::open::open_model;
 use tyr::model::random::random_source;
 use tyr::model::tokenizer::Tokenizer;
-
-fn tyr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tyr"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_failed_cleanly(o: &Output, mentions: &[&str]) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, stderr: {err}");
-    assert_eq!(o.status.code(), Some(1), "a panic exits 101: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    for m in mentions {
-        assert!(err.contains(m), "stderr does not mention {m:?}: {err}");
-    }
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

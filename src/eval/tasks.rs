@@ -266,10 +266,7 @@ pub fn read_task(spec: &TaskSpec, opts: &TaskReadOptions) -> Result<Task> {
 type TakeRow<'a> = dyn FnMut(usize, &Map<String, Value>) -> Result<bool> + 'a;
 
 /// Calls `take(line, object)` for each non-blank line until it returns `false`.
-fn read_jsonl_rows(
-    path: &Path,
-    take: &mut TakeRow<'_>,
-) -> Result<()> {
+fn read_jsonl_rows(path: &Path, take: &mut TakeRow<'_>) -> Result<()> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let lineno = i + 1;
@@ -299,10 +296,7 @@ fn read_jsonl_rows(
 }
 
 /// Calls `take(row, object)` for each row (1-based), every column converted to JSON.
-fn read_parquet_rows(
-    path: &Path,
-    take: &mut TakeRow<'_>,
-) -> Result<()> {
+fn read_parquet_rows(path: &Path, take: &mut TakeRow<'_>) -> Result<()> {
     let perr = |e: parquet::errors::ParquetError| Error::EvalTaskFile {
         path: path.to_path_buf(),
         location: None,

@@ -23,8 +23,11 @@ pub mod tokenizer;
 /// folds it into its key (`Stage::code_versions`), so a store never serves results of an older
 /// forward as if they were the current one's.
 ///
-/// 1: the packed f32 kernels of `sgemm.rs` and `attention.rs` (commits 40b8742, 630b725), the
-///    first version keyed; stores from before it rerun their forward stages once.
+/// 1: the packed f32 kernels of `sgemm.rs` and `attention.rs` (commits 40b8742, 630b725), with
+///    one fused multiply-add per depth step in the same order in every kernel class
+///    (`cpu_kernel.rs`: AVX-512, AVX2, portable), so every CPU gives the same bits and the key
+///    needs no kernel class. The first version keyed: stores from before it rerun their
+///    forward stages once.
 pub const FORWARD_VERSION: u32 = 1;
 
 /// The code versions of a stage that runs the forward, as `Stage::code_versions` returns them.

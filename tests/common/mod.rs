@@ -214,8 +214,11 @@ pub fn random_hidden(batch: usize, seq: usize, hidden: usize, seed: u64) -> Tens
     Tensor::from_vec(v, (batch, seq, hidden), &Device::Cpu).unwrap()
 }
 
+mod cli;
 mod engine;
 mod tiny_pipeline;
+#[allow(unused_imports)]
+pub use cli::*;
 #[allow(unused_imports)]
 pub use engine::*;
 #[allow(unused_imports)]

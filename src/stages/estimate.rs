@@ -102,9 +102,22 @@ impl Shapes<'_> {
 
     /// `search`: every dense layer, and every variant it reads stays cached (the round's
     /// levels of each module, on average half the dense width: decoder × levels / 2),
-    /// embeddings and head twice, the teacher decoded beside its bytes, the parent cache, and
-    /// one minibatch's logits.
-    pub fn search(&self, cache_bytes: u64, max_levels: usize) -> u64 {
+    /// embeddings and head twice, the teacher decoded beside its bytes, the parent cache (the
+    /// parent's hidden states at every layer for the largest minibatch whose states fit
+    /// `cache_limit_bytes`, as `search_scorer` decides), and one minibatch's logits.
+    pub fn search(
+        &self,
+        cache_limit_bytes: u64,
+        selection_tokens: &[u64],
+        max_levels: usize,
+    ) -> u64 {
+        let states = |tokens: u64| tokens * self.hidden() * 4 * (self.cfg.n_layers() as u64 + 1);
+        let cache_bytes = selection_tokens
+            .iter()
+            .map(|&t| states(t))
+            .filter(|&b| b <= cache_limit_bytes)
+            .max()
+            .unwrap_or(0);
         let decoder = self.cfg.decoder_params() as u64 * 4;
         BASE_BYTES
             + self.model()

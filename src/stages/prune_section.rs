@@ -850,7 +850,11 @@ impl SectionExpander for PruneSection {
             };
             let mut search = with_mem(
                 spec(id.clone(), "search", &sp, &inputs)?,
-                shapes.search(c.search_cache_mib << 20, round_levels),
+                shapes.search(
+                    c.search_cache_mib << 20,
+                    &c.selection.iter().map(|s| s[0] as u64).collect::<Vec<_>>(),
+                    round_levels,
+                ),
             );
             search.params.insert(
                 "cache-mib".into(),

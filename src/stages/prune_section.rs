@@ -638,9 +638,16 @@ fn spec<P: Serialize>(
     })
 }
 
-/// The `layer-forward` stage computing the next activations of a supernet-layer chain.
-fn forward(id: &str, layer: usize, x: &str, weights: &str) -> Result<StageSpec> {
-    spec(
+/// The `layer-forward` stage computing the next activations of a supernet-layer chain, with
+/// its memory estimate.
+fn forward(
+    shapes: &Shapes<'_>,
+    id: &str,
+    layer: usize,
+    x: &str,
+    weights: &str,
+) -> Result<StageSpec> {
+    let s = spec(
         id.to_string(),
         "layer-forward",
         &super::layer_forward::LayerForwardParams { layer },
@@ -649,7 +656,8 @@ fn forward(id: &str, layer: usize, x: &str, weights: &str) -> Result<StageSpec> 
             ("x", one(x)),
             ("weights", one(weights)),
         ],
-    )
+    )?;
+    Ok(with_mem(s, shapes.layer_forward(layer)))
 }
 
 fn one(id: &str) -> InputRef {
@@ -803,10 +811,7 @@ impl SectionExpander for PruneSection {
                 ids.push(id.clone());
                 if l + 1 < n {
                     let fwd = format!("r{t}-forward-{l:02}");
-                    out.push(with_mem(
-                        forward(&fwd, l, &prev, &id)?,
-                        shapes.layer_forward(l),
-                    ));
+                    out.push(forward(&shapes, &fwd, l, &prev, &id)?);
                     prev = fwd;
                 }
             }
@@ -961,10 +966,7 @@ impl SectionExpander for PruneSection {
                 prev = match b {
                     Baseline::Uniform if l + 1 < n => {
                         let fwd = format!("{name}-forward-{l:02}");
-                        out.push(with_mem(
-                            forward(&fwd, l, &prev, &id)?,
-                            shapes.layer_forward(l),
-                        ));
+                        out.push(forward(&shapes, &fwd, l, &prev, &id)?);
                         fwd
                     }
                     _ => id,

@@ -173,7 +173,7 @@ pub enum Error {
     )]
     LocalPruneSingular {
         layer: usize,
-        module: crate::prune::ModuleKind,
+        module: crate::vocab::ModuleKind,
         level: usize,
         damping: f64,
     },
@@ -186,7 +186,7 @@ pub enum Error {
     #[error("prune: layer {layer} {module}: level {level} is more than its {units} units")]
     PruneLevel {
         layer: usize,
-        module: crate::prune::ModuleKind,
+        module: crate::vocab::ModuleKind,
         level: usize,
         units: usize,
     },
@@ -194,7 +194,7 @@ pub enum Error {
     PruneTarget { target: f64 },
     #[error("prune: {module} grid: {reason}")]
     PruneGrid {
-        module: crate::prune::ModuleKind,
+        module: crate::vocab::ModuleKind,
         reason: String,
     },
     #[error("prune: option `{field}`: {reason}")]

@@ -15,5 +15,7 @@ pub mod rng;
 pub mod search;
 pub mod serde_f64;
 pub mod stages;
+pub mod supernet;
+pub mod vocab;
 
 pub use error::{Error, Result};

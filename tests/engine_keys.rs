@@ -7,20 +7,20 @@ mod common;
 use std::sync::Arc;
 
 use common::{Scratch, demo_body};
-use tyr::engine::{self, OpenMode, Outcome, Quiet, Registry, RunReport, StageState, Store};
+use tyr::engine::{self, OpenMode, Outcome, Quiet, RunReport, StageState, Store};
 
 fn run_lib(s: &Scratch, overrides: &[&str]) -> RunReport {
     let sets: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-    let g =
-        tyr::pipeline::load(&s.pipeline(), &sets, None, &Registry::with_defaults()).expect("load");
+    let g = tyr::pipeline::load(&s.pipeline(), &sets, None, &tyr::stages::default_registry())
+        .expect("load");
     let store = Arc::new(Store::open(&g.header.workdir, OpenMode::Exclusive).expect("open store"));
     engine::run(&g, store, Arc::new(Quiet)).expect("run")
 }
 
 fn plan_lib(s: &Scratch, overrides: &[&str]) -> Vec<engine::StagePlan> {
     let sets: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-    let g =
-        tyr::pipeline::load(&s.pipeline(), &sets, None, &Registry::with_defaults()).expect("load");
+    let g = tyr::pipeline::load(&s.pipeline(), &sets, None, &tyr::stages::default_registry())
+        .expect("load");
     engine::plan(
         &g,
         &Store::open(&g.header.workdir, OpenMode::ReadOnly).unwrap(),
@@ -184,7 +184,8 @@ params = { text = "fine" }
     assert!(matches!(outcome("after-bad"), Outcome::Skipped(_)));
     assert!(matches!(outcome("good"), Outcome::Ran(_)));
     // `tyr status` reports it failed, with its error, from the run log.
-    let g = tyr::pipeline::load(&s.pipeline(), &[], None, &Registry::with_defaults()).unwrap();
+    let g =
+        tyr::pipeline::load(&s.pipeline(), &[], None, &tyr::stages::default_registry()).unwrap();
     let store = Store::open(&g.header.workdir, OpenMode::Inspect).unwrap();
     let attempts = store.index().unwrap().attempts();
     let rows = tyr::engine::status::status(&g, &store, Some(&attempts), None);

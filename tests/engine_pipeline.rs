@@ -73,7 +73,7 @@ also = "base"
 "#;
 
 fn registry() -> Registry {
-    let mut r = Registry::with_defaults();
+    let mut r = tyr::stages::default_registry();
     r.register_expander(Fanout);
     r
 }
@@ -112,7 +112,7 @@ fn an_unregistered_section_is_an_error_listing_the_known_ones() {
         Path::new("fan.toml"),
         &[],
         None,
-        &Registry::with_defaults(),
+        &tyr::stages::default_registry(),
     )
     .unwrap_err()
     .to_string();

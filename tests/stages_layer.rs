@@ -10,8 +10,8 @@ use tyr::model::random::random_source;
 use tyr::prune::expectation::{Expectation, ExpectationWeights, expectation_weights};
 use tyr::prune::local::{LocalPruneOptions, ModulePruner, ModuleWeight, PruneContext};
 use tyr::prune::{ModuleKind, UnitLayout};
-use tyr::stages::acts::Acts;
-use tyr::stages::layer_ops::{Collect, DenseLayer, assemble_block, collect_stats};
+use tyr::supernet::acts::Acts;
+use tyr::supernet::layer::{Collect, DenseLayer, assemble_block, collect_stats};
 
 fn acts(lengths: &[usize], hidden: usize) -> Acts {
     let n: usize = lengths.iter().sum();

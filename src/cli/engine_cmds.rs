@@ -11,7 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use crate::cli::logging::Ui;
 use crate::engine::human_bytes;
 use crate::engine::store::lock;
-use crate::engine::{self, Graph, Observer, OpenMode, Outcome, Registry, StageState, Store};
+use crate::engine::{self, Graph, Observer, OpenMode, Outcome, StageState, Store};
 
 #[derive(Debug, clap::Args)]
 pub struct PipelineArgs {
@@ -68,7 +68,7 @@ impl PipelineArgs {
             &self.pipeline,
             &set,
             self.workdir.as_deref(),
-            &Registry::with_defaults(),
+            &crate::stages::default_registry(),
         )?)
     }
 }

@@ -1,6 +1,6 @@
-//! The registry of stage kinds and pipeline-section expanders. The engine registers its demo
-//! kinds; every other area registers its kinds (and the `[prune]` expander) in
-//! `crate::stages::register_all`. Pipeline files name kinds; the registry turns a kind name and
+//! The registry of stage kinds and pipeline-section expanders. The engine knows no kind of its
+//! own: the CLI's registry is `stages::default_registry()` (the engine's demo kinds from
+//! `engine::demo::register` plus every LLM kind and the `[prune]` expander). Pipeline files name kinds; the registry turns a kind name and
 //! a params table into a runnable stage and the canonical params text that enters its key.
 
 use std::collections::BTreeMap;
@@ -118,15 +118,6 @@ impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// The engine's own demo kinds plus every kind registered in `crate::stages::register_all`.
-    /// This is what the CLI uses.
-    pub fn with_defaults() -> Self {
-        let mut r = Self::new();
-        crate::engine::demo::register(&mut r);
-        crate::stages::register_all(&mut r);
-        r
     }
 
     /// Adds stage kind `S` (a later registration of the same name replaces the earlier one).

@@ -60,8 +60,8 @@ impl Default for Resources {
     }
 }
 
-/// A kind of stage. LLM stages (`src/stages/`) implement this and register in
-/// `crate::stages::register_all`.
+/// A kind of stage. LLM stages (`src/stages/`) implement this and are registered by
+/// `stages::default_registry`.
 pub trait Stage: Sized + Send + Sync + 'static {
     /// The kind's name in pipeline files, kebab-case (`supernet-layer`).
     const KIND: &'static str;

@@ -12,24 +12,7 @@ pub mod stats;
 
 use serde::{Deserialize, Serialize};
 
-/// The two prunable module types of a decoder layer (ALGORITHM.md §1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ModuleKind {
-    /// q/k/v/o_proj; units are query heads, statistics and refit on `o_proj`.
-    Attn,
-    /// gate/up/down_proj; units are intermediate channels, statistics and refit on `down_proj`.
-    Ffn,
-}
-
-impl std::fmt::Display for ModuleKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ModuleKind::Attn => "attn",
-            ModuleKind::Ffn => "ffn",
-        })
-    }
-}
+pub use crate::vocab::ModuleKind;
 
 /// How a module's refit input channels group into units: `units` units of `width` consecutive
 /// channels each (`width = head_dim` for attention, 1 for FFN channels).

@@ -9,32 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// The two module types. Budget never moves between them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ModuleKind {
-    /// q/k/v/o_proj; a unit is one query head.
-    Attn,
-    /// gate/up/down_proj; a unit is one intermediate channel.
-    Ffn,
-}
-
-impl ModuleKind {
-    pub const ALL: [ModuleKind; 2] = [ModuleKind::Attn, ModuleKind::Ffn];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ModuleKind::Attn => "attn",
-            ModuleKind::Ffn => "ffn",
-        }
-    }
-}
-
-impl std::fmt::Display for ModuleKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::vocab::ModuleKind;
 
 /// One prunable module of the dense model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

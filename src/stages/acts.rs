@@ -1,142 +1,56 @@
-//! The calibration activations `X_l` that flow from one layer stage to the next: every pool
-//! piece's hidden states concatenated in pool order (`x`, [tokens, hidden] f32) plus the piece
-//! lengths (`lengths`, [pieces] u32), as one transient tensor artifact. Pieces have different
-//! lengths (document tails), so a layer runs equal-length pieces together as a batch, each
-//! piece with causal attention from position 0, and scatters the results back to pool order.
+//! How the activations X_ℓ (`supernet::acts::Acts`) travel between layer stages: one transient
+//! tensor artifact holding `x` ([tokens, hidden] f32, pieces in pool order) and `lengths`
+//! ([pieces] u32).
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use crate::engine::{ArtifactSet, Outputs};
+use crate::supernet::acts::Acts;
 use crate::{Error, Result};
 
-/// Most tokens one forward batch holds.
-const BATCH_TOKENS: usize = 4096;
-
-/// Batches of indices into `lengths`: equal lengths together, at most `BATCH_TOKENS` tokens each,
-/// in ascending (length, index) order — a fixed order, so statistics and fitness sums are
-/// reproducible. Layer stages batch pool pieces with it, the search its minibatch slices.
-pub fn batches_by_length(lengths: &[usize]) -> Vec<Vec<usize>> {
-    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (i, &l) in lengths.iter().enumerate() {
-        by_len.entry(l).or_default().push(i);
-    }
-    let mut out = Vec::new();
-    for (len, items) in by_len {
-        let per = (BATCH_TOKENS / len.max(1)).max(1);
-        out.extend(items.chunks(per).map(<[usize]>::to_vec));
-    }
-    out
-}
-
-/// `X_l` in memory.
-#[derive(Debug, Clone)]
-pub struct Acts {
-    /// [tokens, hidden] f32.
-    pub x: Tensor,
-    pub lengths: Vec<usize>,
-}
-
-impl Acts {
-    /// Reads output `name` of `set`.
-    pub fn read(set: &ArtifactSet, name: &str) -> Result<Acts> {
-        let t = set.tensors(name)?;
-        let get = |k: &str| {
-            t.get(k).cloned().ok_or_else(|| Error::EngineArtifact {
-                stage: set.stage().to_string(),
-                output: name.to_string(),
-                message: format!("activation set lacks `{k}`"),
-            })
-        };
-        let lengths = get("lengths")?
-            .to_vec1::<u32>()?
-            .into_iter()
-            .map(|l| l as usize)
-            .collect();
-        Ok(Acts {
-            x: get("x")?,
-            lengths,
+/// Reads output `name` of `set`.
+pub fn read(set: &ArtifactSet, name: &str) -> Result<Acts> {
+    let t = set.tensors(name)?;
+    let get = |k: &str| {
+        t.get(k).cloned().ok_or_else(|| Error::EngineArtifact {
+            stage: set.stage().to_string(),
+            output: name.to_string(),
+            message: format!("activation set lacks `{k}`"),
         })
-    }
-
-    /// Stores these activations as transient output `name`.
-    pub fn write(&self, out: &mut Outputs, name: &str) -> Result<()> {
-        let lengths: Vec<u32> = self.lengths.iter().map(|&l| l as u32).collect();
-        let n = lengths.len();
-        let map = BTreeMap::from([
-            ("x".to_string(), self.x.contiguous()?),
-            (
-                "lengths".to_string(),
-                Tensor::from_vec(lengths, n, &Device::Cpu)?,
+    };
+    let lengths: Vec<usize> = get("lengths")?
+        .to_vec1::<u32>()?
+        .into_iter()
+        .map(|l| l as usize)
+        .collect();
+    let x = get("x")?;
+    let tokens: usize = lengths.iter().sum();
+    if x.rank() != 2 || x.dim(0)? != tokens {
+        return Err(Error::EngineArtifact {
+            stage: set.stage().to_string(),
+            output: name.to_string(),
+            message: format!(
+                "`x` has shape {:?} for pieces of {tokens} tokens in all",
+                x.dims()
             ),
-        ]);
-        out.tensors(name, map).transient();
-        Ok(())
+        });
     }
+    Ok(Acts { x, lengths })
+}
 
-    /// Batches of piece indices (`batches_by_length` of the piece lengths).
-    pub fn batches(&self) -> Vec<Vec<usize>> {
-        batches_by_length(&self.lengths)
-    }
-
-    fn offsets(&self) -> Vec<usize> {
-        let mut o = Vec::with_capacity(self.lengths.len());
-        let mut at = 0;
-        for &l in &self.lengths {
-            o.push(at);
-            at += l;
-        }
-        o
-    }
-
-    /// Runs `f` on every batch ([b, s, hidden]) and reassembles its output ([b, s, hidden]) in
-    /// pool order. `f` also sees the batch's piece indices.
-    pub fn map_batches<F>(&self, mut f: F) -> Result<Acts>
-    where
-        F: FnMut(&Tensor) -> Result<Tensor>,
-    {
-        let offsets = self.offsets();
-        let hidden = self.x.dim(1)?;
-        let mut parts: Vec<Option<Tensor>> = vec![None; self.lengths.len()];
-        for batch in self.batches() {
-            let s = self.lengths[batch[0]];
-            let rows: Vec<u32> = batch
-                .iter()
-                .flat_map(|&p| (offsets[p]..offsets[p] + s).map(|r| r as u32))
-                .collect();
-            let idx = Tensor::from_vec(rows, batch.len() * s, &Device::Cpu)?;
-            // [b·s, hidden] → [b, s, hidden]
-            let xb = self
-                .x
-                .index_select(&idx, 0)?
-                .reshape((batch.len(), s, hidden))?;
-            let yb = f(&xb)?.to_dtype(DType::F32)?;
-            for (k, &p) in batch.iter().enumerate() {
-                parts[p] = Some(yb.get(k)?);
-            }
-        }
-        let parts: Vec<Tensor> = parts.into_iter().flatten().collect();
-        let x = if parts.is_empty() {
-            self.x.clone()
-        } else {
-            Tensor::cat(&parts, 0)?
-        };
-        Ok(Acts {
-            x,
-            lengths: self.lengths.clone(),
-        })
-    }
-
-    /// Runs `f` on every batch for its side effects (statistics), in the fixed batch order.
-    pub fn for_batches<F>(&self, mut f: F) -> Result<()>
-    where
-        F: FnMut(&Tensor) -> Result<()>,
-    {
-        self.map_batches(|xb| {
-            f(xb)?;
-            Ok(xb.clone())
-        })
-        .map(|_| ())
-    }
+/// Stores `acts` as transient output `name`.
+pub fn write(acts: &Acts, out: &mut Outputs, name: &str) -> Result<()> {
+    let lengths: Vec<u32> = acts.lengths.iter().map(|&l| l as u32).collect();
+    let n = lengths.len();
+    let map = BTreeMap::from([
+        ("x".to_string(), acts.x.contiguous()?),
+        (
+            "lengths".to_string(),
+            Tensor::from_vec(lengths, n, &Device::Cpu)?,
+        ),
+    ]);
+    out.tensors(name, map).transient();
+    Ok(())
 }

@@ -14,9 +14,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::acts::Acts;
-use super::layer_ops::{Collect, DenseLayer, collect_stats, unmeasured_metrics, variant_name};
+use super::acts;
 use super::model_ref::{ModelRecord, open};
+use super::supernet_layer::variant_name;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::prune::baselines::{
     kept_after_removing_lowest, magnitude_channel_scores, magnitude_head_scores, wanda_sp_scores,
@@ -24,6 +24,7 @@ use crate::prune::baselines::{
 use crate::prune::local::Variant;
 use crate::prune::slice::{pad_columns, select_column_units};
 use crate::prune::{ModuleKind, UnitLayout};
+use crate::supernet::layer::{Collect, DenseLayer, collect_stats, unmeasured_metrics};
 use crate::{Error, Result};
 
 /// Which data-light baseline.
@@ -131,7 +132,7 @@ impl Stage for BaselineLayer {
                 )
             }
             BaselineMethod::WandaSp => {
-                let x = Acts::read(ctx.input("x")?, "x")?;
+                let x = acts::read(ctx.input("x")?, "x")?;
                 let full = Collect {
                     o_proj: true,
                     down_proj: false,
@@ -164,7 +165,7 @@ impl Stage for BaselineLayer {
                 )?;
                 let d_masked = pad_columns(&ffn.weight, &ffn.kept, h, fl)?;
                 let pruned = dense.block_with(cfg, Some(&o_masked), Some(&d_masked))?;
-                x.map_batches(|xb| pruned.forward(xb))?.write(&mut o, "x")?;
+                acts::write(&x.map_batches(|xb| pruned.forward(xb))?, &mut o, "x")?;
                 (attn, ffn)
             }
         };

@@ -5,11 +5,12 @@
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::acts::Acts;
+use super::acts;
 use super::model_ref::{ModelRecord, open};
 use crate::data::Pool;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::model::Embeddings;
+use crate::supernet::acts::Acts;
 use crate::{Error, Result};
 
 pub struct Embed;
@@ -54,7 +55,7 @@ impl Stage for Embed {
             lengths: pool.pieces.iter().map(Vec::len).collect(),
         };
         let mut o = Outputs::new();
-        acts.write(&mut o, "x")?;
+        acts::write(&acts, &mut o, "x")?;
         o.metric("tokens", n as f64);
         Ok(o)
     }

@@ -13,7 +13,7 @@ use crate::model::ModelConfig;
 
 /// The process itself: code, allocator pools, tokenizer, thread stacks.
 const BASE_BYTES: u64 = 256 << 20;
-/// Tokens per batch of the layer passes (`acts::BATCH_TOKENS`) and of the teacher.
+/// Tokens per batch of the layer passes (`supernet::acts::BATCH_TOKENS`) and of the teacher.
 const PASS_TOKENS: u64 = 4096;
 const TEACHER_TOKENS: u64 = 1024;
 
@@ -104,7 +104,7 @@ impl Shapes<'_> {
     /// levels of each module, on average half the dense width: decoder × levels / 2),
     /// embeddings and head twice, the teacher decoded beside its bytes, the parent cache (the
     /// parent's hidden states at every layer for the largest minibatch whose states fit
-    /// `cache_limit_bytes`, as `search_scorer` decides), and one minibatch's logits.
+    /// `cache_limit_bytes`, as `supernet::scorer` decides), and one minibatch's logits.
     pub fn search(
         &self,
         cache_limit_bytes: u64,

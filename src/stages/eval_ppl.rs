@@ -14,15 +14,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::layer_ops::{DenseLayer, assemble_block, variant_name};
 use super::model_ref::{ModelRecord, open};
-use super::rounds::resolve_choice;
+use super::resolve_choice;
+use super::supernet_layer::variant_name;
 use crate::data::EvalWindows;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::eval::perplexity::{PerplexityOptions, perplexity};
 use crate::model::{Block, Embeddings, Head, Llama};
 use crate::prune::ModuleKind;
 use crate::prune::local::Variant;
+use crate::supernet::layer::{DenseLayer, assemble_block};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -11,9 +11,9 @@
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::layer_ops::variant_name;
 use super::model_ref::{ModelLocation, ModelRecord, TextCodec, open};
-use super::rounds::resolve_choice;
+use super::resolve_choice;
+use super::supernet_layer::variant_name;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::export::report::unit_sparsity;
 use crate::export::{

@@ -8,11 +8,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::acts::Acts;
-use super::layer_ops::{DenseLayer, flat};
+use super::acts;
 use super::model_ref::{ModelRecord, open};
 use crate::Result;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
+use crate::supernet::layer::{DenseLayer, flat};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -45,7 +45,7 @@ impl Stage for LayerForward {
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outputs> {
         let record: ModelRecord = ctx.input("model")?.record("model")?;
-        let x = Acts::read(ctx.input("x")?, "x")?;
+        let x = acts::read(ctx.input("x")?, "x")?;
         let w = ctx.input("weights")?.tensors("expected")?;
         let get = |k: &str| {
             w.get(k)
@@ -58,7 +58,7 @@ impl Stage for LayerForward {
         let block = dense.block_with(&model.config, Some(&o_bar), Some(&d_bar))?;
         let next = x.map_batches(|xb| block.forward(xb))?;
         let mut o = Outputs::new();
-        next.write(&mut o, "x")?;
+        acts::write(&next, &mut o, "x")?;
         Ok(o)
     }
 }

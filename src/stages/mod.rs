@@ -1,12 +1,13 @@
 //! Thin adapters that expose each algorithm step as an engine stage, one file per kind, and the
-//! `[prune]` section expander that generates the Týr DAG (`prune_section`).
+//! `[prune]` section expander that generates the Týr DAG (`prune_section`). A stage reads its
+//! inputs, calls plain functions (`supernet`, `prune`, `search`, `export`, `eval`) on plain
+//! types, and writes its outputs; the domain code never sees the engine.
 //!
 //! Kinds: `model`, `calib-pool`, `eval-text`, `embed`, `supernet-layer`, `layer-forward`,
 //! `baseline-layer`, `teacher-topk`, `search`, `eval-ppl`, `export`, `report`. Shared pieces:
-//! `model_ref` (naming and reopening the model), `acts` (the activations X_ℓ between layer
-//! stages), `layer_ops` (dense layer weights, statistics passes, variant names, assembling a
-//! pruned block), `rounds` (a round's choice and how the next round's grids follow from it),
-//! `search_scorer` (the model behind the search's fitness).
+//! `model_ref` (naming and reopening the model), `acts` (how X_ℓ is stored between layer
+//! stages), `estimate` (each stage's memory estimate), `resolve_choice` (which variant each layer
+//! uses), `supernet_layer::variant_name` (how variants are named).
 
 pub mod acts;
 pub mod baseline_layer;
@@ -17,22 +18,29 @@ pub mod eval_ppl;
 pub mod eval_text;
 pub mod export;
 pub mod layer_forward;
-pub mod layer_ops;
 pub mod model;
 pub mod model_ref;
 pub mod prune_section;
 pub mod report;
-pub mod rounds;
 pub mod search;
-pub mod search_scorer;
 pub mod supernet_layer;
 pub mod teacher;
 
-use crate::engine::{Registry, Resources};
+use crate::Result;
+use crate::engine::{Registry, Resources, StageContext};
+use crate::supernet::rounds::RoundChoice;
+
+/// What the CLI runs pipelines with: the engine's demo kinds (the engine tests drive them
+/// through the binary) and every LLM kind with the `[prune]` expander.
+pub fn default_registry() -> Registry {
+    let mut r = Registry::new();
+    crate::engine::demo::register(&mut r);
+    register_all(&mut r);
+    r
+}
 
 /// The registration point for every LLM stage kind and for pipeline-section expanders such as
-/// `[prune]`. The CLI builds its registry with `Registry::with_defaults()`, which calls this
-/// after the engine's demo kinds.
+/// `[prune]`.
 pub fn register_all(registry: &mut Registry) {
     registry
         .register::<model::ModelStage>()
@@ -57,4 +65,18 @@ pub(crate) fn light() -> Resources {
         gpu: 0,
         mem_bytes: 0,
     }
+}
+
+/// The per-layer levels a consumer (`eval-ppl`, `export`) uses: its static `choice`, or the
+/// `search` input's.
+pub(crate) fn resolve_choice(
+    ctx: &StageContext<'_>,
+    fixed: &Option<Vec<[usize; 2]>>,
+    from_search: bool,
+) -> Result<Option<Vec<[usize; 2]>>> {
+    if from_search {
+        let rc: RoundChoice = ctx.input("search")?.record("choice")?;
+        return Ok(Some(rc.levels));
+    }
+    Ok(fixed.clone())
 }

@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use super::eval_ppl::PerplexityRecord;
 use super::export::ExportRecord;
 use super::model_ref::{ModelLocation, ModelRecord};
-use super::rounds::{RoundChoice, configuration, search_space};
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::export::{
     BaselineReport, ModelRole, ParamCounts, Perplexity, Report, RoundReport, SourceModel,
@@ -23,6 +22,7 @@ use crate::export::{
 };
 use crate::model::ModelConfig;
 use crate::search::ModuleKind;
+use crate::supernet::rounds::{RoundChoice, configuration, search_space};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

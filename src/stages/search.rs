@@ -7,7 +7,7 @@
 //! the target; later rounds derive theirs from `previous` with `around`), and the search
 //! settings.
 //!
-//! Output: record `choice` (`rounds::RoundChoice`), also published as `search/round-{t}.json`.
+//! Output: record `choice` (`supernet::rounds::RoundChoice`), also published as `search/round-{t}.json`.
 //! A progress record after every generation lets a killed search resume at its last
 //! generation and end with the identical choice. Invalidated by: params, seed, the model, pool,
 //! teacher, the layer stages' outputs and the previous round's choice.
@@ -15,14 +15,19 @@
 use serde::{Deserialize, Serialize};
 
 use super::model_ref::{ModelRecord, open};
-use super::rounds::{AroundPrevious, RoundChoice, layer_levels, next_grids, search_space};
-use super::search_scorer::{ModelScorer, ScorerInputs};
+use super::supernet_layer::variant_name;
 use crate::data::Pool;
-use crate::engine::{InputSlot, Outputs, Stage, StageContext};
+use crate::engine::{ArtifactSet, InputSlot, Outputs, Stage, StageContext};
+use crate::prune::ModuleKind;
 use crate::prune::grid::TypeGrid;
+use crate::prune::local::Variant;
 use crate::search::{
     FitnessKind, MutationParams, Search, SearchParams, SearchProgress, TeacherTopK,
 };
+use crate::supernet::rounds::{
+    AroundPrevious, RoundChoice, layer_levels, next_grids, search_space,
+};
+use crate::supernet::scorer::{ModelScorer, ScorerInputs, VariantSource};
 use crate::{Error, Result};
 
 /// Round 1's grids, fixed when the pipeline is expanded.
@@ -136,7 +141,7 @@ impl Stage for SearchStage {
         let record: ModelRecord = ctx.input("model")?.record("model")?;
         let pool: Pool = ctx.input("pool")?.record("pool")?;
         let teacher: TeacherTopK = ctx.input("teacher")?.record("teacher")?;
-        let layers = ctx.inputs("layers")?.to_vec();
+        let layers = LayerStages(ctx.inputs("layers")?.to_vec());
         let (attn, ffn) = match (&p.grids, &p.around) {
             (Some(g), _) => (g.attn.clone(), g.ffn.clone()),
             (None, Some(around)) => {
@@ -175,7 +180,7 @@ impl Stage for SearchStage {
             model.source.as_ref(),
             ScorerInputs {
                 space: &space,
-                layers,
+                variants: &layers,
                 pieces: &pool.pieces,
                 teacher: &teacher,
                 fitness: p.fitness,
@@ -227,5 +232,23 @@ impl Stage for SearchStage {
         o.bytes("summary", json)
             .publish(format!("search/round-{}.json", p.round));
         Ok(o)
+    }
+}
+
+/// The round's layer stages, in layer order, as the scorer's variant source (records
+/// `attn-{level}` / `ffn-{level}`).
+struct LayerStages(Vec<std::sync::Arc<ArtifactSet>>);
+
+impl VariantSource for LayerStages {
+    fn layers(&self) -> usize {
+        self.0.len()
+    }
+
+    fn variant(&self, layer: usize, module: ModuleKind, level: usize) -> Result<Variant> {
+        let set = self
+            .0
+            .get(layer)
+            .ok_or_else(|| Error::msg(format!("no layer stage for layer {layer}")))?;
+        set.record(&variant_name(module, level))
     }
 }

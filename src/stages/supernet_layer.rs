@@ -4,10 +4,7 @@
 //! previous layer stage). Params: round, layer, each module's grid levels (and its centre, only
 //! when `expectation = centre` needs it), `expectation`, `ffn-stats`, local-pruning options.
 //!
-//! Build order: collect H_o (and H_d under `ffn-stats = dense-attention`) on X_ℓ; prune the
-//! attention at every level (`ModulePruner`, levels in parallel); o_proj := expectation; under
-//! `expected-attention` collect H_d now with that o_proj; prune the FFN at every level;
-//! down_proj := expectation. (X_{ℓ+1} = the block with both averaged weights: `layer-forward`.)
+//! The build itself is `supernet::build::build_layer`.
 //!
 //! Outputs: one record per variant, `attn-{level}` / `ffn-{level}` (`prune::local::Variant`:
 //! kept unit indices u32, compact refit weight [hidden, kept·width] f32, metrics) — the search
@@ -23,44 +20,24 @@
 //! the seed, the stage version (which includes `LOCAL_PRUNE_VERSION`).
 
 use candle_core::{Device, Tensor};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::acts::Acts;
-use super::layer_ops::{Collect, DenseLayer, collect_stats, variant_name};
+use super::acts;
 use super::model_ref::{ModelRecord, open};
-use super::rounds::{AroundPrevious, RoundChoice, next_grids};
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
-use crate::prune::expectation::{
-    Expectation, ExpectationWeights, averaged_weight, expectation_weights,
-};
-use crate::prune::local::{
-    LOCAL_PRUNE_VERSION, LocalPruneOptions, ModulePruner, ModuleWeight, PruneContext, Variant,
-};
-use crate::prune::stats::Hessian;
-use crate::prune::{ModuleKind, UnitLayout};
+use crate::prune::ModuleKind;
+use crate::prune::expectation::Expectation;
+use crate::prune::local::{LOCAL_PRUNE_VERSION, LocalPruneOptions, Variant};
+use crate::supernet::build::{BuildCheckpoint, BuildOptions, build_layer};
+pub use crate::supernet::build::{FfnStats, LayerSupernet, ModuleLevels, ModuleSummary};
+use crate::supernet::layer::DenseLayer;
+use crate::supernet::rounds::{AroundPrevious, RoundChoice, next_grids};
 use crate::{Error, Result};
 
-/// Where the FFN statistics come from (`ffn-stats`, ALGORITHM.md §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum FfnStats {
-    /// H_d from the same dense pass as H_o (the reference; default until measured).
-    #[default]
-    DenseAttention,
-    /// H_d collected after o_proj is set to its expectation.
-    ExpectedAttention,
-}
-
-/// One module's grid in this layer stage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct ModuleLevels {
-    /// Levels (units removed), ascending, each ≤ the unit count.
-    pub levels: Vec<usize>,
-    /// The centre; required (and only allowed) with `expectation = centre`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub centre: Option<usize>,
+/// The output name of the variant of `module` at `level` (`attn-3`, `ffn-192`). A search stage
+/// reads the variants of a round by these names from the round's layer stages.
+pub fn variant_name(module: ModuleKind, level: usize) -> String {
+    format!("{module}-{level}")
 }
 
 fn round_one() -> usize {
@@ -101,27 +78,6 @@ fn density_weighted() -> Expectation {
     Expectation::DensityWeighted
 }
 
-/// Record `layer`: what this layer stage built and averaged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LayerSupernet {
-    pub round: usize,
-    pub layer: usize,
-    pub attn: ModuleSummary,
-    pub ffn: ModuleSummary,
-    pub tokens: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModuleSummary {
-    pub units: usize,
-    pub levels: Vec<usize>,
-    /// Expectation weight of each level; empty when the dense module was propagated.
-    pub weights: Vec<f64>,
-    /// BLAKE3 (hex) of the module's H.
-    pub stats_digest: String,
-    pub rel_errors: Vec<f64>,
-}
-
 /// Saved after the attention variants, so a resumed run skips them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Progress {
@@ -138,8 +94,8 @@ impl Stage for SupernetLayer {
     fn new(p: SupernetLayerParams) -> Result<Self> {
         match (&p.attn, &p.ffn, &p.around) {
             (Some(a), Some(f), None) => {
-                check_grid("attn.levels", a, p.expectation)?;
-                check_grid("ffn.levels", f, p.expectation)?;
+                a.check("attn.levels", p.expectation)?;
+                f.check("ffn.levels", p.expectation)?;
             }
             (None, None, Some(_)) if p.round > 1 => {}
             _ => {
@@ -175,151 +131,78 @@ impl Stage for SupernetLayer {
         let p = &self.0;
         let (attn_grid, ffn_grid) = self.grids(ctx)?;
         let record: ModelRecord = ctx.input("model")?.record("model")?;
-        let x = Acts::read(ctx.input("x")?, "x")?;
+        let x = acts::read(ctx.input("x")?, "x")?;
         let model = open(&record)?;
         let cfg = &model.config;
         let dense = DenseLayer::load(cfg, p.layer, model.source.as_ref())?;
-        let (attn_layout, ffn_layout) = (dense.attn_layout(), dense.ffn_layout());
-        check_levels(
-            p.layer,
-            ModuleKind::Attn,
-            &attn_grid.levels,
-            attn_layout.units,
-        )?;
-        check_levels(p.layer, ModuleKind::Ffn, &ffn_grid.levels, ffn_layout.units)?;
         let span = tracing::info_span!("supernet-layer", round = p.round, layer = p.layer);
         let _g = span.enter();
-
-        let dense_block = dense.block_with(cfg, None, None)?;
-        let early_ffn = p.ffn_stats == FfnStats::DenseAttention;
-        let (h_o, h_d_dense) = collect_stats(
-            &dense_block,
+        let opts = BuildOptions {
+            expectation: p.expectation,
+            ffn_stats: p.ffn_stats,
+            attn_pruning: p.attn_pruning,
+            ffn_pruning: p.ffn_pruning,
+        };
+        let built = build_layer(
+            cfg,
+            &dense,
             &x,
-            Collect {
-                o_proj: true,
-                down_proj: early_ffn,
-            },
-        )?;
-        let h_o = h_o.ok_or_else(|| missing_taps(p.layer))?;
-        ctx.report(1, 4);
-
-        let o0 = dense.o_proj()?;
-        let resumed: Option<Progress> = ctx.load_progress()?;
-        let attn = match resumed {
-            Some(pr)
-                if pr
-                    .attn
-                    .iter()
-                    .map(|v| v.level)
-                    .eq(attn_grid.levels.iter().copied()) =>
-            {
-                tracing::info!(layer = p.layer, "resuming after the attention variants");
-                pr.attn
-            }
-            _ => {
-                let v = build_variants(
-                    PruneContext {
-                        layer: p.layer,
-                        module: ModuleKind::Attn,
-                    },
-                    &h_o,
-                    &o0,
-                    dense.hidden,
-                    attn_layout,
-                    &attn_grid.levels,
-                    &p.attn_pruning,
-                )?;
-                ctx.save_progress(&Progress { attn: v.clone() })?;
-                v
-            }
-        };
-        ctx.report(2, 4);
-        let (o_bar, attn_w) = expected(
-            p.expectation,
-            &attn,
+            p.round,
             &attn_grid,
-            &o0,
-            dense.hidden,
-            attn_layout,
-        )?;
-
-        let h_d = match h_d_dense {
-            Some(h) => h,
-            None => {
-                let b = dense.block_with(cfg, Some(&o_bar), None)?;
-                let (_, h) = collect_stats(
-                    &b,
-                    &x,
-                    Collect {
-                        o_proj: false,
-                        down_proj: true,
-                    },
-                )?;
-                h.ok_or_else(|| missing_taps(p.layer))?
-            }
-        };
-        let d0 = dense.down_proj()?;
-        let ffn = build_variants(
-            PruneContext {
-                layer: p.layer,
-                module: ModuleKind::Ffn,
-            },
-            &h_d,
-            &d0,
-            dense.hidden,
-            ffn_layout,
-            &ffn_grid.levels,
-            &p.ffn_pruning,
-        )?;
-        ctx.report(3, 4);
-        let (d_bar, ffn_w) = expected(
-            p.expectation,
-            &ffn,
             &ffn_grid,
-            &d0,
-            dense.hidden,
-            ffn_layout,
+            &opts,
+            &mut Checkpoint(ctx),
         )?;
-
-        ctx.report(4, 4);
 
         let mut o = Outputs::new();
-        let summary =
-            |units: usize, vs: &[Variant], weights: Vec<f64>, h: &Hessian| ModuleSummary {
-                units,
-                levels: vs.iter().map(|v| v.level).collect(),
-                weights,
-                stats_digest: h.digest().to_hex().to_string(),
-                rel_errors: vs.iter().map(|v| v.metrics.rel_error).collect(),
-            };
-        let layer = LayerSupernet {
-            round: p.round,
-            layer: p.layer,
-            attn: summary(attn_layout.units, &attn, attn_w, &h_o),
-            ffn: summary(ffn_layout.units, &ffn, ffn_w, &h_d),
-            tokens: h_o.tokens(),
-        };
-        for (kind, vs) in [(ModuleKind::Attn, &attn), (ModuleKind::Ffn, &ffn)] {
+        for (kind, vs) in [
+            (ModuleKind::Attn, &built.attn),
+            (ModuleKind::Ffn, &built.ffn),
+        ] {
             for v in vs.iter() {
                 let name = variant_name(kind, v.level);
                 o.metric(format!("{name}-rel-error"), v.metrics.rel_error);
                 o.record(name, v)?;
             }
         }
-        o.record("layer", &layer)?;
-        let (h, q) = (dense.hidden, attn_layout.channels_total());
+        o.record("layer", &built.summary)?;
+        let (h, q, d_ff) = (
+            dense.hidden,
+            dense.attn_layout().channels_total(),
+            dense.ffn_layout().units,
+        );
         let expected = std::collections::BTreeMap::from([
             (
                 "o_proj".to_string(),
-                Tensor::from_vec(o_bar, (h, q), &Device::Cpu)?,
+                Tensor::from_vec(built.o_bar, (h, q), &Device::Cpu)?,
             ),
             (
                 "down_proj".to_string(),
-                Tensor::from_vec(d_bar, (h, ffn_layout.units), &Device::Cpu)?,
+                Tensor::from_vec(built.d_bar, (h, d_ff), &Device::Cpu)?,
             ),
         ]);
         o.tensors("expected", expected);
         Ok(o)
+    }
+}
+
+/// The engine side of a build's checkpoint: progress reports and the attention variants saved
+/// as the stage's progress record.
+struct Checkpoint<'c, 'a>(&'c mut StageContext<'a>);
+
+impl BuildCheckpoint for Checkpoint<'_, '_> {
+    fn report(&mut self, done: u64, total: u64) {
+        self.0.report(done, total);
+    }
+
+    fn resumed_attn(&mut self) -> Result<Option<Vec<Variant>>> {
+        Ok(self.0.load_progress::<Progress>()?.map(|p| p.attn))
+    }
+
+    fn attn_built(&mut self, attn: &[Variant]) -> Result<()> {
+        self.0.save_progress(&Progress {
+            attn: attn.to_vec(),
+        })
     }
 }
 
@@ -348,84 +231,6 @@ impl SupernetLayer {
                 Ok((module(&ga)?, module(&gf)?))
             }
             _ => Err(Error::msg("supernet-layer: no grid (checked in new)")),
-        }
-    }
-}
-
-fn check_grid(field: &'static str, m: &ModuleLevels, expectation: Expectation) -> Result<()> {
-    let bad = |reason: String| Error::PruneOption { field, reason };
-    if m.levels.is_empty() || m.levels.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(bad(format!(
-            "{:?} must be non-empty and strictly ascending",
-            m.levels
-        )));
-    }
-    match (expectation, m.centre) {
-        (Expectation::Centre, None) => {
-            Err(bad("expectation `centre` needs the module's centre".into()))
-        }
-        (Expectation::Centre, Some(c)) if !m.levels.contains(&c) => {
-            Err(bad(format!("the centre {c} is not one of the levels")))
-        }
-        _ => Ok(()),
-    }
-}
-
-fn missing_taps(layer: usize) -> Error {
-    Error::LayerDims {
-        layer,
-        msg: "the block produced no o_proj/down_proj input".into(),
-    }
-}
-
-fn check_levels(layer: usize, module: ModuleKind, levels: &[usize], units: usize) -> Result<()> {
-    if let Some(&l) = levels.iter().find(|&&l| l > units) {
-        return Err(Error::PruneGrid {
-            module,
-            reason: format!("layer {layer}: level {l} exceeds the module's {units} units"),
-        });
-    }
-    Ok(())
-}
-
-/// Every level of one module, levels in parallel (each is independent and deterministic).
-fn build_variants(
-    ctx: PruneContext,
-    h: &Hessian,
-    weight: &[f32],
-    d_out: usize,
-    layout: UnitLayout,
-    levels: &[usize],
-    opts: &LocalPruneOptions,
-) -> Result<Vec<Variant>> {
-    let pruner = ModulePruner::new(
-        ctx,
-        h,
-        ModuleWeight {
-            weight,
-            d_out,
-            layout,
-        },
-        *opts,
-    )?;
-    levels.par_iter().map(|&l| pruner.prune(l)).collect()
-}
-
-/// The weight the next layer is calibrated with (§7), and the expectation weights used.
-fn expected(
-    mode: Expectation,
-    variants: &[Variant],
-    grid: &ModuleLevels,
-    dense: &[f32],
-    d_out: usize,
-    layout: UnitLayout,
-) -> Result<(Vec<f32>, Vec<f64>)> {
-    let centre = grid.centre.unwrap_or(grid.levels[0]);
-    match expectation_weights(mode, &grid.levels, layout.units, centre)? {
-        ExpectationWeights::Dense => Ok((dense.to_vec(), Vec::new())),
-        ExpectationWeights::Levels(w) => {
-            let compact: Vec<_> = variants.iter().map(Variant::compact).collect();
-            Ok((averaged_weight(&compact, &w, d_out, layout)?, w))
         }
     }
 }

@@ -18,8 +18,7 @@ use std::sync::Arc;
 use candle_core::{D, Device, Tensor};
 
 use super::acts::batches_by_length;
-use super::layer_ops::{DenseLayer, assemble_block, variant_name};
-use crate::engine::ArtifactSet;
+use super::layer::{DenseLayer, assemble_block};
 use crate::model::{Block, Embeddings, Head, ModelConfig, TensorSource};
 use crate::prune::ModuleKind;
 use crate::prune::local::Variant;
@@ -45,11 +44,20 @@ struct ParentCache {
     states: Vec<Vec<Tensor>>,
 }
 
+/// Where the scorer reads the round's variants from: in a run, the round's `supernet-layer`
+/// stages; in a test, a map.
+pub trait VariantSource {
+    /// Layers the source has variants for.
+    fn layers(&self) -> usize;
+    /// The variant of `module` in `layer` with `level` units removed.
+    fn variant(&self, layer: usize, module: ModuleKind, level: usize) -> Result<Variant>;
+}
+
 /// What the scorer needs besides the model.
 pub struct ScorerInputs<'a> {
     pub space: &'a SearchSpace,
-    /// The round's layer stages, in layer order (records `attn-{level}`, `ffn-{level}`).
-    pub layers: Vec<Arc<ArtifactSet>>,
+    /// The round's variants, every layer.
+    pub variants: &'a dyn VariantSource,
     pub pieces: &'a [Vec<u32>],
     pub teacher: &'a TeacherTopK,
     pub fitness: FitnessKind,
@@ -78,10 +86,10 @@ pub struct ModelScorer<'a> {
 impl<'a> ModelScorer<'a> {
     pub fn new(cfg: &ModelConfig, src: &dyn TensorSource, inp: ScorerInputs<'a>) -> Result<Self> {
         let n = cfg.n_layers();
-        if inp.layers.len() != n || inp.space.len() != 2 * n {
+        if inp.variants.layers() != n || inp.space.len() != 2 * n {
             return Err(Error::msg(format!(
-                "the search has {} layer stages and {} modules for a model of {n} layers",
-                inp.layers.len(),
+                "the search has variants of {} layers and {} modules for a model of {n} layers",
+                inp.variants.layers(),
                 inp.space.len()
             )));
         }
@@ -137,9 +145,8 @@ impl<'a> ModelScorer<'a> {
                 keep.levels[2 * bl] as usize == a && keep.levels[2 * bl + 1] as usize == f
             });
         }
-        let set = &self.inp.layers[l];
-        let attn: Variant = set.record(&variant_name(ModuleKind::Attn, levels[0]))?;
-        let ffn: Variant = set.record(&variant_name(ModuleKind::Ffn, levels[1]))?;
+        let attn = self.inp.variants.variant(l, ModuleKind::Attn, levels[0])?;
+        let ffn = self.inp.variants.variant(l, ModuleKind::Ffn, levels[1])?;
         let b = Arc::new(assemble_block(&self.cfg, &self.dense[l], &attn, &ffn)?);
         self.blocks.insert(key, b.clone());
         Ok(b)

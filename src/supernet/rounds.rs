@@ -1,12 +1,9 @@
 //! What connects the coarse-to-fine rounds (ALGORITHM.md §8–§9): the record a `search` stage
 //! outputs (`RoundChoice`: the round's grids, the chosen level of every module, the history), how
-//! round t+1's grids follow from it (`next_grids`), the search space of a round's grids, and how
-//! a consumer (`eval-ppl`, `export`, a later round's layer stage) learns which variant each layer
-//! uses: a static choice in its params, or the `search` input.
+//! round t+1's grids follow from it (`next_grids`), and the search space of a round's grids.
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::StageContext;
 use crate::prune::grid::{GridOptions, TypeGrid, next_round_grid};
 use crate::search::{
     Configuration, GenerationRecord, Module, ModuleGrid, ModuleKind, SearchSpace, Steps,
@@ -128,17 +125,4 @@ pub fn configuration(levels: &[[usize; 2]]) -> Configuration {
             .flat_map(|l| [l[0] as u32, l[1] as u32])
             .collect(),
     }
-}
-
-/// The per-layer levels a consumer uses: its static `choice`, or the `search` input's.
-pub fn resolve_choice(
-    ctx: &StageContext<'_>,
-    fixed: &Option<Vec<[usize; 2]>>,
-    from_search: bool,
-) -> Result<Option<Vec<[usize; 2]>>> {
-    if from_search {
-        let rc: RoundChoice = ctx.input("search")?.record("choice")?;
-        return Ok(Some(rc.levels));
-    }
-    Ok(fixed.clone())
 }

@@ -1,23 +1,17 @@
-//! What the layer stages share: the dense weights of one layer as flat f32, building a block
-//! whose `o_proj`/`down_proj` are replaced (an averaged or masked weight), the statistics pass
-//! over `X_l`, the naming of variant outputs, and assembling a physically pruned block from a
-//! chosen attention and FFN variant (for `eval-ppl`, and later for export).
+//! One decoder layer as the supernet sees it: the dense weights as flat f32, a block whose
+//! `o_proj`/`down_proj` are replaced (an averaged or masked weight), the statistics pass over
+//! `X_l`, and a physically pruned block assembled from a chosen attention and FFN variant (what
+//! the search scores and `eval-ppl` evaluates).
 
 use candle_core::{Device, Tensor};
 
 use super::acts::Acts;
 use crate::model::{Block, BlockWeights, LayerDims, ModelConfig};
+use crate::prune::UnitLayout;
 use crate::prune::local::{Variant, VariantMetrics};
 use crate::prune::slice::{AttnDims, AttnWeights as SliceAttn, select_row_units, slice_attention};
 use crate::prune::stats::Hessian;
-use crate::prune::{ModuleKind, UnitLayout};
 use crate::{Error, Result};
-
-/// The output name of the variant of `module` at `level` (`attn-3`, `ffn-192`). A search stage
-/// reads the variants of a round by these names from the round's layer stages.
-pub fn variant_name(module: ModuleKind, level: usize) -> String {
-    format!("{module}-{level}")
-}
 
 /// A tensor as a flat f32 vector.
 pub fn flat(t: &Tensor) -> Result<Vec<f32>> {

@@ -1,0 +1,671 @@
+//! The Týr DAG of a `[prune]` section: which stages exist, what each reads, its params and its
+//! memory estimate. Stage ids are named in one place (`ids`), stage kinds by their `KIND`
+//! constants. Building it needs the model's shapes (`ModelConfig`), which the caller reads;
+//! nothing here touches a file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::config::{Baseline, PruneConfig, grids_with, round1_grids};
+use crate::data::DataSource;
+use crate::engine::{InputRef, Stage, StageSpec};
+use crate::model::ModelConfig;
+use crate::prune::expectation::Expectation;
+use crate::prune::grid::{GridOptions, Round1Grid, TypeGrid};
+use crate::stages::baseline_layer::{BaselineLayer, BaselineLayerParams, BaselineMethod};
+use crate::stages::calib_pool::{CalibPool, CalibPoolParams};
+use crate::stages::embed::{Embed, EmbedParams};
+use crate::stages::estimate::Shapes;
+use crate::stages::eval_ppl::{EvalPpl, EvalPplParams};
+use crate::stages::eval_text::{EvalText, EvalTextParams};
+use crate::stages::export::{ExportParams, ExportStage};
+use crate::stages::layer_forward::{LayerForward, LayerForwardParams};
+use crate::stages::model::{ModelParams, ModelStage};
+use crate::stages::model_ref::ModelSpec;
+use crate::stages::report::{ReportParams, ReportStage};
+use crate::stages::search::{RoundGrids, SearchStage, SearchStageParams};
+use crate::stages::supernet_layer::{ModuleLevels, SupernetLayer, SupernetLayerParams};
+use crate::stages::teacher::{TeacherParams, TeacherStage};
+use crate::supernet::rounds::AroundPrevious;
+use crate::{Error, Result};
+
+/// Every stage id the section generates.
+pub mod ids {
+    pub const MODEL: &str = "model";
+    pub const CALIB_POOL: &str = "calib-pool";
+    pub const EMBED: &str = "embed";
+    pub const TEACHER: &str = "teacher";
+    pub const EVAL_TEXT: &str = "eval-text";
+    /// The searched model's export (→ `out/<name>/model/`).
+    pub const EXPORT: &str = "export";
+    pub const REPORT: &str = "report";
+
+    /// Round t's supernet stage of layer l.
+    pub fn layer(t: usize, l: usize) -> String {
+        format!("r{t}-layer-{l:02}")
+    }
+    /// Round t's X_{l+1}.
+    pub fn forward(t: usize, l: usize) -> String {
+        format!("r{t}-forward-{l:02}")
+    }
+    pub fn search(t: usize) -> String {
+        format!("r{t}-search")
+    }
+    pub fn baseline_layer(baseline: &str, l: usize) -> String {
+        format!("{baseline}-layer-{l:02}")
+    }
+    pub fn baseline_forward(baseline: &str, l: usize) -> String {
+        format!("{baseline}-forward-{l:02}")
+    }
+    pub fn export_baseline(baseline: &str) -> String {
+        format!("export-{baseline}")
+    }
+    pub fn eval(label: &str) -> String {
+        format!("eval-{label}")
+    }
+}
+
+/// The pipeline-level facts the DAG needs besides the section.
+pub struct Where<'a> {
+    /// The pipeline file's folder (relative data paths are anchored here).
+    pub base: &'a Path,
+    /// Where pip downloads go.
+    pub cache: &'a Path,
+    /// The pipeline's name (for the report).
+    pub pipeline: &'a str,
+    /// The model, relative paths anchored.
+    pub model: ModelSpec,
+}
+
+/// The stages of section `c` for a model of shapes `cfg`, in a fixed order.
+pub fn build(c: &PruneConfig, cfg: &ModelConfig, at: Where<'_>) -> Result<Vec<StageSpec>> {
+    let (ga, gf) = round1_grids(c, cfg)?;
+    let mut b = Builder {
+        c,
+        n: cfg.n_layers(),
+        shapes: Shapes {
+            cfg,
+            tokens: c.calib_tokens as u64,
+            top_k: c.top_k as u64,
+            eval_seq_len: c.eval_seq_len.unwrap_or(c.seq_len) as u64,
+        },
+        base: at.base,
+        cache: at.cache.to_path_buf(),
+        out: Vec::new(),
+    };
+    b.sources(at.model)?;
+
+    // The supernets: round 1 (explicit, target-independent grids), then rounds 2..T centred on
+    // the previous round's search, each with its own expectation chain from X_0.
+    let rounds = if c.supernet { c.rounds.max(1) } else { 0 };
+    if c.searching() {
+        b.push(
+            ids::TEACHER,
+            TeacherStage::KIND,
+            &TeacherParams { top_k: c.top_k },
+            &[
+                (ids::MODEL, one(ids::MODEL)),
+                ("pool", one(ids::CALIB_POOL)),
+            ],
+            Some(b.shapes.teacher()),
+        )?;
+    }
+    let mut last_search: Option<String> = None;
+    for t in 1..=rounds {
+        let layers = b.supernet_round(t, &ga, &gf, last_search.as_deref())?;
+        if !c.searching() {
+            break;
+        }
+        last_search = Some(b.search_round(t, &ga, &gf, layers, last_search.as_deref())?);
+    }
+    let final_layers: Vec<String> = (0..b.n).map(|l| ids::layer(rounds, l)).collect();
+
+    let mut evals: Vec<EvalSpec> = Vec::new();
+    let mut exports: Vec<String> = Vec::new();
+    if let Some(search) = &last_search {
+        evals.push(EvalSpec {
+            label: "tyr".into(),
+            choice: Choice::Search(search.clone()),
+            layers: final_layers.clone(),
+        });
+        if c.export {
+            b.export(
+                ids::EXPORT,
+                "tyr",
+                "model",
+                Choice::Search(search.clone()),
+                &final_layers,
+            )?;
+            exports.push(ids::EXPORT.into());
+        }
+    }
+    if c.supernet && c.eval_supernet_centre.unwrap_or(!c.searching()) {
+        let choice = (0..b.n)
+            .map(|l| [ga.modules[l].centre, gf.modules[l].centre])
+            .collect();
+        evals.push(EvalSpec {
+            label: "r1-centre".into(),
+            choice: Choice::Fixed(choice),
+            layers: (0..b.n).map(|l| ids::layer(1, l)).collect(),
+        });
+    }
+
+    // Baselines sit at the §3 centres (the budget exactly, not rounded to the lattice).
+    let exact = GridOptions {
+        round1: Round1Grid::Centred,
+        ..c.grid_options()
+    };
+    let (ba, bf) = grids_with(c, cfg, exact)?;
+    for &baseline in &c.baselines {
+        let (eval, export) = b.baseline(baseline, &ba, &bf)?;
+        exports.extend(export);
+        evals.push(eval);
+    }
+
+    let eval_ids = b.evals(evals)?;
+    if c.report && (last_search.is_some() || !eval_ids.is_empty()) {
+        let rp = ReportParams {
+            pipeline: at.pipeline.to_string(),
+            target: c.target,
+            source: describe_model(&c.model),
+            eval_text: c.eval.as_ref().map(describe_data).unwrap_or_default(),
+            baselines: c.baselines.iter().map(|b| b.name().to_string()).collect(),
+        };
+        let searches: Vec<String> = if c.searching() {
+            (1..=rounds).map(ids::search).collect()
+        } else {
+            Vec::new()
+        };
+        b.push(
+            ids::REPORT,
+            ReportStage::KIND,
+            &rp,
+            &[
+                (ids::MODEL, one(ids::MODEL)),
+                ("searches", InputRef::Many(searches)),
+                ("evals", InputRef::Many(eval_ids)),
+                ("exports", InputRef::Many(exports)),
+            ],
+            None,
+        )?;
+    }
+    Ok(b.out)
+}
+
+/// Where an `eval-ppl` or `export` gets its per-layer levels.
+#[derive(Clone)]
+enum Choice {
+    Dense,
+    Fixed(Vec<[usize; 2]>),
+    /// From the named `search` stage.
+    Search(String),
+}
+
+impl Choice {
+    /// The params pair (`choice`, `from-search`) of an `eval-ppl` / `export`; a search choice
+    /// also adds the `search` input.
+    fn bind(self, inputs: &mut Vec<(&str, InputRef)>) -> (Option<Vec<[usize; 2]>>, bool) {
+        match self {
+            Choice::Dense => (None, false),
+            Choice::Fixed(v) => (Some(v), false),
+            Choice::Search(s) => {
+                inputs.push(("search", one(&s)));
+                (None, true)
+            }
+        }
+    }
+}
+
+/// One `eval-ppl` to generate.
+struct EvalSpec {
+    label: String,
+    choice: Choice,
+    /// The layer stages whose variants it reads.
+    layers: Vec<String>,
+}
+
+struct Builder<'a> {
+    c: &'a PruneConfig,
+    n: usize,
+    shapes: Shapes<'a>,
+    base: &'a Path,
+    cache: PathBuf,
+    out: Vec<StageSpec>,
+}
+
+impl Builder<'_> {
+    /// Appends one stage; `mem` is its peak-memory estimate (`estimate.rs`) for the executor.
+    fn push<P: Serialize>(
+        &mut self,
+        id: &str,
+        kind: &str,
+        p: &P,
+        inputs: &[(&str, InputRef)],
+        mem: Option<u64>,
+    ) -> Result<&mut StageSpec> {
+        let params = toml::Table::try_from(p)
+            .map_err(|e| Error::msg(format!("stage `{id}`: encoding params: {e}")))?;
+        self.out.push(StageSpec {
+            id: id.to_string(),
+            kind: kind.to_string(),
+            params,
+            inputs: inputs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            line: None,
+            section: None,
+            mem_bytes: mem,
+        });
+        Ok(self.out.last_mut().expect("just pushed"))
+    }
+
+    /// A stage that downloads (model, data): it gets the pip cache folder as a param outside
+    /// its key.
+    fn push_cached<P: Serialize>(
+        &mut self,
+        id: &str,
+        kind: &str,
+        p: &P,
+        inputs: &[(&str, InputRef)],
+    ) -> Result<()> {
+        let cache = self.cache.to_string_lossy().into_owned();
+        self.push(id, kind, p, inputs, None)?
+            .params
+            .insert("cache-dir".into(), toml::Value::String(cache));
+        Ok(())
+    }
+
+    /// `model`, `calib-pool`, `embed` (X_0).
+    fn sources(&mut self, model: ModelSpec) -> Result<()> {
+        let c = self.c;
+        self.push_cached(
+            ids::MODEL,
+            ModelStage::KIND,
+            &ModelParams {
+                model,
+                cache_dir: None,
+            },
+            &[],
+        )?;
+        let pool = CalibPoolParams {
+            data: anchored(self.base, &c.calib),
+            format: c.calib_format.clone(),
+            seq_len: c.seq_len,
+            calib_tokens: c.calib_tokens,
+            cache_dir: None,
+        };
+        self.push_cached(
+            ids::CALIB_POOL,
+            CalibPool::KIND,
+            &pool,
+            &[(ids::MODEL, one(ids::MODEL))],
+        )?;
+        let mem = self.shapes.embed();
+        self.push(
+            ids::EMBED,
+            Embed::KIND,
+            &EmbedParams {},
+            &[
+                (ids::MODEL, one(ids::MODEL)),
+                ("pool", one(ids::CALIB_POOL)),
+            ],
+            Some(mem),
+        )?;
+        Ok(())
+    }
+
+    /// Around the previous round's choice: `K` levels each side and a floor on the step.
+    fn around(&self) -> AroundPrevious {
+        let g = self.c.grid_options();
+        AroundPrevious {
+            levels_each_side: g.levels_each_side,
+            min_step: g.min_step,
+        }
+    }
+
+    /// Levels per module in a round after the first: the centre and K on each side.
+    fn later_levels(&self) -> usize {
+        2 * self.c.grid_options().levels_each_side + 1
+    }
+
+    /// Round t's supernet: a layer stage per layer, chained through `layer-forward`s from X_0.
+    /// Returns the layer stage ids.
+    fn supernet_round(
+        &mut self,
+        t: usize,
+        ga: &TypeGrid,
+        gf: &TypeGrid,
+        previous: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let c = self.c;
+        let centre_needed = c.expectation == Expectation::Centre;
+        let levels = |g: &TypeGrid, l: usize| ModuleLevels {
+            levels: g.modules[l].levels.clone(),
+            centre: centre_needed.then_some(g.modules[l].centre),
+        };
+        let mut x = ids::EMBED.to_string();
+        let mut layers = Vec::with_capacity(self.n);
+        for l in 0..self.n {
+            let (attn, ffn, around) = if t == 1 {
+                (Some(levels(ga, l)), Some(levels(gf, l)), None)
+            } else {
+                (None, None, Some(self.around()))
+            };
+            let p = SupernetLayerParams {
+                round: t,
+                layer: l,
+                attn,
+                ffn,
+                around,
+                expectation: c.expectation,
+                ffn_stats: c.ffn_stats,
+                attn_pruning: c.local(c.attn_removal),
+                ffn_pruning: c.local(c.ffn_removal),
+            };
+            let id = ids::layer(t, l);
+            let mut inputs = vec![(ids::MODEL, one(ids::MODEL)), ("x", one(&x))];
+            if let Some(s) = previous {
+                inputs.push(("previous", one(s)));
+            }
+            let (la, lf) = if t == 1 {
+                (ga.modules[l].levels.len(), gf.modules[l].levels.len())
+            } else {
+                (self.later_levels(), self.later_levels())
+            };
+            let mem = self.shapes.supernet_layer(l, la, lf);
+            self.push(&id, SupernetLayer::KIND, &p, &inputs, Some(mem))?;
+            if l + 1 < self.n {
+                let fwd = ids::forward(t, l);
+                self.forward(&fwd, l, &x, &id)?;
+                x = fwd;
+            }
+            layers.push(id);
+        }
+        Ok(layers)
+    }
+
+    /// The `layer-forward` stage computing X_{l+1} from `x` and the layer stage `weights`.
+    fn forward(&mut self, id: &str, layer: usize, x: &str, weights: &str) -> Result<()> {
+        let mem = self.shapes.layer_forward(layer);
+        self.push(
+            id,
+            LayerForward::KIND,
+            &LayerForwardParams { layer },
+            &[
+                (ids::MODEL, one(ids::MODEL)),
+                ("x", one(x)),
+                ("weights", one(weights)),
+            ],
+            Some(mem),
+        )?;
+        Ok(())
+    }
+
+    /// Round t's search over `layers`; returns its id.
+    fn search_round(
+        &mut self,
+        t: usize,
+        ga: &TypeGrid,
+        gf: &TypeGrid,
+        layers: Vec<String>,
+        previous: Option<&str>,
+    ) -> Result<String> {
+        let c = self.c;
+        let sp = SearchStageParams {
+            round: t,
+            grids: (t == 1).then(|| RoundGrids {
+                attn: ga.clone(),
+                ffn: gf.clone(),
+            }),
+            around: (t > 1).then_some(self.around()),
+            generations: c.generations,
+            offspring: c.offspring,
+            max_swaps: c.max_swaps,
+            selection: c.selection.clone(),
+            fitness: c.fitness,
+            incremental: c.incremental_search,
+            cache_mib: 0, // not serialised: set below, outside the key
+        };
+        let id = ids::search(t);
+        let mut inputs = vec![
+            (ids::MODEL, one(ids::MODEL)),
+            ("pool", one(ids::CALIB_POOL)),
+            ("teacher", one(ids::TEACHER)),
+            ("layers", InputRef::Many(layers)),
+        ];
+        if let Some(s) = previous {
+            inputs.push(("previous", one(s)));
+        }
+        let round_levels = if t == 1 {
+            ga.modules
+                .iter()
+                .chain(&gf.modules)
+                .map(|m| m.levels.len())
+                .max()
+                .unwrap_or(1)
+        } else {
+            self.later_levels()
+        };
+        let minibatches: Vec<u64> = c.selection.iter().map(|s| s[0] as u64).collect();
+        let mem = self
+            .shapes
+            .search(c.search_cache_mib << 20, &minibatches, round_levels);
+        self.push(&id, SearchStage::KIND, &sp, &inputs, Some(mem))?
+            .params
+            .insert(
+                "cache-mib".into(),
+                toml::Value::Integer(c.search_cache_mib as i64),
+            );
+        Ok(id)
+    }
+
+    /// One baseline's layer chain (and its export when asked); returns its eval and export id.
+    fn baseline(
+        &mut self,
+        baseline: Baseline,
+        ba: &TypeGrid,
+        bf: &TypeGrid,
+    ) -> Result<(EvalSpec, Option<String>)> {
+        let c = self.c;
+        let name = baseline.name();
+        let mut layers = Vec::new();
+        let mut x = ids::EMBED.to_string();
+        for l in 0..self.n {
+            let (a, f) = (ba.modules[l].centre, bf.modules[l].centre);
+            let id = ids::baseline_layer(name, l);
+            match baseline {
+                Baseline::Uniform => {
+                    let p = SupernetLayerParams {
+                        round: 1,
+                        layer: l,
+                        attn: Some(ModuleLevels {
+                            levels: vec![a],
+                            centre: Some(a),
+                        }),
+                        ffn: Some(ModuleLevels {
+                            levels: vec![f],
+                            centre: Some(f),
+                        }),
+                        around: None,
+                        expectation: Expectation::Centre,
+                        ffn_stats: c.ffn_stats,
+                        attn_pruning: c.local(c.attn_removal),
+                        ffn_pruning: c.local(c.ffn_removal),
+                    };
+                    let mem = self.shapes.supernet_layer(l, 1, 1);
+                    let inputs = [(ids::MODEL, one(ids::MODEL)), ("x", one(&x))];
+                    self.push(&id, SupernetLayer::KIND, &p, &inputs, Some(mem))?;
+                }
+                Baseline::Magnitude | Baseline::WandaSp => {
+                    let method = if baseline == Baseline::Magnitude {
+                        BaselineMethod::Magnitude
+                    } else {
+                        BaselineMethod::WandaSp
+                    };
+                    let p = BaselineLayerParams {
+                        method,
+                        layer: l,
+                        attn_level: a,
+                        ffn_level: f,
+                    };
+                    let mut inputs = vec![(ids::MODEL, one(ids::MODEL))];
+                    let reads_x = method == BaselineMethod::WandaSp;
+                    if reads_x {
+                        inputs.push(("x", one(&x)));
+                    }
+                    let mem = self.shapes.baseline_layer(l, reads_x);
+                    self.push(&id, BaselineLayer::KIND, &p, &inputs, Some(mem))?;
+                }
+            }
+            layers.push(id.clone());
+            x = match baseline {
+                Baseline::Uniform if l + 1 < self.n => {
+                    let fwd = ids::baseline_forward(name, l);
+                    self.forward(&fwd, l, &x, &id)?;
+                    fwd
+                }
+                // wanda-sp's layer stage outputs X_{l+1} itself; magnitude reads none.
+                _ => id,
+            };
+        }
+        let choice: Vec<[usize; 2]> = (0..self.n)
+            .map(|l| [ba.modules[l].centre, bf.modules[l].centre])
+            .collect();
+        let export = if c.exported_baselines().contains(&baseline) {
+            let id = ids::export_baseline(name);
+            let dir = format!("baselines/{name}/model");
+            self.export(&id, name, &dir, Choice::Fixed(choice.clone()), &layers)?;
+            Some(id)
+        } else {
+            None
+        };
+        let eval = EvalSpec {
+            label: name.to_string(),
+            choice: Choice::Fixed(choice),
+            layers,
+        };
+        Ok((eval, export))
+    }
+
+    /// An `export` stage writing `label`'s model to `out/<pipeline>/<dir>/`.
+    fn export(
+        &mut self,
+        id: &str,
+        label: &str,
+        dir: &str,
+        choice: Choice,
+        layers: &[String],
+    ) -> Result<()> {
+        let c = self.c;
+        let mut inputs = vec![
+            (ids::MODEL, one(ids::MODEL)),
+            ("layers", InputRef::Many(layers.to_vec())),
+        ];
+        let (fixed, from_search) = choice.bind(&mut inputs);
+        let p = ExportParams {
+            label: label.to_string(),
+            dir: dir.to_string(),
+            choice: fixed,
+            from_search,
+            gguf: c.gguf,
+            gguf_dtype: c.gguf_dtype,
+            zero_width: c.zero_width,
+            target: Some(c.target),
+        };
+        let mem = self.shapes.export();
+        self.push(id, ExportStage::KIND, &p, &inputs, Some(mem))?;
+        Ok(())
+    }
+
+    /// `eval-text` and one `eval-ppl` per entry (the dense model first), when the section has
+    /// an eval text; returns the eval ids.
+    fn evals(&mut self, mut evals: Vec<EvalSpec>) -> Result<Vec<String>> {
+        let c = self.c;
+        let Some(eval) = &c.eval else {
+            return Ok(Vec::new());
+        };
+        let et = EvalTextParams {
+            data: anchored(self.base, eval),
+            format: c.eval_format.clone(),
+            separator: "\n\n".into(),
+            seq_len: c.eval_seq_len.unwrap_or(c.seq_len),
+            max_tokens: c.eval_max_tokens,
+            cache_dir: None,
+        };
+        self.push_cached(
+            ids::EVAL_TEXT,
+            EvalText::KIND,
+            &et,
+            &[(ids::MODEL, one(ids::MODEL))],
+        )?;
+        if c.eval_dense {
+            evals.insert(
+                0,
+                EvalSpec {
+                    label: "dense".into(),
+                    choice: Choice::Dense,
+                    layers: Vec::new(),
+                },
+            );
+        }
+        let mut eval_ids = Vec::with_capacity(evals.len());
+        for e in evals {
+            let mut inputs = vec![
+                (ids::MODEL, one(ids::MODEL)),
+                ("windows", one(ids::EVAL_TEXT)),
+            ];
+            if !matches!(e.choice, Choice::Dense) {
+                inputs.push(("layers", InputRef::Many(e.layers)));
+            }
+            let (fixed, from_search) = e.choice.bind(&mut inputs);
+            let p = EvalPplParams {
+                label: e.label.clone(),
+                choice: fixed,
+                from_search,
+            };
+            let id = ids::eval(&e.label);
+            let mem = self.shapes.eval();
+            self.push(&id, EvalPpl::KIND, &p, &inputs, Some(mem))?;
+            eval_ids.push(id);
+        }
+        Ok(eval_ids)
+    }
+}
+
+fn one(id: &str) -> InputRef {
+    InputRef::One(id.to_string())
+}
+
+fn anchored(base: &Path, s: &DataSource) -> DataSource {
+    match s {
+        DataSource::Path { path } if path.is_relative() => DataSource::Path {
+            path: base.join(path),
+        },
+        other => other.clone(),
+    }
+}
+
+/// How the report names the model (`pip:<package>/<member>`, a path, `random`).
+fn describe_model(m: &ModelSpec) -> String {
+    match m {
+        ModelSpec::Path { path } => path.display().to_string(),
+        ModelSpec::Pip {
+            package, member, ..
+        } => format!("pip:{package}/{member}"),
+        ModelSpec::Random(_) => "random".into(),
+    }
+}
+
+fn describe_data(d: &DataSource) -> String {
+    match d {
+        DataSource::Path { path } => path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string()),
+        DataSource::Pip {
+            package, member, ..
+        } => format!("pip:{package}/{member}"),
+    }
+}

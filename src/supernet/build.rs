@@ -1,0 +1,326 @@
+//! One layer of one round's supernet (ALGORITHM.md §6–§7), as a plain function.
+//!
+//! Build order: collect H_o (and H_d under `ffn-stats = dense-attention`) on X_ℓ; prune the
+//! attention at every level (`ModulePruner`, levels in parallel); o_proj := expectation; under
+//! `expected-attention` collect H_d now with that o_proj; prune the FFN at every level;
+//! down_proj := expectation. X_{ℓ+1} is the block with both averaged weights (computed apart:
+//! the `layer-forward` stage). A `BuildCheckpoint` gets progress and the attention variants as
+//! soon as they exist, so a caller can resume a killed build after them.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::acts::Acts;
+use super::layer::{Collect, DenseLayer, collect_stats};
+use crate::model::ModelConfig;
+use crate::prune::expectation::{
+    Expectation, ExpectationWeights, averaged_weight, expectation_weights,
+};
+use crate::prune::local::{LocalPruneOptions, ModulePruner, ModuleWeight, PruneContext, Variant};
+use crate::prune::stats::Hessian;
+use crate::prune::{ModuleKind, UnitLayout};
+use crate::{Error, Result};
+
+/// Where the FFN statistics come from (`ffn-stats`, ALGORITHM.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FfnStats {
+    /// H_d from the same dense pass as H_o (the reference; default until measured).
+    #[default]
+    DenseAttention,
+    /// H_d collected after o_proj is set to its expectation.
+    ExpectedAttention,
+}
+
+/// One module's grid in one layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ModuleLevels {
+    /// Levels (units removed), ascending, each ≤ the unit count.
+    pub levels: Vec<usize>,
+    /// The centre; required (and only allowed) with `expectation = centre`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub centre: Option<usize>,
+}
+
+impl ModuleLevels {
+    /// Checks the grid on its own (`field` names it in the error): non-empty, strictly
+    /// ascending, and a centre among the levels where `expectation` needs one.
+    pub fn check(&self, field: &'static str, expectation: Expectation) -> Result<()> {
+        let bad = |reason: String| Error::PruneOption { field, reason };
+        if self.levels.is_empty() || self.levels.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(bad(format!(
+                "{:?} must be non-empty and strictly ascending",
+                self.levels
+            )));
+        }
+        match (expectation, self.centre) {
+            (Expectation::Centre, None) => {
+                Err(bad("expectation `centre` needs the module's centre".into()))
+            }
+            (Expectation::Centre, Some(c)) if !self.levels.contains(&c) => {
+                Err(bad(format!("the centre {c} is not one of the levels")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How a layer is pruned and averaged, besides its grids.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildOptions {
+    pub expectation: Expectation,
+    pub ffn_stats: FfnStats,
+    pub attn_pruning: LocalPruneOptions,
+    pub ffn_pruning: LocalPruneOptions,
+}
+
+/// What `build_layer` tells its caller while it works.
+pub trait BuildCheckpoint {
+    /// `done` of `total` steps.
+    fn report(&mut self, done: u64, total: u64);
+    /// The attention variants an earlier, interrupted build saved, if any.
+    fn resumed_attn(&mut self) -> Result<Option<Vec<Variant>>>;
+    /// The attention variants are built (saved so a resumed build can skip them).
+    fn attn_built(&mut self, attn: &[Variant]) -> Result<()>;
+}
+
+/// A checkpoint that keeps nothing (tests, one-shot builds).
+pub struct NoCheckpoint;
+
+impl BuildCheckpoint for NoCheckpoint {
+    fn report(&mut self, _: u64, _: u64) {}
+    fn resumed_attn(&mut self) -> Result<Option<Vec<Variant>>> {
+        Ok(None)
+    }
+    fn attn_built(&mut self, _: &[Variant]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What one layer's build made and averaged (record `layer` of a `supernet-layer` stage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerSupernet {
+    pub round: usize,
+    pub layer: usize,
+    pub attn: ModuleSummary,
+    pub ffn: ModuleSummary,
+    pub tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModuleSummary {
+    pub units: usize,
+    pub levels: Vec<usize>,
+    /// Expectation weight of each level; empty when the dense module was propagated.
+    pub weights: Vec<f64>,
+    /// BLAKE3 (hex) of the module's H.
+    pub stats_digest: String,
+    pub rel_errors: Vec<f64>,
+}
+
+/// One layer's supernet.
+pub struct LayerBuild {
+    /// Attention variants, in grid order.
+    pub attn: Vec<Variant>,
+    /// FFN variants, in grid order.
+    pub ffn: Vec<Variant>,
+    /// The averaged `o_proj` ([hidden, q channels], flat f32) and `down_proj` ([hidden, d_ff]).
+    pub o_bar: Vec<f32>,
+    pub d_bar: Vec<f32>,
+    pub summary: LayerSupernet,
+}
+
+/// Builds `dense`'s variants at every level of its grids on `x` and the expected weights the
+/// next layer is calibrated with. Deterministic: levels run in parallel but each is independent.
+#[allow(clippy::too_many_arguments)]
+pub fn build_layer(
+    cfg: &ModelConfig,
+    dense: &DenseLayer,
+    x: &Acts,
+    round: usize,
+    attn_grid: &ModuleLevels,
+    ffn_grid: &ModuleLevels,
+    opts: &BuildOptions,
+    ck: &mut dyn BuildCheckpoint,
+) -> Result<LayerBuild> {
+    let layer = dense.layer;
+    let (attn_layout, ffn_layout) = (dense.attn_layout(), dense.ffn_layout());
+    check_levels(
+        layer,
+        ModuleKind::Attn,
+        &attn_grid.levels,
+        attn_layout.units,
+    )?;
+    check_levels(layer, ModuleKind::Ffn, &ffn_grid.levels, ffn_layout.units)?;
+
+    let dense_block = dense.block_with(cfg, None, None)?;
+    let early_ffn = opts.ffn_stats == FfnStats::DenseAttention;
+    let (h_o, h_d_dense) = collect_stats(
+        &dense_block,
+        x,
+        Collect {
+            o_proj: true,
+            down_proj: early_ffn,
+        },
+    )?;
+    let h_o = h_o.ok_or_else(|| missing_taps(layer))?;
+    ck.report(1, 4);
+
+    let o0 = dense.o_proj()?;
+    let attn = match ck.resumed_attn()? {
+        Some(v)
+            if v.iter()
+                .map(|v| v.level)
+                .eq(attn_grid.levels.iter().copied()) =>
+        {
+            tracing::info!(layer, "resuming after the attention variants");
+            v
+        }
+        _ => {
+            let v = build_variants(
+                PruneContext {
+                    layer,
+                    module: ModuleKind::Attn,
+                },
+                &h_o,
+                &o0,
+                dense.hidden,
+                attn_layout,
+                &attn_grid.levels,
+                &opts.attn_pruning,
+            )?;
+            ck.attn_built(&v)?;
+            v
+        }
+    };
+    ck.report(2, 4);
+    let (o_bar, attn_w) = expected(
+        opts.expectation,
+        &attn,
+        attn_grid,
+        &o0,
+        dense.hidden,
+        attn_layout,
+    )?;
+
+    let h_d = match h_d_dense {
+        Some(h) => h,
+        None => {
+            let b = dense.block_with(cfg, Some(&o_bar), None)?;
+            let (_, h) = collect_stats(
+                &b,
+                x,
+                Collect {
+                    o_proj: false,
+                    down_proj: true,
+                },
+            )?;
+            h.ok_or_else(|| missing_taps(layer))?
+        }
+    };
+    let d0 = dense.down_proj()?;
+    let ffn = build_variants(
+        PruneContext {
+            layer,
+            module: ModuleKind::Ffn,
+        },
+        &h_d,
+        &d0,
+        dense.hidden,
+        ffn_layout,
+        &ffn_grid.levels,
+        &opts.ffn_pruning,
+    )?;
+    ck.report(3, 4);
+    let (d_bar, ffn_w) = expected(
+        opts.expectation,
+        &ffn,
+        ffn_grid,
+        &d0,
+        dense.hidden,
+        ffn_layout,
+    )?;
+    ck.report(4, 4);
+
+    let summary = |units: usize, vs: &[Variant], weights: Vec<f64>, h: &Hessian| ModuleSummary {
+        units,
+        levels: vs.iter().map(|v| v.level).collect(),
+        weights,
+        stats_digest: h.digest().to_hex().to_string(),
+        rel_errors: vs.iter().map(|v| v.metrics.rel_error).collect(),
+    };
+    let summary = LayerSupernet {
+        round,
+        layer,
+        attn: summary(attn_layout.units, &attn, attn_w, &h_o),
+        ffn: summary(ffn_layout.units, &ffn, ffn_w, &h_d),
+        tokens: h_o.tokens(),
+    };
+    Ok(LayerBuild {
+        attn,
+        ffn,
+        o_bar,
+        d_bar,
+        summary,
+    })
+}
+
+fn missing_taps(layer: usize) -> Error {
+    Error::LayerDims {
+        layer,
+        msg: "the block produced no o_proj/down_proj input".into(),
+    }
+}
+
+fn check_levels(layer: usize, module: ModuleKind, levels: &[usize], units: usize) -> Result<()> {
+    if let Some(&l) = levels.iter().find(|&&l| l > units) {
+        return Err(Error::PruneGrid {
+            module,
+            reason: format!("layer {layer}: level {l} exceeds the module's {units} units"),
+        });
+    }
+    Ok(())
+}
+
+/// Every level of one module, levels in parallel (each is independent and deterministic).
+fn build_variants(
+    ctx: PruneContext,
+    h: &Hessian,
+    weight: &[f32],
+    d_out: usize,
+    layout: UnitLayout,
+    levels: &[usize],
+    opts: &LocalPruneOptions,
+) -> Result<Vec<Variant>> {
+    let pruner = ModulePruner::new(
+        ctx,
+        h,
+        ModuleWeight {
+            weight,
+            d_out,
+            layout,
+        },
+        *opts,
+    )?;
+    levels.par_iter().map(|&l| pruner.prune(l)).collect()
+}
+
+/// The weight the next layer is calibrated with (§7), and the expectation weights used.
+fn expected(
+    mode: Expectation,
+    variants: &[Variant],
+    grid: &ModuleLevels,
+    dense: &[f32],
+    d_out: usize,
+    layout: UnitLayout,
+) -> Result<(Vec<f32>, Vec<f64>)> {
+    let centre = grid.centre.unwrap_or(grid.levels[0]);
+    match expectation_weights(mode, &grid.levels, layout.units, centre)? {
+        ExpectationWeights::Dense => Ok((dense.to_vec(), Vec::new())),
+        ExpectationWeights::Levels(w) => {
+            let compact: Vec<_> = variants.iter().map(Variant::compact).collect();
+            Ok((averaged_weight(&compact, &w, d_out, layout)?, w))
+        }
+    }
+}

@@ -156,6 +156,19 @@ pub enum Error {
     EngineStore { path: PathBuf, message: String },
     #[error("{} stage(s) failed: {}", failed.len(), failed.join("; "))]
     EngineRunFailed { failed: Vec<String> },
+    /// The run stopped on a signal (SIGTERM from a scheduler, or Ctrl-C) before every stage
+    /// settled; the store is consistent and the next run resumes.
+    #[error(
+        "interrupted by {signal}: {} stage(s) not finished ({}); run again to resume",
+        unfinished.len(), unfinished.join(", ")
+    )]
+    EngineInterrupted {
+        signal: String,
+        unfinished: Vec<String>,
+    },
+    /// The executor itself could not do its work (a Slurm command missing or failing).
+    #[error("executor {executor}: {message}")]
+    EngineExecutor { executor: String, message: String },
 
     // ---- pipeline -----------------------------------------------------------------------------
     #[error("{}{}: {field}: {message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]

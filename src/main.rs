@@ -1,7 +1,8 @@
 //! The `tyr` command line. Parses arguments, sets up logging, dispatches to `tyr::cli`, and alone
-//! decides the exit code.
+//! decides the exit code (the codes are listed in `tyr::cli::exit`).
 
 use clap::{Parser, Subcommand};
+use tyr::cli::exit::{ExitKind, classify};
 use tyr::cli::{bench_cmds, engine_cmds, model_cmds};
 
 #[global_allocator]
@@ -64,6 +65,10 @@ enum Command {
     Generate(model_cmds::GenerateArgs),
     /// Speed benchmarks (`tyr bench forward`).
     Bench(bench_cmds::BenchArgs),
+    /// Runs one attempt of one stage inside a Slurm job (`tyr run --executor slurm` submits
+    /// it; not for use by hand).
+    #[command(hide = true)]
+    ExecStage(engine_cmds::ExecStageArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -74,7 +79,7 @@ fn main() -> std::process::ExitCode {
     // otherwise the kernels would warn and run the best class instead.
     if let Err(e) = tyr::model::cpu_kernel::kernel_from_env() {
         eprintln!("error: {e:#}");
-        return std::process::ExitCode::FAILURE;
+        return std::process::ExitCode::from(ExitKind::BadInput.code());
     }
     let result = match &cli.command {
         Command::Run(a) => engine_cmds::run(a, &ui),
@@ -87,12 +92,13 @@ fn main() -> std::process::ExitCode {
         Command::Eval(a) => model_cmds::eval(a),
         Command::Generate(a) => model_cmds::generate_cmd(a),
         Command::Bench(a) => bench_cmds::bench(a),
+        Command::ExecStage(a) => engine_cmds::exec_stage(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(classify(&e).code())
         }
     }
 }

@@ -104,6 +104,7 @@ fn build(deps: &[Vec<usize>], order: &[usize], workdir: &Path) -> Graph {
         cpu_tokens: 3,
         gpu_tokens: 0,
         mem_budget_bytes: u64::MAX,
+        executor: Default::default(),
     };
     Graph::build(header, specs, &reg, Path::new("<generated>")).expect("valid DAG")
 }

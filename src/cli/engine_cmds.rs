@@ -8,8 +8,10 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
+use crate::cli::exit::BadInput;
 use crate::cli::logging::Ui;
 use crate::engine::human_bytes;
+use crate::engine::slurm::{ExecutorKind, SlurmSettings};
 use crate::engine::store::lock;
 use crate::engine::{self, Graph, Observer, OpenMode, Outcome, StageState, Store};
 
@@ -64,12 +66,14 @@ impl PipelineArgs {
         if let Some(b) = self.mem_budget {
             set.push(format!("pipeline.mem_budget_bytes={b}"));
         }
+        // Whatever goes wrong reading, expanding or validating the file is the input's fault.
         Ok(crate::pipeline::load(
             &self.pipeline,
             &set,
             self.workdir.as_deref(),
             &crate::stages::default_registry(),
-        )?)
+        )
+        .map_err(BadInput)?)
     }
 }
 
@@ -77,6 +81,39 @@ impl PipelineArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub p: PipelineArgs,
+    /// Where stage attempts run: `local` (threads here) or `slurm` (one `sbatch` job per
+    /// attempt; the work directory must be on a filesystem the nodes share)
+    /// [`pipeline.executor.kind`, else local].
+    #[arg(long, value_name = "local|slurm", value_parser = parse_executor)]
+    pub executor: Option<ExecutorKind>,
+    /// Slurm partition for the jobs [`pipeline.executor.partition`, else the cluster's default].
+    #[arg(long, value_name = "P")]
+    pub partition: Option<String>,
+    /// An extra sbatch option for every job, e.g. `--slurm-opt=--account=X`; repeatable; added
+    /// after `pipeline.executor.slurm_opts`.
+    #[arg(long = "slurm-opt", value_name = "OPT", allow_hyphen_values = true)]
+    pub slurm_opt: Vec<String>,
+}
+
+fn parse_executor(s: &str) -> Result<ExecutorKind, String> {
+    match s {
+        "local" => Ok(ExecutorKind::Local),
+        "slurm" => Ok(ExecutorKind::Slurm),
+        _ => Err(format!("`{s}` is not an executor (local or slurm)")),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecStageArgs {
+    /// The work directory (on a filesystem shared with the coordinator).
+    #[arg(long)]
+    pub workdir: PathBuf,
+    /// The stage's key (64 hex digits); its job spec is `jobs/<key>/spec.json`.
+    #[arg(long)]
+    pub key: String,
+    /// The attempt number the coordinator gave this job.
+    #[arg(long)]
+    pub attempt: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -132,7 +169,9 @@ pub struct GcArgs {
 }
 
 pub fn run(args: &RunArgs, ui: &Ui) -> anyhow::Result<()> {
-    let graph = args.p.load()?;
+    let mut graph = args.p.load()?;
+    apply_executor_flags(args, &mut graph.header.executor)?;
+    engine::interrupt::install();
     let store = Arc::new(Store::open(&graph.header.workdir, OpenMode::Exclusive)?);
     let observer: Arc<dyn Observer> = match &ui.bars {
         Some(bars) => Arc::new(Bars {
@@ -158,7 +197,7 @@ pub fn run(args: &RunArgs, ui: &Ui) -> anyhow::Result<()> {
     }
     let failed = report.failed();
     if !failed.is_empty() {
-        bail!("{} stage(s) failed: {}", failed.len(), failed.join("; "));
+        return Err(crate::Error::EngineRunFailed { failed }.into());
     }
     // The report's stage timings are only known now; they go into the published copies.
     let cached: std::collections::BTreeSet<&str> = report
@@ -182,6 +221,50 @@ pub fn run(args: &RunArgs, ui: &Ui) -> anyhow::Result<()> {
     if has_report {
         println!("report: {}", report.out_dir.join("report.html").display());
     }
+    Ok(())
+}
+
+/// `--executor`, `--partition`, `--slurm-opt` over the pipeline file's `[pipeline.executor]`.
+fn apply_executor_flags(
+    args: &RunArgs,
+    s: &mut crate::engine::slurm::ExecutorSettings,
+) -> anyhow::Result<()> {
+    let bad = |field: &str, message: String| {
+        BadInput(crate::Error::Pipeline {
+            file: args.p.pipeline.clone(),
+            line: None,
+            field: field.to_string(),
+            message,
+        })
+    };
+    if let Some(k) = args.executor {
+        s.kind = k;
+    }
+    if let Some(p) = &args.partition {
+        SlurmSettings::check_partition(p).map_err(|m| bad("--partition", m))?;
+        s.slurm.partition = Some(p.clone());
+    }
+    for o in &args.slurm_opt {
+        SlurmSettings::check_opt(o).map_err(|m| bad("--slurm-opt", m))?;
+        s.slurm.opts.push(o.clone());
+    }
+    Ok(())
+}
+
+/// `tyr exec-stage`: one attempt of one stage, inside a Slurm job.
+pub fn exec_stage(args: &ExecStageArgs) -> anyhow::Result<()> {
+    let key = crate::engine::Digest::parse(&args.key).map_err(BadInput)?;
+    crate::data::digest::remember_in(&args.workdir.join(crate::pipeline::DIGESTS_DIR));
+    let outcome = engine::worker::exec(
+        &args.workdir,
+        &key,
+        args.attempt,
+        &crate::stages::default_registry(),
+    )
+    .map_err(|e| crate::Error::EngineRunFailed {
+        failed: vec![e.to_string()],
+    })?;
+    println!("{outcome:?}");
     Ok(())
 }
 

@@ -2,5 +2,6 @@
 
 pub mod bench_cmds;
 pub mod engine_cmds;
+pub mod exit;
 pub mod logging;
 pub mod model_cmds;

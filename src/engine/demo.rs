@@ -1,7 +1,8 @@
 //! The engine's own small stage kinds, registered by default. They exercise every engine
 //! feature without any model: a file source with a fingerprint, inline text, iterated hashing,
 //! a slow counter with progress records, random and scaled tensors (transient and published),
-//! a many-input summary, and a stage that always fails. Tests and `pipelines/demo.toml` use them.
+//! a many-input summary, a stage that always fails, and one that declares the resources its
+//! params say (to test how executors treat requests). Tests and `pipelines/demo.toml` use them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,7 +26,8 @@ pub fn register(r: &mut Registry) {
         .register::<RandomTensor>()
         .register::<ScaleTensor>()
         .register::<Summary>()
-        .register::<Fail>();
+        .register::<Fail>()
+        .register::<Claim>();
 }
 
 fn light() -> Resources {
@@ -342,5 +344,48 @@ impl Stage for Fail {
             stage: ctx.stage_id().to_string(),
             message: self.0.message.clone(),
         })
+    }
+}
+
+/// `claim`: output `bytes` = `text`, while declaring `cpus`, `gpus` and `mem_bytes` as its
+/// resources: a stand-in for a heavy stage when testing how an executor places requests.
+pub struct Claim(ClaimParams);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimParams {
+    pub text: String,
+    /// CPU tokens [default 1].
+    #[serde(default = "one")]
+    pub cpus: u32,
+    /// GPUs [default 0].
+    #[serde(default)]
+    pub gpus: u32,
+    /// Peak memory, bytes [default 0: not declared].
+    #[serde(default)]
+    pub mem_bytes: u64,
+}
+
+impl Stage for Claim {
+    const KIND: &'static str = "claim";
+    const VERSION: u32 = 1;
+    type Params = ClaimParams;
+    fn new(p: Self::Params) -> Result<Self> {
+        Ok(Self(p))
+    }
+    fn inputs(&self) -> Vec<InputSlot> {
+        vec![]
+    }
+    fn resources(&self) -> Resources {
+        Resources {
+            cpu: self.0.cpus,
+            gpu: self.0.gpus,
+            mem_bytes: self.0.mem_bytes,
+        }
+    }
+    fn run(&self, _ctx: &mut StageContext<'_>) -> Result<Outputs> {
+        let mut o = Outputs::new();
+        o.bytes("bytes", self.0.text.clone().into_bytes());
+        Ok(o)
     }
 }

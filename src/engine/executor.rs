@@ -3,22 +3,37 @@
 //! run go to `spawn_blocking` when their resource tokens are free; their outputs are handed to
 //! dependents in memory (and are checkpointed all the same). A failed stage stops its
 //! dependents only. Transient outputs are deleted once every consumer has committed.
+//!
+//! Where an attempt runs is the backend's business: `local` (threads of this process, the
+//! tokens and the memory budget above) or `slurm` (one job per attempt, `engine::slurm`; the
+//! cluster does the resource accounting). Everything else — keys, lookups, pins, transients,
+//! publishing — is the coordinator's, the same for both, so both give the same bits.
+//!
+//! SIGTERM / SIGINT (`engine::interrupt`): the coordinator stops scheduling, waits for any
+//! commit being written (never for a stage's computation: a local stage still computing is
+//! abandoned, its progress records kept; a Slurm job keeps running and is adopted by the next
+//! run), and returns `Error::EngineInterrupted`. The store is then as consistent as after a
+//! kill at any instant, which the crash tests check.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 
 use crate::engine::artifact::{ArtifactSet, Retention};
 use crate::engine::fault;
 use crate::engine::graph::Graph;
+use crate::engine::interrupt;
 use crate::engine::job::{self, Committed, Job, Observer, Outcome};
 use crate::engine::key::{Digest, KeyParts};
 use crate::engine::plan::{Lookup, key_parts, lookup};
+use crate::engine::slurm::{ExecutorKind, SlurmBackend, SlurmTask};
 use crate::engine::stage::Resources;
 use crate::engine::store::Store;
 use crate::engine::store::manifest::Manifest;
+use crate::engine::worker::JobSpec;
 use crate::{Error, Result};
 
 /// What one `run` did.
@@ -76,7 +91,19 @@ pub fn run(graph: &Graph, store: Arc<Store>, observer: Arc<dyn Observer>) -> Res
         .enable_time()
         .build()
         .map_err(|e| Error::msg(format!("starting the tokio runtime: {e}")))?;
-    rt.block_on(Coordinator::new(graph, store, observer).drive())
+    let slurm = match graph.header.executor.kind {
+        ExecutorKind::Local => None,
+        ExecutorKind::Slurm => Some(SlurmBackend::new(
+            store.clone(),
+            graph.header.executor.slurm.clone(),
+        )?),
+    };
+    let result = rt.block_on(Coordinator::new(graph, store, observer, slurm).drive());
+    if interrupt::requested().is_some() {
+        // Abandoned local attempts may still be computing on blocking threads; do not wait.
+        rt.shutdown_background();
+    }
+    result
 }
 
 struct Coordinator<'g> {
@@ -88,10 +115,17 @@ struct Coordinator<'g> {
     /// Blob digests some manifest keeps; a transient blob with the same content stays.
     kept: BTreeSet<Digest>,
     free: Resources,
+    /// `Some` under the Slurm executor; `None`: local threads.
+    slurm: Option<SlurmBackend>,
 }
 
 impl<'g> Coordinator<'g> {
-    fn new(graph: &'g Graph, store: Arc<Store>, observer: Arc<dyn Observer>) -> Self {
+    fn new(
+        graph: &'g Graph,
+        store: Arc<Store>,
+        observer: Arc<dyn Observer>,
+        slurm: Option<SlurmBackend>,
+    ) -> Self {
         let h = &graph.header;
         let (disk, _) = store.disk_manifests();
         let kept = disk
@@ -116,6 +150,7 @@ impl<'g> Coordinator<'g> {
             observer,
             pins,
             kept,
+            slurm,
         }
     }
 
@@ -166,8 +201,15 @@ impl<'g> Coordinator<'g> {
     async fn drive(mut self) -> Result<RunReport> {
         let mut running: JoinSet<(usize, Result<Committed>)> = JoinSet::new();
         loop {
+            if let Some(sig) = interrupt::requested() {
+                return Err(self.interrupted(sig));
+            }
             let ready = self.advance()?;
             for (i, parts) in ready {
+                if self.slurm.is_some() {
+                    self.start_slurm(i, parts)?;
+                    continue;
+                }
                 if let Some(why) = self.over_budget(i) {
                     let id = &self.graph.nodes[i].id;
                     tracing::error!(stage = %id, error = %why, "stage refused");
@@ -195,41 +237,149 @@ impl<'g> Coordinator<'g> {
                 });
             }
             self.show_running();
-            let Some(joined) = running.join_next().await else {
-                break;
-            };
-            let (i, result) = joined.map_err(|e| Error::msg(format!("stage task: {e}")))?;
-            self.take(self.need(i), false);
-            let id = self.graph.nodes[i].id.clone();
-            match result {
-                Ok(c) => {
-                    let outcome = Outcome::Ran(c.manifest.duration_s);
-                    self.observer.finished(&id, &outcome);
-                    self.kept.extend(
-                        c.manifest
-                            .outputs
-                            .values()
-                            .filter(|o| o.retention == Retention::Keep)
-                            .map(|o| o.digest),
-                    );
-                    self.pin(i, c.manifest.key)?;
-                    self.states[i] = State::Done {
-                        manifest: Box::new(c.manifest),
-                        set: c.set,
-                        available: true,
-                        outcome,
+            let settled = if let Some(s) = self.slurm.as_mut() {
+                if s.is_idle() {
+                    break;
+                }
+                s.next().await?
+            } else {
+                {
+                    // Wake up now and then to notice a signal while stages compute.
+                    let joined = loop {
+                        if interrupt::requested().is_some() {
+                            break None;
+                        }
+                        if let Ok(j) =
+                            tokio::time::timeout(Duration::from_millis(100), running.join_next())
+                                .await
+                        {
+                            break Some(j);
+                        }
                     };
-                    self.collect_transients(i)?;
+                    match joined {
+                        None => continue,
+                        Some(None) => break,
+                        Some(Some(joined)) => {
+                            let (i, result) =
+                                joined.map_err(|e| Error::msg(format!("stage task: {e}")))?;
+                            self.take(self.need(i), false);
+                            vec![(i, result)]
+                        }
+                    }
                 }
-                Err(e) => {
-                    let msg = e.to_string();
-                    tracing::error!(stage = %id, error = %msg, "stage failed");
-                    self.observer.finished(&id, &Outcome::Failed(msg.clone()));
-                    self.states[i] = State::Failed(msg);
-                }
+            };
+            for (i, result) in settled {
+                self.settle(i, result)?;
             }
         }
         self.finish()
+    }
+
+    /// Records how a started stage ended.
+    fn settle(&mut self, i: usize, result: Result<Committed>) -> Result<()> {
+        let id = self.graph.nodes[i].id.clone();
+        match result {
+            Ok(c) => {
+                let outcome = Outcome::Ran(c.manifest.duration_s);
+                self.observer.finished(&id, &outcome);
+                self.kept.extend(
+                    c.manifest
+                        .outputs
+                        .values()
+                        .filter(|o| o.retention == Retention::Keep)
+                        .map(|o| o.digest),
+                );
+                self.pin(i, c.manifest.key)?;
+                self.states[i] = State::Done {
+                    manifest: Box::new(c.manifest),
+                    set: c.set,
+                    available: true,
+                    outcome,
+                };
+                self.collect_transients(i)?;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!(stage = %id, error = %msg, "stage failed");
+                self.observer.finished(&id, &Outcome::Failed(msg.clone()));
+                self.states[i] = State::Failed(msg);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands stage `i` to the Slurm backend (which submits or adopts a job).
+    fn start_slurm(&mut self, i: usize, parts: KeyParts) -> Result<()> {
+        let node = &self.graph.nodes[i];
+        let mut inputs = BTreeMap::new();
+        for b in &node.inputs {
+            let mut from = Vec::new();
+            for &f in &b.from {
+                match &self.states[f] {
+                    State::Done { manifest, .. } => {
+                        from.push((self.graph.nodes[f].id.clone(), manifest.key))
+                    }
+                    _ => {
+                        return Err(Error::msg(format!(
+                            "internal: input `{}` of `{}` not done",
+                            self.graph.nodes[f].id, node.id
+                        )));
+                    }
+                }
+            }
+            inputs.insert(b.slot.clone(), from);
+        }
+        let params_toml = toml::to_string(&node.params).map_err(|e| Error::EngineStage {
+            stage: node.id.clone(),
+            message: format!("params cannot be written for a worker: {e}"),
+        })?;
+        let task = SlurmTask {
+            spec: JobSpec {
+                pipeline: self.graph.header.name.clone(),
+                stage: node.id.clone(),
+                kind: node.kind.clone(),
+                params_toml,
+                parts,
+                inputs,
+            },
+            resources: node.resources,
+        };
+        self.observer.started(&node.id, &node.kind);
+        self.states[i] = State::Running;
+        let Some(slurm) = &mut self.slurm else {
+            return Err(Error::msg("internal: no Slurm backend"));
+        };
+        if let Err(e) = slurm.start(i, task) {
+            let id = self.graph.nodes[i].id.clone();
+            let msg = e.to_string();
+            tracing::error!(stage = %id, error = %msg, "stage refused at submit");
+            self.observer.finished(&id, &Outcome::Failed(msg.clone()));
+            self.states[i] = State::Failed(msg);
+        }
+        Ok(())
+    }
+
+    /// The run stops on signal `sig`: wait for a commit being written, then leave.
+    fn interrupted(&self, sig: i32) -> Error {
+        // Held until the process exits: no local attempt starts writing a commit after this.
+        std::mem::forget(self.store.commit_gate());
+        let unfinished: Vec<String> = self
+            .states
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, State::Pending { .. } | State::Running))
+            .map(|(i, _)| self.graph.nodes[i].id.clone())
+            .collect();
+        if let Some(s) = &self.slurm {
+            for (i, job) in s.job_ids() {
+                tracing::info!(stage = %self.graph.nodes[i].id, job = %job, "left running for the next run to adopt");
+            }
+        }
+        self.store.write_running(&[]);
+        Error::EngineInterrupted {
+            signal: interrupt::name(sig),
+            unfinished,
+        }
     }
 
     /// Resolves every pending stage whose inputs are settled: cached, skipped, or ready to

@@ -28,6 +28,9 @@ pub struct Header {
     pub gpu_tokens: u32,
     /// Memory budget for concurrently running stages, in bytes.
     pub mem_budget_bytes: u64,
+    /// Where stage attempts run (`[pipeline.executor]`, `tyr run --executor`). Not in any key:
+    /// both executors give the same bits.
+    pub executor: crate::engine::slurm::ExecutorSettings,
 }
 
 /// One input slot bound to upstream nodes (indices into `Graph::nodes`).
@@ -43,6 +46,9 @@ pub struct Node {
     pub id: String,
     pub kind: String,
     pub params_json: String,
+    /// The params table as written (after overrides): what a worker process rebuilds the
+    /// stage from (`engine::worker`).
+    pub params: toml::Table,
     pub stage: Arc<dyn DynStage>,
     /// In the stage's declared slot order.
     pub inputs: Vec<Binding>,
@@ -182,6 +188,7 @@ impl Graph {
                 id: s.id.clone(),
                 kind: s.kind.clone(),
                 params_json: b.params_json,
+                params: s.params.clone(),
                 stage: b.stage,
                 inputs,
                 resources,

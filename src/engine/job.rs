@@ -97,6 +97,8 @@ fn attempt_inner(job: &Job, key: Digest) -> Result<Committed> {
         on_progress: &on_progress,
     };
     let outs = job.stage.run(&mut ctx)?;
+    // From here to the durable manifest, an interrupted run waits for this attempt.
+    let _gate = store.commit_gate();
     let mut entries = BTreeMap::new();
     let mut set = BTreeMap::new();
     for (name, out) in outs.entries {

@@ -11,14 +11,17 @@ pub mod executor;
 pub mod fault;
 pub mod fsio;
 pub mod graph;
+pub mod interrupt;
 pub mod job;
 pub mod key;
 pub mod plan;
 pub mod registry;
+pub mod slurm;
 pub mod stage;
 pub mod status;
 pub mod store;
 pub mod verify;
+pub mod worker;
 
 pub use artifact::{ArtifactKind, ArtifactSet, Output, Outputs, Retention, Value};
 pub use executor::{RunReport, human_bytes, run};

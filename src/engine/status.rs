@@ -64,6 +64,17 @@ pub fn status(
                 }
                 _ => ("pending", p.reason.clone()),
             };
+            // Under the Slurm executor, the jobs each attempt ran as (retries included).
+            let detail = match p
+                .key
+                .as_deref()
+                .and_then(|k| crate::engine::Digest::parse(k).ok())
+                .and_then(|k| crate::engine::slurm::status_note(store.root(), &k))
+            {
+                Some(note) if detail.is_empty() => note,
+                Some(note) => format!("{detail} ({note})"),
+                None => detail,
+            };
             StageStatus {
                 id: p.id,
                 kind: p.kind,

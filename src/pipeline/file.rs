@@ -14,6 +14,15 @@
 //! mem_budget_bytes = 0   # memory budget for concurrent stages, bytes (`tyr run --mem-budget
 //!                        # 20G` sets it too); default (or 0): 80% of RAM or of the cgroup limit
 //!
+//! [pipeline.executor]    # optional; `tyr run --executor slurm …` sets the same
+//! kind = "local"         # "local" (default) or "slurm"
+//! partition = "gpu"      # slurm: --partition [the cluster's default]
+//! slurm_opts = ["--account=X"]  # slurm: extra sbatch options, after tyr's own [none]
+//! time = "04:00:00"      # slurm: --time per job [the partition's default]
+//! max_attempts = 3       # slurm: jobs per stage in one run before it fails [3]
+//! poll_ms = 2000         # slurm: how often Slurm is asked about jobs, ms [2000]
+//! program = "/shared/bin/tyr"   # slurm: the tyr binary jobs run [this binary]
+//!
 //! [[stage]]
 //! id = "digest"          # unique
 //! kind = "hash"          # a registered kind
@@ -48,6 +57,28 @@ pub struct RawHeader {
     pub gpu_tokens: u32,
     #[serde(default)]
     pub mem_budget_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<RawExecutor>,
+}
+
+/// The `[pipeline.executor]` table as written (see the module docs for each field).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExecutor {
+    #[serde(default)]
+    pub kind: crate::engine::slurm::ExecutorKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slurm_opts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<PathBuf>,
 }
 
 fn default_dtype() -> String {
@@ -208,9 +239,9 @@ impl RawPipeline {
         let path: Vec<&str> = key.trim().split('.').collect();
         let value = parse_value(value.trim());
         match path.as_slice() {
-            ["pipeline", field] => {
+            ["pipeline", rest @ ..] if !rest.is_empty() => {
                 let mut t = toml::Table::try_from(&self.header).map_err(|e| fail(e.to_string()))?;
-                t.insert(field.to_string(), value);
+                set_path(&mut t, rest, value).map_err(fail)?;
                 self.header = toml::Value::Table(t)
                     .try_into()
                     .map_err(|e: toml::de::Error| fail(e.message().trim().to_string()))?;

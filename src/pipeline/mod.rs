@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use crate::engine::graph::{Graph, Header};
 use crate::engine::registry::{ExpandContext, Registry, StageSpec};
+use crate::engine::slurm::{ExecutorSettings, SlurmSettings};
 use crate::{Error, Result};
-pub use file::{RawHeader, RawPipeline, RawStage};
+pub use file::{RawExecutor, RawHeader, RawPipeline, RawStage};
 
 /// Reads, overrides, expands and validates the pipeline at `path`. `workdir` (from the command
 /// line) wins over the file's `workdir`; the default is `.tyr/` beside the file.
@@ -142,6 +143,7 @@ fn resolve_header(
         (None, Some(w)) => base.join(w),
         (None, None) => base.join(".tyr"),
     };
+    let executor = resolve_executor(h.executor.as_ref(), file)?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
@@ -157,5 +159,44 @@ fn resolve_header(
             .mem_budget_bytes
             .filter(|&m| m > 0)
             .unwrap_or_else(default_mem_budget),
+        executor,
+    })
+}
+
+fn resolve_executor(raw: Option<&file::RawExecutor>, file: &Path) -> Result<ExecutorSettings> {
+    let Some(r) = raw else {
+        return Ok(ExecutorSettings::default());
+    };
+    let bad = |field: &str, message: String| Error::Pipeline {
+        file: file.to_path_buf(),
+        line: None,
+        field: format!("pipeline.executor.{field}"),
+        message,
+    };
+    let mut s = SlurmSettings::default();
+    if let Some(p) = &r.partition {
+        SlurmSettings::check_partition(p).map_err(|m| bad("partition", m))?;
+        s.partition = Some(p.clone());
+    }
+    for o in &r.slurm_opts {
+        SlurmSettings::check_opt(o).map_err(|m| bad("slurm_opts", m))?;
+    }
+    s.opts = r.slurm_opts.clone();
+    if let Some(t) = &r.time {
+        SlurmSettings::check_time(t).map_err(|m| bad("time", m))?;
+        s.time = Some(t.clone());
+    }
+    if let Some(n) = r.max_attempts {
+        SlurmSettings::check_max_attempts(n).map_err(|m| bad("max_attempts", m))?;
+        s.max_attempts = n;
+    }
+    if let Some(ms) = r.poll_ms {
+        SlurmSettings::check_poll_ms(ms).map_err(|m| bad("poll_ms", m))?;
+        s.poll_ms = ms;
+    }
+    s.program = r.program.clone();
+    Ok(ExecutorSettings {
+        kind: r.kind,
+        slurm: s,
     })
 }

@@ -53,7 +53,13 @@ pub enum OpenMode {
 
 pub struct Store {
     root: PathBuf,
+    /// Where temp files are written before their rename: `<root>/tmp`, or an attempt's own
+    /// folder for a worker (`open_worker`), which the coordinator's `tmp/` sweep never touches.
+    tmp: PathBuf,
     _lock: Option<WorkdirLock>,
+    /// Held while an attempt writes its blobs and manifest, so that an interrupted run can
+    /// stop at a commit boundary (`commit_gate`).
+    gate: Mutex<()>,
     index: Option<Index>,
     checked: Mutex<BTreeMap<Digest, BlobState>>,
     open_notes: Vec<String>,
@@ -68,7 +74,9 @@ impl Store {
     pub fn open(root: &Path, mode: OpenMode) -> Result<Store> {
         let mut store = Store {
             root: root.to_path_buf(),
+            tmp: root.join("tmp"),
             _lock: None,
+            gate: Mutex::new(()),
             index: None,
             checked: Mutex::new(BTreeMap::new()),
             open_notes: Vec::new(),
@@ -98,6 +106,39 @@ impl Store {
         Ok(store)
     }
 
+    /// A store for one stage attempt running outside the lock holder (a Slurm job): no lock,
+    /// no index, temp files in `tmp` (created here). It writes blobs, progress records and its
+    /// manifest exactly as a local attempt does; the lock holder commits the index.
+    pub fn open_worker(root: &Path, tmp: &Path) -> Result<Store> {
+        if !root.join("manifests").is_dir() {
+            return Err(Error::EngineStore {
+                path: root.to_path_buf(),
+                message: "not a tyr work directory (no manifests/); is it on a filesystem \
+                          this node shares with the coordinator?"
+                    .into(),
+            });
+        }
+        fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            tmp: tmp.to_path_buf(),
+            _lock: None,
+            gate: Mutex::new(()),
+            index: None,
+            checked: Mutex::new(BTreeMap::new()),
+            open_notes: Vec::new(),
+        })
+    }
+
+    /// Taken around an attempt's blob and manifest writes; whoever holds it knows no commit is
+    /// half written.
+    pub fn commit_gate(&self) -> std::sync::MutexGuard<'_, ()> {
+        match self.gate.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -105,7 +146,7 @@ impl Store {
         self.root.join("index.sled")
     }
     pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
+        self.tmp.clone()
     }
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
         let h = d.hex();

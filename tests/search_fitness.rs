@@ -77,6 +77,43 @@ fn candle_top_k_equals_the_reference() {
 }
 
 #[test]
+fn top_k_equals_the_reference_with_every_special_value_and_any_k() {
+    // NaN, ±0, ±∞, subnormals, the extremes and heavy ties, at k from 1 to the whole row.
+    let specials = [
+        f32::NAN,
+        -f32::NAN,
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MIN_POSITIVE / 4.0,
+        -f32::MIN_POSITIVE / 4.0,
+        f32::MAX,
+        f32::MIN,
+        1.0,
+        -1.0,
+    ];
+    let (rows, vocab) = (6, 97);
+    let mut z = random_logits(3, rows, vocab, 1.0);
+    let mut rng = Stream::new(4, "specials", &[]);
+    for x in z.iter_mut() {
+        if rng.next_f64() < 0.4 {
+            *x = specials[rng.below(specials.len())];
+        }
+    }
+    let t = Tensor::from_vec(z.clone(), (rows, vocab), &Device::Cpu).unwrap();
+    for k in [1, 2, 5, 48, 96, 97] {
+        let got = TeacherTopK::from_logits(&t, k).unwrap();
+        for r in 0..rows {
+            let (ids, values) = reference::top_k(&z[r * vocab..(r + 1) * vocab], k);
+            assert_eq!(got.ids_u32(r, 1).unwrap(), ids, "row {r}, k = {k}");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got.values()[r * k..(r + 1) * k]), bits(&values));
+        }
+    }
+}
+
+#[test]
 fn top_k_kl_matches_a_hand_computed_example() {
     // Teacher top-2 = ids {3, 1} with equal logits: p_T = (½, ½). The student's logits at those
     // ids are ln 3 (id 3) and 0 (id 1): p_S = (¾, ¼) over the top-k; the other ids are ignored.

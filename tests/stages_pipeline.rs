@@ -250,3 +250,73 @@ fn a_stage_over_the_memory_budget_fails_before_it_starts() {
     let o = tyr_in(w.path(), &["run"], &[], &[]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn a_teacher_killed_between_its_progress_parts_resumes_there_and_ends_identical() {
+    use common::{Scratch, results, tyr_env};
+    // Model, pool and teacher only: the teacher is the one stage that saves progress, and with
+    // a part after every batch (24 pieces of ≤ 64 tokens in batches of ≤ 1024) it saves two.
+    let calib =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/data/tiny-calib.txt");
+    let body = format!(
+        r#"
+[[stage]]
+id = "model"
+kind = "model"
+params = {{ model = {{ source = "random", layers = 2, hidden = 32, head-dim = 8, heads = 4, kv-heads = 2, d-ff = 48, vocab = 96, seed = 1 }} }}
+
+[[stage]]
+id = "calib-pool"
+kind = "calib-pool"
+params = {{ data = {{ source = "path", path = "{}" }}, format = {{ format = "text", documents = "blank-lines" }}, seq-len = 64, calib-tokens = 1500 }}
+inputs = {{ model = "model" }}
+
+[[stage]]
+id = "teacher"
+kind = "teacher-topk"
+params = {{ top-k = 16 }}
+inputs = {{ model = "model", pool = "calib-pool" }}
+"#,
+        calib.display()
+    );
+    let parts = ("TYR_TEST_TEACHER_PART_SECONDS", "0");
+    let run =
+        |s: &Scratch, env: &[(&str, &str)]| tyr_env(&["run", s.pipeline().to_str().unwrap()], env);
+    let reference = Scratch::new();
+    reference.write("teacher", &body);
+    let o = run(&reference, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let want = results(&reference.workdir());
+    for nth in ["1", "2"] {
+        let s = Scratch::new();
+        s.write("teacher", &body);
+        let spec = format!("progress-after-rename:{nth}");
+        let killed = run(&s, &[parts, ("TYR_FAULT", spec.as_str())]);
+        assert!(!killed.status.success(), "the fault {spec} was not reached");
+        let saved = std::fs::read_dir(s.workdir().join("progress"))
+            .unwrap()
+            .flatten()
+            .find(|e| e.path().extension().is_some_and(|x| x == "parts"))
+            .map(|e| std::fs::read_dir(e.path()).unwrap().count());
+        assert_eq!(
+            saved,
+            Some(nth.parse().unwrap()),
+            "parts on disk after {spec}"
+        );
+        let resumed = run(&s, &[parts, ("RUST_LOG", "info")]);
+        assert!(resumed.status.success(), "{}", text(&resumed));
+        assert!(
+            text(&resumed).contains("resuming the teacher"),
+            "{}",
+            text(&resumed)
+        );
+        assert_eq!(results(&s.workdir()), want, "after a kill at {spec}");
+        // A committed stage leaves no parts behind.
+        let left: Vec<_> = std::fs::read_dir(s.workdir().join("progress"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}

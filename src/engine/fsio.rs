@@ -91,3 +91,12 @@ pub fn remove_if_exists(path: &Path) -> Result<()> {
         Err(e) => Err(Error::io(path, e)),
     }
 }
+
+/// Removes a folder and everything in it if it exists.
+pub fn remove_dir_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}

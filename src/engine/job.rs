@@ -76,7 +76,9 @@ pub(crate) fn run(job: Job) -> Result<Committed> {
     if let (Some(ix), Some(a)) = (index, attempt) {
         ix.commit(a, &committed.manifest)?;
     }
-    fsio::remove_if_exists(&job.store.progress_path(&key))?;
+    let progress = job.store.progress_path(&key);
+    fsio::remove_if_exists(&progress)?;
+    fsio::remove_dir_if_exists(&crate::engine::stage::parts_dir(&progress))?;
     Ok(committed)
 }
 

@@ -235,7 +235,11 @@ pub fn gc(store: &Store) -> Result<GcReport> {
                 .unwrap_or_default()
                 .to_string();
             if disk.contains_key(&stem) {
-                fsio::remove_if_exists(&p)?;
+                if p.is_dir() {
+                    fsio::remove_dir_if_exists(&p)?;
+                } else {
+                    fsio::remove_if_exists(&p)?;
+                }
             }
         }
     }

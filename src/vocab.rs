@@ -31,3 +31,8 @@ impl std::fmt::Display for ModuleKind {
         f.write_str(self.name())
     }
 }
+
+/// One layer's choice: units removed from its attention and from its FFN, written `[attn, ffn]`
+/// in records and params. (The search's `Configuration` holds the same per module, attention of
+/// layer l at module 2l and its FFN at 2l + 1; `supernet::rounds` converts between the two.)
+pub type LayerLevels = [usize; 2];

@@ -24,6 +24,7 @@ use crate::model::{Block, Embeddings, Head, Llama};
 use crate::prune::ModuleKind;
 use crate::prune::local::Variant;
 use crate::supernet::layer::{DenseLayer, assemble_block};
+use crate::vocab::LayerLevels;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,7 +34,7 @@ pub struct EvalPplParams {
     pub label: String,
     /// Per layer `[attn level, ffn level]`; absent = the dense model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub choice: Option<Vec<[usize; 2]>>,
+    pub choice: Option<Vec<LayerLevels>>,
     /// Take the choice from input `search` (a `search` stage) instead [false].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub from_search: bool,
@@ -50,7 +51,7 @@ pub struct PerplexityRecord {
     pub seq_len: usize,
     pub decoder_params: usize,
     pub total_params: usize,
-    pub choice: Option<Vec<[usize; 2]>>,
+    pub choice: Option<Vec<LayerLevels>>,
 }
 
 pub struct EvalPpl(EvalPplParams);

@@ -23,6 +23,7 @@ use crate::model::hf::read_hf_config;
 use crate::model::{ModelConfig, SaveOptions, save_model};
 use crate::prune::ModuleKind;
 use crate::prune::local::Variant;
+use crate::vocab::LayerLevels;
 use crate::{Error, Result};
 
 fn d_true() -> bool {
@@ -37,7 +38,7 @@ pub struct ExportParams {
     /// Where under `out/<pipeline>/` the files go (`model`, `baselines/uniform/model`).
     pub dir: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub choice: Option<Vec<[usize; 2]>>,
+    pub choice: Option<Vec<LayerLevels>>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub from_search: bool,
     /// Also write `model.gguf` [true].
@@ -66,7 +67,7 @@ pub struct ExportRecord {
     pub gguf_params_written: Option<[usize; 2]>,
     /// The pruned model's configuration (per-layer dims).
     pub config: ModelConfig,
-    pub choice: Vec<[usize; 2]>,
+    pub choice: Vec<LayerLevels>,
 }
 
 pub struct ExportStage(ExportParams);

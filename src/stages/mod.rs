@@ -29,6 +29,7 @@ pub mod teacher;
 use crate::Result;
 use crate::engine::{Registry, Resources, StageContext};
 use crate::supernet::rounds::RoundChoice;
+use crate::vocab::LayerLevels;
 
 /// What the CLI runs pipelines with: the engine's demo kinds (the engine tests drive them
 /// through the binary) and every LLM kind with the `[prune]` expander.
@@ -71,9 +72,9 @@ pub(crate) fn light() -> Resources {
 /// `search` input's.
 pub(crate) fn resolve_choice(
     ctx: &StageContext<'_>,
-    fixed: &Option<Vec<[usize; 2]>>,
+    fixed: &Option<Vec<LayerLevels>>,
     from_search: bool,
-) -> Result<Option<Vec<[usize; 2]>>> {
+) -> Result<Option<Vec<LayerLevels>>> {
     if from_search {
         let rc: RoundChoice = ctx.input("search")?.record("choice")?;
         return Ok(Some(rc.levels));

@@ -22,6 +22,7 @@ use crate::export::{
 use crate::model::ModelConfig;
 use crate::search::ModuleKind;
 use crate::supernet::rounds::{RoundChoice, configuration, search_space};
+use crate::vocab::LayerLevels;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -172,7 +173,7 @@ impl Stage for ReportStage {
 }
 
 /// Removed heads and channels of a per-layer `[attn, ffn]` level choice.
-fn sparsity_of_levels(dense: &ModelConfig, levels: &[[usize; 2]]) -> Vec<UnitSparsity> {
+fn sparsity_of_levels(dense: &ModelConfig, levels: &[LayerLevels]) -> Vec<UnitSparsity> {
     let removed = |i: usize| -> u64 { levels.iter().map(|l| l[i] as u64).sum() };
     let units = |f: fn(&crate::model::LayerDims) -> usize| -> u64 {
         dense.layers.iter().map(|d| f(d) as u64).sum()

@@ -8,6 +8,7 @@ use crate::prune::grid::{GridOptions, TypeGrid, next_round_grid};
 use crate::search::{
     Configuration, GenerationRecord, Module, ModuleGrid, ModuleKind, SearchSpace, Steps,
 };
+use crate::vocab::LayerLevels;
 use crate::{Error, Result};
 
 /// Record `choice` of a `search` stage.
@@ -19,7 +20,7 @@ pub struct RoundChoice {
     pub attn: TypeGrid,
     pub ffn: TypeGrid,
     /// Chosen `[attn level, ffn level]` per layer (units removed).
-    pub levels: Vec<[usize; 2]>,
+    pub levels: Vec<LayerLevels>,
     /// The choice's fitness in the last generation (`None` when no generation ran).
     #[serde(with = "crate::serde_f64::option")]
     pub fitness: Option<f64>,
@@ -107,8 +108,16 @@ pub fn search_space(attn: &TypeGrid, ffn: &TypeGrid) -> Result<SearchSpace> {
     )
 }
 
+/// Layer `l`'s `[attn level, ffn level]` in a configuration of `search_space`.
+pub fn levels_at(config: &Configuration, l: usize) -> LayerLevels {
+    [
+        config.levels[2 * l] as usize,
+        config.levels[2 * l + 1] as usize,
+    ]
+}
+
 /// A configuration of `search_space` as `[attn level, ffn level]` per layer.
-pub fn layer_levels(config: &Configuration) -> Vec<[usize; 2]> {
+pub fn layer_levels(config: &Configuration) -> Vec<LayerLevels> {
     config
         .levels
         .chunks(2)
@@ -118,7 +127,7 @@ pub fn layer_levels(config: &Configuration) -> Vec<[usize; 2]> {
 
 /// The inverse of `layer_levels`: per-layer `[attn, ffn]` levels as a configuration of
 /// `search_space`.
-pub fn configuration(levels: &[[usize; 2]]) -> Configuration {
+pub fn configuration(levels: &[LayerLevels]) -> Configuration {
     Configuration {
         levels: levels
             .iter()

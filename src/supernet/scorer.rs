@@ -19,12 +19,14 @@ use candle_core::{D, Device, Tensor};
 
 use super::acts::batches_by_length;
 use super::layer::{DenseLayer, assemble_block};
+use super::rounds::levels_at;
 use crate::model::{Block, Embeddings, Head, ModelConfig, TensorSource};
 use crate::prune::ModuleKind;
 use crate::prune::local::Variant;
 use crate::search::TeacherTopK;
 use crate::search::fitness::{KlMean, piece_offsets, top_k_kl_gathered};
 use crate::search::{Configuration, FitnessKind, PieceSlice, ScoreRequest, Scorer, SearchSpace};
+use crate::vocab::LayerLevels;
 use crate::{Error, Result};
 
 /// Rows of the gathered `lm_head` product computed at once.
@@ -134,16 +136,15 @@ impl<'a> ModelScorer<'a> {
     }
 
     /// Layer l's block with `levels = [attn, ffn]` removed units.
-    fn block(&mut self, l: usize, levels: [usize; 2], keep: &Configuration) -> Result<Arc<Block>> {
+    fn block(&mut self, l: usize, levels: LayerLevels, keep: &Configuration) -> Result<Arc<Block>> {
         let key = (l, levels[0], levels[1]);
         if let Some(b) = self.blocks.get(&key) {
             return Ok(b.clone());
         }
         // Bounded: past the cap keep only the parent's blocks.
         if self.blocks.len() >= 2 * self.n_layers() + 32 {
-            self.blocks.retain(|&(bl, a, f), _| {
-                keep.levels[2 * bl] as usize == a && keep.levels[2 * bl + 1] as usize == f
-            });
+            self.blocks
+                .retain(|&(bl, a, f), _| levels_at(keep, bl) == [a, f]);
         }
         let attn = self.inp.variants.variant(l, ModuleKind::Attn, levels[0])?;
         let ffn = self.inp.variants.variant(l, ModuleKind::Ffn, levels[1])?;
@@ -191,11 +192,7 @@ impl<'a> ModelScorer<'a> {
             if keep_states {
                 states.push(x.clone());
             }
-            let levels = [
-                config.levels[2 * l] as usize,
-                config.levels[2 * l + 1] as usize,
-            ];
-            let b = self.block(l, levels, parent)?;
+            let b = self.block(l, levels_at(config, l), parent)?;
             x = b.forward(&x)?;
             self.layers_forwarded += 1;
         }

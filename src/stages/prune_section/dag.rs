@@ -28,6 +28,7 @@ use crate::stages::search::{RoundGrids, SearchStage, SearchStageParams};
 use crate::stages::supernet_layer::{ModuleLevels, SupernetLayer, SupernetLayerParams};
 use crate::stages::teacher::{TeacherParams, TeacherStage};
 use crate::supernet::rounds::AroundPrevious;
+use crate::vocab::LayerLevels;
 use crate::{Error, Result};
 
 /// Every stage id the section generates.
@@ -197,7 +198,7 @@ pub fn build(c: &PruneConfig, cfg: &ModelConfig, at: Where<'_>) -> Result<Vec<St
 #[derive(Clone)]
 enum Choice {
     Dense,
-    Fixed(Vec<[usize; 2]>),
+    Fixed(Vec<LayerLevels>),
     /// From the named `search` stage.
     Search(String),
 }
@@ -205,7 +206,7 @@ enum Choice {
 impl Choice {
     /// The params pair (`choice`, `from-search`) of an `eval-ppl` / `export`; a search choice
     /// also adds the `search` input.
-    fn bind(self, inputs: &mut Vec<(&str, InputRef)>) -> (Option<Vec<[usize; 2]>>, bool) {
+    fn bind(self, inputs: &mut Vec<(&str, InputRef)>) -> (Option<Vec<LayerLevels>>, bool) {
         match self {
             Choice::Dense => (None, false),
             Choice::Fixed(v) => (Some(v), false),
@@ -530,7 +531,7 @@ impl Builder<'_> {
                 _ => id,
             };
         }
-        let choice: Vec<[usize; 2]> = (0..self.n)
+        let choice: Vec<LayerLevels> = (0..self.n)
             .map(|l| [ba.modules[l].centre, bf.modules[l].centre])
             .collect();
         let export = if c.exported_baselines().contains(&baseline) {

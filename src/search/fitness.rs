@@ -466,7 +466,7 @@ mod le_bytes {
                 )
             }
             fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<Vec<T>, E> {
-                if b.len() % T::WIDTH != 0 {
+                if !b.len().is_multiple_of(T::WIDTH) {
                     return Err(E::custom(format!(
                         "{} bytes is not a whole number of {}-byte values",
                         b.len(),

@@ -320,3 +320,54 @@ inputs = {{ model = "model", pool = "calib-pool" }}
         assert!(left.is_empty(), "{left:?}");
     }
 }
+
+/// Output name → digest of stage `id` in the tiny pipeline's latest run in `work`.
+fn outputs_of(work: &Path, id: &str) -> std::collections::BTreeMap<String, String> {
+    let pins: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.join("runs/tiny.json")).unwrap()).unwrap();
+    let key = pins[id]
+        .as_str()
+        .unwrap_or_else(|| panic!("no pin for {id}"));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.join(format!("manifests/{key}.json"))).unwrap())
+            .unwrap();
+    m["outputs"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v["digest"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn the_final_refit_of_the_all_centre_choice_is_the_uniform_baseline_bit_for_bit() {
+    // No generation runs, so the search keeps its start, the all-centre configuration; with a
+    // centred round-1 grid those centres are the uniform baseline's levels exactly.
+    let w = tempfile::tempdir().unwrap();
+    let set = [
+        "--set",
+        "prune.final-refit=true",
+        "--set",
+        "prune.rounds=1",
+        "--set",
+        "prune.generations=0",
+        "--set",
+        "prune.round1-grid=\"centred\"",
+        "--set",
+        "prune.baselines=[\"uniform\"]",
+    ];
+    let o = tyr_in(w.path(), &["run"], &set, &[]);
+    assert!(o.status.success(), "run failed:\n{}", text(&o));
+    for l in 0..3 {
+        let refit = outputs_of(w.path(), &format!("refit-layer-{l:02}"));
+        let uniform = outputs_of(w.path(), &format!("uniform-layer-{l:02}"));
+        assert_eq!(refit, uniform, "layer {l}");
+    }
+    let (tyr, uniform, searched) = (
+        ppl(w.path(), "tyr"),
+        ppl(w.path(), "uniform"),
+        ppl(w.path(), "searched"),
+    );
+    assert_eq!(tyr["perplexity"], uniform["perplexity"]);
+    assert_eq!(tyr["decoder_params"], searched["decoder_params"]);
+}

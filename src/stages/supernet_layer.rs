@@ -60,6 +60,11 @@ pub struct SupernetLayerParams {
     /// `search` stage) with the step halved, as `rounds::next_grids` computes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub around: Option<AroundPrevious>,
+    /// The final re-fit (ALGORITHM.md §9.1): one level per module, the level input `previous`
+    /// (the last `search`) chose for this layer, built on the activations of the pruned model
+    /// itself (`expectation = centre`, chained through `layer-forward`) [false].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refit: bool,
     /// [density-weighted]
     #[serde(default = "density_weighted")]
     pub expectation: Expectation,
@@ -92,16 +97,25 @@ impl Stage for SupernetLayer {
     type Params = SupernetLayerParams;
 
     fn new(p: SupernetLayerParams) -> Result<Self> {
-        match (&p.attn, &p.ffn, &p.around) {
-            (Some(a), Some(f), None) => {
+        match (&p.attn, &p.ffn, &p.around, p.refit) {
+            (Some(a), Some(f), None, false) => {
                 a.check("attn.levels", p.expectation)?;
                 f.check("ffn.levels", p.expectation)?;
             }
-            (None, None, Some(_)) if p.round > 1 => {}
+            (None, None, Some(_), false) if p.round > 1 => {}
+            (None, None, None, true) => {
+                if p.expectation != Expectation::Centre {
+                    return Err(Error::PruneOption {
+                        field: "expectation",
+                        reason: "a re-fit layer propagates its one level: use `centre`".into(),
+                    });
+                }
+            }
             _ => {
                 return Err(Error::PruneOption {
                     field: "attn.levels",
-                    reason: "give `attn` and `ffn` levels (round 1) or `around` (later rounds)"
+                    reason: "give `attn` and `ffn` levels (round 1), `around` (later rounds) \
+                             or `refit = true` (after the last search)"
                         .into(),
                 });
             }
@@ -121,7 +135,7 @@ impl Stage for SupernetLayer {
 
     fn inputs(&self) -> Vec<InputSlot> {
         let mut v = vec![InputSlot::one("model"), InputSlot::one("x")];
-        if self.0.around.is_some() {
+        if self.0.around.is_some() || self.0.refit {
             v.push(InputSlot::one("previous"));
         }
         v
@@ -207,9 +221,22 @@ impl BuildCheckpoint for Checkpoint<'_, '_> {
 }
 
 impl SupernetLayer {
-    /// This layer's grids: from the params (round 1) or around the previous round's choice.
+    /// This layer's grids: from the params (round 1), around the previous round's choice, or
+    /// (a re-fit) the one level the last search chose.
     fn grids(&self, ctx: &StageContext<'_>) -> Result<(ModuleLevels, ModuleLevels)> {
         let p = &self.0;
+        if p.refit {
+            let chosen: RoundChoice = ctx.input("previous")?.record("choice")?;
+            let [a, f] = *chosen.levels.get(p.layer).ok_or_else(|| Error::LayerDims {
+                layer: p.layer,
+                msg: format!("the search chose levels for {} layers", chosen.levels.len()),
+            })?;
+            let one = |l: usize| ModuleLevels {
+                levels: vec![l],
+                centre: Some(l),
+            };
+            return Ok((one(a), one(f)));
+        }
         match (&p.attn, &p.ffn, &p.around) {
             (Some(a), Some(f), _) => Ok((a.clone(), f.clone())),
             (_, _, Some(around)) => {

@@ -162,6 +162,8 @@ pub struct PruneConfig {
     pub incremental_search: bool,
     #[serde(default = "d_search_cache_mib")]
     pub search_cache_mib: u64,
+    #[serde(default)]
+    pub final_refit: bool,
     #[serde(default = "d_true")]
     pub export: bool,
     #[serde(default)]

@@ -53,6 +53,13 @@ pub mod ids {
     pub fn search(t: usize) -> String {
         format!("r{t}-search")
     }
+    /// Layer l of the final re-fit.
+    pub fn refit_layer(l: usize) -> String {
+        format!("refit-layer-{l:02}")
+    }
+    pub fn refit_forward(l: usize) -> String {
+        format!("refit-forward-{l:02}")
+    }
     pub fn baseline_layer(baseline: &str, l: usize) -> String {
         format!("{baseline}-layer-{l:02}")
     }
@@ -125,10 +132,21 @@ pub fn build(c: &PruneConfig, cfg: &ModelConfig, at: Where<'_>) -> Result<Vec<St
     let mut evals: Vec<EvalSpec> = Vec::new();
     let mut exports: Vec<String> = Vec::new();
     if let Some(search) = &last_search {
+        // The model tyr delivers: the searched layers, or their re-fit on its own activations.
+        let tyr_layers = if c.final_refit {
+            evals.push(EvalSpec {
+                label: "searched".into(),
+                choice: Choice::Search(search.clone()),
+                layers: final_layers.clone(),
+            });
+            b.refit_chain(search)?
+        } else {
+            final_layers.clone()
+        };
         evals.push(EvalSpec {
             label: "tyr".into(),
             choice: Choice::Search(search.clone()),
-            layers: final_layers.clone(),
+            layers: tyr_layers.clone(),
         });
         if c.export {
             b.export(
@@ -136,7 +154,7 @@ pub fn build(c: &PruneConfig, cfg: &ModelConfig, at: Where<'_>) -> Result<Vec<St
                 "tyr",
                 "model",
                 Choice::Search(search.clone()),
-                &final_layers,
+                &tyr_layers,
             )?;
             exports.push(ids::EXPORT.into());
         }
@@ -360,6 +378,7 @@ impl Builder<'_> {
                 attn,
                 ffn,
                 around,
+                refit: false,
                 expectation: c.expectation,
                 ffn_stats: c.ffn_stats,
                 attn_pruning: c.local(c.attn_removal),
@@ -379,6 +398,44 @@ impl Builder<'_> {
             self.push(&id, SupernetLayer::KIND, &p, &inputs, Some(mem))?;
             if l + 1 < self.n {
                 let fwd = ids::forward(t, l);
+                self.forward(&fwd, l, &x, &id)?;
+                x = fwd;
+            }
+            layers.push(id);
+        }
+        Ok(layers)
+    }
+
+    /// The final re-fit: a layer stage per layer at the level `search` chose, each calibrated
+    /// on the previous re-fit layer's output (the `centre` chain of the chosen configuration).
+    /// Returns the layer stage ids.
+    fn refit_chain(&mut self, search: &str) -> Result<Vec<String>> {
+        let c = self.c;
+        let mut x = ids::EMBED.to_string();
+        let mut layers = Vec::with_capacity(self.n);
+        for l in 0..self.n {
+            let p = SupernetLayerParams {
+                round: 1,
+                layer: l,
+                attn: None,
+                ffn: None,
+                around: None,
+                refit: true,
+                expectation: Expectation::Centre,
+                ffn_stats: c.ffn_stats,
+                attn_pruning: c.local(c.attn_removal),
+                ffn_pruning: c.local(c.ffn_removal),
+            };
+            let id = ids::refit_layer(l);
+            let inputs = [
+                (ids::MODEL, one(ids::MODEL)),
+                ("x", one(&x)),
+                ("previous", one(search)),
+            ];
+            let mem = self.shapes.supernet_layer(l, 1, 1);
+            self.push(&id, SupernetLayer::KIND, &p, &inputs, Some(mem))?;
+            if l + 1 < self.n {
+                let fwd = ids::refit_forward(l);
                 self.forward(&fwd, l, &x, &id)?;
                 x = fwd;
             }
@@ -490,6 +547,7 @@ impl Builder<'_> {
                             centre: Some(f),
                         }),
                         around: None,
+                        refit: false,
                         expectation: Expectation::Centre,
                         ffn_stats: c.ffn_stats,
                         attn_pruning: c.local(c.attn_removal),

@@ -39,6 +39,9 @@
 //!                              # their first changed layer; false: from layer 0 (same result)
 //! search-cache-mib = 4096      # memory for those cached hidden states, MiB (not in the key:
 //!                              # it changes what is recomputed, never a result)
+//! final-refit = false          # after the last search, re-prune each module at its chosen
+//!                              # level on the pruned model's own activations; `eval-tyr` and
+//!                              # `export` use it, `eval-searched` scores the searched layers
 //! export = true                # write the pruned model to out/<name>/model/ [true]
 //! export-baselines = ["uniform"]   # exported baselines, to out/<name>/baselines/<b>/model/
 //!                              # [uniform, when it is one of `baselines`]
@@ -59,7 +62,9 @@
 //!
 //! Search and later rounds: `teacher` (`teacher-topk`), `r{t}-search` (`search`, round t over
 //! `r{t}-layer-*`), and for t ≥ 2 `r{t}-layer-NN` / `r{t}-forward-NN` whose grids centre on
-//! `r{t−1}-search`'s choice. After the last round: `eval-tyr`, `export` (→ `model/`),
+//! `r{t−1}-search`'s choice. With `final-refit`, `refit-layer-NN` / `refit-forward-NN` (one level
+//! per module, the chosen one, on the pruned model's activations) and `eval-searched`. After the
+//! last round: `eval-tyr`, `export` (→ `model/`),
 //! `export-<baseline>` (→ `baselines/<baseline>/model/`), `report`. Round 1's layer stages
 //! do not depend on the target, so another target reuses them and the teacher.
 

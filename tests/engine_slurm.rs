@@ -242,6 +242,7 @@ fn a_request_the_cluster_cannot_meet_is_refused_at_submit_naming_stage_and_reque
     for (id, params, mentions) in [
         ("huge", "mem_bytes = 1125899906842624", "--mem=1073741824M"),
         ("gpus", "gpus = 4", "--gres=gpu:4"),
+        ("cpus", "cpus = 4096", "--cpus-per-task=4096"),
     ] {
         let s = Scratch::new();
         s.write(

@@ -78,6 +78,28 @@ pub fn run(program: &str, args: &[String]) -> Result<String, String> {
     }
 }
 
+/// The most CPUs any node of `partition` (else of every partition) has, from `sinfo`. Slurm
+/// accepts a job asking for more and leaves it pending forever (reason `PartitionConfig`), so
+/// the executor refuses such a job itself.
+pub fn max_cpus_per_node(partition: Option<&str>) -> Result<u32, String> {
+    let mut args = vec!["-h".to_string(), "-o".to_string(), "%c".to_string()];
+    if let Some(p) = partition {
+        args.extend(["-p".to_string(), p.to_string()]);
+    }
+    let out = run("sinfo", &args)?;
+    parse_max_cpus(&out).ok_or_else(|| format!("sinfo listed no nodes: {out:?}"))
+}
+
+/// The largest of `sinfo -o %c`'s lines ("2", "64", "8+" for a group of unequal nodes).
+pub fn parse_max_cpus(out: &str) -> Option<u32> {
+    out.lines()
+        .filter_map(|l| {
+            let digits: String = l.trim().chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u32>().ok()
+        })
+        .max()
+}
+
 /// Submits `script` with `args` before it; returns the job id.
 pub fn sbatch(args: &[String], script: &Path) -> Result<String, String> {
     let mut all = vec!["--parsable".to_string()];
@@ -151,6 +173,13 @@ mod tests {
     fn scontrol_one_line_output_gives_the_state() {
         let line = "JobId=7 JobName=x UserId=root(0) JobState=CANCELLED Reason=None ExitCode=0:15";
         assert_eq!(scontrol_state(line), Some("CANCELLED"));
+    }
+
+    #[test]
+    fn sinfo_cpu_counts_give_the_largest_node() {
+        assert_eq!(parse_max_cpus("2\n64\n8+\n"), Some(64));
+        assert_eq!(parse_max_cpus(""), None);
+        assert_eq!(parse_max_cpus("n/a\n"), None);
     }
 
     #[test]

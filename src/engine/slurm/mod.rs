@@ -284,20 +284,39 @@ impl SlurmBackend {
             WriteKind::Plain,
         )?;
         let args = self.sbatch_args(task, &dir.join("slurm-%j.out"));
-        let id = cmd::sbatch(&args, &script).map_err(|e| Error::EngineStage {
-            stage: task.spec.stage.clone(),
-            message: format!(
-                "Slurm refused the job ({}; cpus {}, memory {}, gpus {}): {e}",
-                args[2..].join(" "),
-                task.resources.cpu.max(1),
-                if task.resources.mem_bytes > 0 {
-                    human_bytes(task.resources.mem_bytes)
-                } else {
-                    "the cluster default".into()
-                },
-                task.resources.gpu,
-            ),
-        })?;
+        let cpus = task.resources.cpu.max(1);
+        let fits = match cmd::max_cpus_per_node(self.settings.partition.as_deref()) {
+            Ok(most) if u64::from(cpus) > u64::from(most) => Err(format!(
+                "it asks for {cpus} CPUs per task and the largest node{} has {most}; Slurm \
+                 would leave it pending forever",
+                match &self.settings.partition {
+                    Some(p) => format!(" of partition `{p}`"),
+                    None => String::new(),
+                }
+            )),
+            Ok(_) => Ok(()),
+            // No answer from sinfo: let sbatch decide.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the nodes' CPU counts");
+                Ok(())
+            }
+        };
+        let id = fits
+            .and_then(|()| cmd::sbatch(&args, &script))
+            .map_err(|e| Error::EngineStage {
+                stage: task.spec.stage.clone(),
+                message: format!(
+                    "Slurm refused the job ({}; cpus {}, memory {}, gpus {}): {e}",
+                    args[2..].join(" "),
+                    task.resources.cpu.max(1),
+                    if task.resources.mem_bytes > 0 {
+                        human_bytes(task.resources.mem_bytes)
+                    } else {
+                        "the cluster default".into()
+                    },
+                    task.resources.gpu,
+                ),
+            })?;
         self.log.append(&Event::Submitted {
             pipeline: task.spec.pipeline.clone(),
             stage: task.spec.stage.clone(),

@@ -97,9 +97,35 @@ fn gc_keeps_what_the_latest_run_pins_and_removes_the_rest() {
     let o = tyr(&["run", &p, "--set", "digest.rounds=5"]);
     assert!(o.status.success(), "{}", text(&o));
     let before = results(&s.workdir());
+    // Slurm job folders: one per committed stage (pinned or not) and one of a job that never
+    // committed (it may still be running, for a later run to adopt).
+    let jobs = s.workdir().join("jobs");
+    let committed: Vec<String> = std::fs::read_dir(s.workdir().join("manifests"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| Some(e.path().file_stem()?.to_str()?.to_string()))
+        .collect();
+    let pending = "ab".repeat(32);
+    for k in committed.iter().chain([&pending]) {
+        std::fs::create_dir_all(jobs.join(k).join("1")).unwrap();
+        std::fs::write(jobs.join(k).join("1/slurm-1.out"), "log").unwrap();
+    }
     let o = tyr(&["gc", "--workdir", &w]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("removed 2 manifest(s)"), "{}", text(&o));
+    let n = committed.len();
+    assert!(
+        text(&o).contains(&format!("{n} Slurm job folder(s)")),
+        "{}",
+        text(&o)
+    );
+    let left: Vec<String> = std::fs::read_dir(&jobs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, [pending.clone()]);
+    std::fs::remove_dir_all(&jobs).unwrap();
     let after = results(&s.workdir());
     assert!(after.len() < before.len());
     let o = tyr(&["run", &p, "--set", "digest.rounds=5"]);

@@ -414,9 +414,10 @@ pub fn gc(args: &GcArgs) -> anyhow::Result<()> {
     let store = Store::open(&args.workdir, OpenMode::Exclusive)?;
     let r = engine::verify::gc(&store)?;
     println!(
-        "removed {} manifest(s) and {} blob(s), freed {}",
+        "removed {} manifest(s), {} blob(s) and {} Slurm job folder(s), freed {}",
         r.manifests_removed,
         r.blobs_removed,
+        r.job_dirs_removed,
         human_bytes(r.bytes_freed)
     );
     Ok(())

@@ -190,11 +190,15 @@ pub fn repair(store: &Store, opened_notes: Vec<String>) -> Result<VerifyReport> 
 pub struct GcReport {
     pub manifests_removed: usize,
     pub blobs_removed: usize,
+    /// Slurm job folders (`jobs/<key>/`: spec, scripts, logs) of stages that have committed.
+    pub job_dirs_removed: usize,
     pub bytes_freed: u64,
 }
 
 /// Deletes manifests no pinned run references, blobs no remaining manifest references, and
-/// progress records of stages that have committed. Open the store with `OpenMode::Exclusive`.
+/// progress records and Slurm job folders of stages that have committed (the run log
+/// `jobs/runlog.jsonl` stays: it is small and says what was submitted). Open the store with
+/// `OpenMode::Exclusive`.
 pub fn gc(store: &Store) -> Result<GcReport> {
     let mut r = GcReport::default();
     let pinned: BTreeSet<Digest> = store
@@ -203,6 +207,8 @@ pub fn gc(store: &Store) -> Result<GcReport> {
         .flat_map(|p| p.into_values())
         .collect();
     let (disk, _) = store.disk_manifests();
+    // Stages that committed, whether or not their manifest survives below.
+    let committed: BTreeSet<String> = disk.keys().cloned().collect();
     let mut live = BTreeSet::new();
     for m in disk.values() {
         if pinned.contains(&m.key) {
@@ -243,6 +249,17 @@ pub fn gc(store: &Store) -> Result<GcReport> {
             }
         }
     }
+    if let Ok(entries) = fs::read_dir(store.root().join("jobs")) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() && committed.contains(&name) {
+                r.bytes_freed += dir_bytes(&p);
+                fsio::remove_dir_if_exists(&p)?;
+                r.job_dirs_removed += 1;
+            }
+        }
+    }
     if let Ok(entries) = fs::read_dir(store.root()) {
         for e in entries.flatten() {
             if e.file_name()
@@ -255,4 +272,22 @@ pub fn gc(store: &Store) -> Result<GcReport> {
     }
     store.reconcile()?;
     Ok(r)
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                dir_bytes(&p)
+            } else {
+                fs::metadata(&p).map(|m| m.len()).unwrap_or(0)
+            }
+        })
+        .sum()
 }

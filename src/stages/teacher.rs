@@ -82,8 +82,7 @@ impl Stage for TeacherStage {
         let llama = Llama::load(&model.config, model.source.as_ref())?;
         let vocab = model.config.vocab_size;
         let saved: Vec<Part> = ctx.load_progress_parts()?;
-        let (mut done, mut teacher, mut parts) = resume(&saved, &pool, self.0.top_k, vocab)?;
-        drop(saved);
+        let (mut done, mut teacher, mut parts) = resume(saved, &pool, self.0.top_k, vocab)?;
         ctx.truncate_progress_parts(parts)?;
         if done > 0 {
             tracing::info!(pieces = done, parts, "resuming the teacher");
@@ -135,10 +134,11 @@ impl Stage for TeacherStage {
 }
 
 /// The pieces done, the rows so far and the next part's index, from the parts an interrupted
-/// attempt saved. Parts come from attempts of this same key (same model, pool and k), so they
-/// fit unless damaged; the first that does not fit, and every part after it, is recomputed.
+/// attempt saved (each dropped once appended, so the rows are held once). Parts come from
+/// attempts of this same key (same model, pool and k), so they fit unless damaged; the first
+/// that does not fit, and every part after it, is recomputed.
 fn resume(
-    saved: &[Part],
+    saved: Vec<Part>,
     pool: &Pool,
     k: usize,
     vocab: usize,

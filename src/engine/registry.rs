@@ -1,7 +1,8 @@
-//! The registry of stage kinds and pipeline-section expanders. The engine knows no kind of its
-//! own: the CLI's registry is `stages::default_registry()` (the engine's demo kinds from
-//! `engine::demo::register` plus every LLM kind and the `[prune]` expander). Pipeline files name kinds; the registry turns a kind name and
-//! a params table into a runnable stage and the canonical params text that enters its key.
+//! The registry of stage kinds and pipeline-section expanders. The engine fills none itself: the
+//! CLI's registry is `stages::default_registry()` (the engine's demo kinds from
+//! `engine::demo::register`, every LLM kind and the `[prune]` expander). Pipeline files name
+//! kinds; the registry turns a kind name and a params table into a runnable stage and the
+//! canonical params text that enters its key.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -7,9 +7,9 @@
 //! the target; later rounds derive theirs from `previous` with `around`), and the search
 //! settings.
 //!
-//! Output: record `choice` (`supernet::rounds::RoundChoice`), also published as `search/round-{t}.json`.
-//! A progress record after every generation lets a killed search resume at its last
-//! generation and end with the identical choice. Invalidated by: params, seed, the model, pool,
+//! Output: record `choice` (`supernet::rounds::RoundChoice`), also published as
+//! `search/round-{t}.json`. A progress record after every generation lets a killed search
+//! resume at its last generation and end with the identical choice. Invalidated by: params, seed, the model, pool,
 //! teacher, the layer stages' outputs and the previous round's choice.
 
 use serde::{Deserialize, Serialize};

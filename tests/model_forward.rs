@@ -377,3 +377,43 @@ fn forward_gives_the_same_bits_on_every_kernel_class() {
         assert_eq!(differing, 0, "{class:?}: logits differing from portable");
     }
 }
+
+#[test]
+fn perplexity_layer_by_layer_equals_the_whole_model_bit_for_bit() {
+    use tyr::eval::perplexity::{PerplexityOptions, perplexity, perplexity_layer_by_layer};
+    use tyr::model::{Block, Embeddings, Head, Llama};
+    let cfg = hetero_config();
+    let src = random_source(&cfg, 11).unwrap();
+    let model = Llama::load(&cfg, &src).unwrap();
+    let tokens: Vec<u32> = (0..100u32)
+        .map(|i| (i * 13 + 5) % cfg.vocab_size as u32)
+        .collect();
+    let opts = PerplexityOptions {
+        seq_len: 16,
+        max_tokens: Some(90),
+    };
+    let whole = perplexity(&model, &tokens, &opts).unwrap();
+    let emb = Embeddings::load(&cfg, &src).unwrap();
+    let head = Head::load(&cfg, &src, &emb).unwrap();
+    // One window per group (each block built five times), and every window in one group.
+    for group_bytes in [1, 1 << 30] {
+        let mut built = 0;
+        let r = perplexity_layer_by_layer(
+            &emb,
+            cfg.n_layers(),
+            |l| {
+                built += 1;
+                Block::load(&cfg, l, &src)
+            },
+            &head,
+            &tokens,
+            &opts,
+            group_bytes,
+        )
+        .unwrap();
+        assert_eq!(r.perplexity.to_bits(), whole.perplexity.to_bits());
+        assert_eq!(r, whole);
+        let groups = if group_bytes == 1 { whole.windows } else { 1 };
+        assert_eq!(built, groups * cfg.n_layers());
+    }
+}

@@ -7,7 +7,8 @@
 use candle_core::{D, DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::model::llama::Llama;
+use crate::model::Block;
+use crate::model::llama::{Embeddings, Head, Llama};
 use crate::{Error, Result};
 
 /// What to score.
@@ -93,16 +94,18 @@ pub fn model_window_nll(model: &Llama, window: &[u32]) -> Result<f64> {
     let ids = Tensor::new(window, &Device::Cpu)?.unsqueeze(0)?;
     // [1, S, hidden]
     let hidden = model.hidden(&ids)?;
+    hidden_window_nll(model.head(), &hidden, window)
+}
+
+/// The NLL sum of `window[1..]` from the window's final hidden states (`[1, S, hidden]`).
+fn hidden_window_nll(head: &Head, hidden: &Tensor, window: &[u32]) -> Result<f64> {
     let predictions = window.len() - 1;
     let mut total = 0.0;
     let mut start = 0;
     while start < predictions {
         let rows = LOGIT_ROWS_PER_CHUNK.min(predictions - start);
         // [1, rows, hidden] → [rows, vocab]
-        let logits = model
-            .head()
-            .logits(&hidden.narrow(1, start, rows)?)?
-            .squeeze(0)?;
+        let logits = head.logits(&hidden.narrow(1, start, rows)?)?.squeeze(0)?;
         total += targets_nll(&logits, &window[start + 1..start + 1 + rows])?;
         start += rows;
     }
@@ -120,9 +123,63 @@ where
     F: FnMut(&[u32]) -> Result<f64>,
 {
     let wins = windows(tokens, opts)?;
+    let mut sums = Vec::with_capacity(wins.len());
+    for w in &wins {
+        sums.push(nll_of(w)?);
+    }
+    Ok(report(tokens, opts, &wins, &sums))
+}
+
+/// Perplexity of a model given layer by layer: `block(l)` builds decoder layer `l` when asked,
+/// and each is dropped after it has run on the windows, so memory holds one layer, the
+/// embeddings, the head and the hidden states of a group of windows (at most `group_bytes`,
+/// at least one window) instead of the whole model. Every window runs alone through the same
+/// blocks as in `perplexity`, so the result is the same to the bit. With several groups each
+/// block is built once per group.
+pub fn perplexity_layer_by_layer<F>(
+    embeddings: &Embeddings,
+    n_layers: usize,
+    mut block: F,
+    head: &Head,
+    tokens: &[u32],
+    opts: &PerplexityOptions,
+    group_bytes: usize,
+) -> Result<PerplexityReport>
+where
+    F: FnMut(usize) -> Result<Block>,
+{
+    let wins = windows(tokens, opts)?;
+    let hidden_size = embeddings.weight().dim(1)?;
+    let per_window = (opts.seq_len * hidden_size * 4).max(1);
+    let group = (group_bytes / per_window).clamp(1, wins.len());
+    let mut sums = Vec::with_capacity(wins.len());
+    for ws in wins.chunks(group) {
+        let mut xs = ws
+            .iter()
+            .map(|w| embeddings.forward(&Tensor::new(*w, &Device::Cpu)?.unsqueeze(0)?))
+            .collect::<Result<Vec<Tensor>>>()?;
+        for l in 0..n_layers {
+            let b = block(l)?;
+            for x in xs.iter_mut() {
+                *x = b.forward(x)?;
+            }
+        }
+        for (w, x) in ws.iter().zip(&xs) {
+            sums.push(hidden_window_nll(head, x, w)?);
+        }
+    }
+    Ok(report(tokens, opts, &wins, &sums))
+}
+
+/// The report of windows `wins` of `tokens` with NLL sums `sums`, added in window order.
+fn report(
+    tokens: &[u32],
+    opts: &PerplexityOptions,
+    wins: &[&[u32]],
+    sums: &[f64],
+) -> PerplexityReport {
     let mut nll = 0.0f64;
-    for (i, w) in wins.iter().enumerate() {
-        let sum = nll_of(w)?;
+    for (i, (w, &sum)) in wins.iter().zip(sums).enumerate() {
         tracing::debug!(
             window = i,
             mean_nll = sum / (w.len() - 1) as f64,
@@ -132,7 +189,7 @@ where
     }
     let predictions = wins.len() * (opts.seq_len - 1);
     let mean_nll = nll / predictions as f64;
-    Ok(PerplexityReport {
+    PerplexityReport {
         perplexity: mean_nll.exp(),
         mean_nll,
         tokens: wins.len() * opts.seq_len,
@@ -142,7 +199,7 @@ where
         windows: wins.len(),
         seq_len: opts.seq_len,
         predictions,
-    })
+    }
 }
 
 /// Perplexity of `model` on `tokens` by the protocol.

@@ -128,9 +128,20 @@ impl Shapes<'_> {
             + self.logits(PASS_TOKENS)
     }
 
-    /// `eval-ppl`: the model and one window batch of logits.
+    /// `eval-ppl`, layer by layer: embeddings and head, the largest layer three times (the
+    /// dense weights, its variants and the assembled block), one group of windows' hidden
+    /// states (`eval_ppl::GROUP_BYTES` at most) and one chunk of logits with its log-softmax.
     pub fn eval(&self) -> u64 {
-        BASE_BYTES + self.model() + 2 * self.logits(self.eval_seq_len.max(1) * 8)
+        let largest = (0..self.cfg.n_layers())
+            .map(|l| self.layer(l))
+            .max()
+            .unwrap_or(0);
+        let chunk = crate::eval::perplexity::LOGIT_ROWS_PER_CHUNK as u64;
+        BASE_BYTES
+            + 2 * self.embeddings()
+            + 3 * largest
+            + super::eval_ppl::GROUP_BYTES as u64
+            + 2 * self.logits(chunk)
     }
 
     /// `export`: the sliced model, the files built from it and read back (at most the dense

@@ -6,7 +6,8 @@
 //! stage per decoder layer, in order, each exposing `attn-{level}` / `ffn-{level}` variant
 //! records: `supernet-layer` or `baseline-layer`). `choice[l] = [attn level, ffn level]` picks
 //! layer l's variants; each block is then physically sliced (heads, K/V heads still read, FFN
-//! channels) with the variant's weight as `o_proj`/`down_proj`.
+//! channels) with the variant's weight as `o_proj`/`down_proj`. The model runs layer by layer
+//! over the windows (`perplexity_layer_by_layer`): one decoder layer is in memory at a time.
 //!
 //! Outputs: record `ppl` (`PerplexityRecord`), the same as JSON bytes published at
 //! `ppl/{label}.json`, metrics `perplexity`, `tokens`, `decoder_params`. Invalidated by: params,
@@ -19,13 +20,16 @@ use super::resolve_choice;
 use super::supernet_layer::variant_name;
 use crate::data::EvalWindows;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
-use crate::eval::perplexity::{PerplexityOptions, perplexity};
-use crate::model::{Block, Embeddings, Head, Llama};
+use crate::eval::perplexity::{PerplexityOptions, perplexity_layer_by_layer};
+use crate::model::{Block, Embeddings, Head, LayerDims};
 use crate::prune::ModuleKind;
 use crate::prune::local::Variant;
 use crate::supernet::layer::{DenseLayer, assemble_block};
 use crate::vocab::LayerLevels;
 use crate::{Error, Result};
+
+/// Hidden states of the windows run through the layers together, at most.
+pub(crate) const GROUP_BYTES: usize = 256 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -104,10 +108,13 @@ impl Stage for EvalPpl {
         let cfg = &model.config;
         let src = model.source.as_ref();
         let choice = resolve_choice(ctx, &self.0.choice, self.0.from_search)?;
-        let blocks: Vec<Block> = match &choice {
-            None => (0..cfg.n_layers())
-                .map(|l| Block::load(cfg, l, src))
-                .collect::<Result<_>>()?,
+        // The layer stages and levels of the choice, checked up front; each layer's variants are
+        // read when its block is built.
+        let chosen: Option<(
+            &[std::sync::Arc<crate::engine::ArtifactSet>],
+            &Vec<LayerLevels>,
+        )> = match &choice {
+            None => None,
             Some(choice) => {
                 let layers = ctx.inputs("layers")?;
                 if layers.len() != cfg.n_layers() || choice.len() != cfg.n_layers() {
@@ -119,26 +126,46 @@ impl Stage for EvalPpl {
                         cfg.n_layers()
                     )));
                 }
-                let mut out = Vec::with_capacity(layers.len());
-                for (l, (set, &[a, f])) in layers.iter().zip(choice).enumerate() {
-                    let dense = DenseLayer::load(cfg, l, src)?;
-                    let attn: Variant = set.record(&variant_name(ModuleKind::Attn, a))?;
-                    let ffn: Variant = set.record(&variant_name(ModuleKind::Ffn, f))?;
-                    out.push(assemble_block(cfg, &dense, &attn, &ffn)?);
-                }
-                out
+                Some((layers, choice))
             }
+        };
+        // One decoder layer at a time: the model is never held whole.
+        let mut dims: Vec<Option<LayerDims>> = vec![None; cfg.n_layers()];
+        let block = |l: usize| -> Result<Block> {
+            let b = match chosen {
+                None => Block::load(cfg, l, src)?,
+                Some((layers, choice)) => {
+                    let [a, f] = choice[l];
+                    let attn: Variant = layers[l].record(&variant_name(ModuleKind::Attn, a))?;
+                    let ffn: Variant = layers[l].record(&variant_name(ModuleKind::Ffn, f))?;
+                    assemble_block(cfg, &DenseLayer::load(cfg, l, src)?, &attn, &ffn)?
+                }
+            };
+            dims[l] = Some(b.dims().clone());
+            Ok(b)
         };
         let emb = Embeddings::load(cfg, src)?;
         let head = Head::load(cfg, src, &emb)?;
-        let llama = Llama::from_parts(cfg, emb, blocks, head);
         let stream: Vec<u32> = windows.windows.iter().flatten().copied().collect();
         let opts = PerplexityOptions {
             seq_len: windows.seq_len,
             max_tokens: None,
         };
-        let report = perplexity(&llama, &stream, &opts)?;
-        let pruned_cfg = llama.config();
+        let report = perplexity_layer_by_layer(
+            &emb,
+            cfg.n_layers(),
+            block,
+            &head,
+            &stream,
+            &opts,
+            GROUP_BYTES,
+        )?;
+        let mut pruned_cfg = cfg.clone();
+        pruned_cfg.layers = dims
+            .into_iter()
+            .map(|d| d.ok_or_else(|| Error::msg("eval-ppl: a layer was never built")))
+            .collect::<Result<_>>()?;
+        let pruned_cfg = &pruned_cfg;
         let rec = PerplexityRecord {
             label: self.0.label.clone(),
             perplexity: report.perplexity,

@@ -124,7 +124,7 @@ fn gc_keeps_what_the_latest_run_pins_and_removes_the_rest() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(left, [pending.clone()]);
+    assert_eq!(left, std::slice::from_ref(&pending));
     std::fs::remove_dir_all(&jobs).unwrap();
     let after = results(&s.workdir());
     assert!(after.len() < before.len());

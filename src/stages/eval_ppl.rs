@@ -16,14 +16,11 @@
 use serde::{Deserialize, Serialize};
 
 use super::model_ref::{ModelRecord, open};
-use super::resolve_choice;
-use super::supernet_layer::variant_name;
+use super::{LayerStages, resolve_choice};
 use crate::data::EvalWindows;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::eval::perplexity::{PerplexityOptions, perplexity_layer_by_layer};
 use crate::model::{Block, Embeddings, Head, LayerDims};
-use crate::prune::ModuleKind;
-use crate::prune::local::Variant;
 use crate::supernet::layer::{DenseLayer, assemble_block};
 use crate::vocab::LayerLevels;
 use crate::{Error, Result};
@@ -108,36 +105,25 @@ impl Stage for EvalPpl {
         let cfg = &model.config;
         let src = model.source.as_ref();
         let choice = resolve_choice(ctx, &self.0.choice, self.0.from_search)?;
-        // The layer stages and levels of the choice, checked up front; each layer's variants are
-        // read when its block is built.
-        let chosen: Option<(
-            &[std::sync::Arc<crate::engine::ArtifactSet>],
-            &Vec<LayerLevels>,
-        )> = match &choice {
+        // The layer stages of the choice, checked up front; each layer's variants are read when
+        // its block is built.
+        let chosen = match &choice {
             None => None,
             Some(choice) => {
-                let layers = ctx.inputs("layers")?;
-                if layers.len() != cfg.n_layers() || choice.len() != cfg.n_layers() {
-                    return Err(Error::msg(format!(
-                        "eval-ppl `{}`: {} layer stages and {} choices for {} layers",
-                        self.0.label,
-                        layers.len(),
-                        choice.len(),
-                        cfg.n_layers()
-                    )));
-                }
-                Some((layers, choice))
+                let what = format!("eval-ppl `{}`", self.0.label);
+                Some((
+                    LayerStages::for_choice(ctx, &what, choice, cfg.n_layers())?,
+                    choice,
+                ))
             }
         };
         // One decoder layer at a time: the model is never held whole.
         let mut dims: Vec<Option<LayerDims>> = vec![None; cfg.n_layers()];
         let block = |l: usize| -> Result<Block> {
-            let b = match chosen {
+            let b = match &chosen {
                 None => Block::load(cfg, l, src)?,
                 Some((layers, choice)) => {
-                    let [a, f] = choice[l];
-                    let attn: Variant = layers[l].record(&variant_name(ModuleKind::Attn, a))?;
-                    let ffn: Variant = layers[l].record(&variant_name(ModuleKind::Ffn, f))?;
+                    let (attn, ffn) = layers.chosen(l, choice[l])?;
                     assemble_block(cfg, &DenseLayer::load(cfg, l, src)?, &attn, &ffn)?
                 }
             };

@@ -12,8 +12,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::model_ref::{ModelLocation, ModelRecord, TextCodec, open};
-use super::resolve_choice;
-use super::supernet_layer::variant_name;
+use super::{LayerStages, resolve_choice};
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::export::report::unit_sparsity;
 use crate::export::{
@@ -21,7 +20,6 @@ use crate::export::{
 };
 use crate::model::hf::read_hf_config;
 use crate::model::{ModelConfig, SaveOptions, save_model};
-use crate::prune::ModuleKind;
 use crate::prune::local::Variant;
 use crate::vocab::LayerLevels;
 use crate::{Error, Result};
@@ -106,22 +104,13 @@ impl Stage for ExportStage {
         let record: ModelRecord = ctx.input("model")?.record("model")?;
         let choice = resolve_choice(ctx, &p.choice, p.from_search)?
             .ok_or_else(|| Error::msg("export: no choice"))?;
-        let layers = ctx.inputs("layers")?.to_vec();
         let model = open(&record)?;
         let cfg = &model.config;
-        if layers.len() != cfg.n_layers() || choice.len() != cfg.n_layers() {
-            return Err(Error::msg(format!(
-                "export `{}`: {} layer stages and {} choices for {} layers",
-                p.label,
-                layers.len(),
-                choice.len(),
-                cfg.n_layers()
-            )));
-        }
-        let mut choices = Vec::with_capacity(layers.len());
-        for (set, &[a, f]) in layers.iter().zip(&choice) {
-            let attn: Variant = set.record(&variant_name(ModuleKind::Attn, a))?;
-            let ffn: Variant = set.record(&variant_name(ModuleKind::Ffn, f))?;
+        let what = format!("export `{}`", p.label);
+        let layers = LayerStages::for_choice(ctx, &what, &choice, cfg.n_layers())?;
+        let mut choices = Vec::with_capacity(choice.len());
+        for (l, &levels) in choice.iter().enumerate() {
+            let (attn, ffn) = layers.chosen(l, levels)?;
             choices.push(LayerChoice {
                 attn: module_choice(attn)?,
                 ffn: module_choice(ffn)?,

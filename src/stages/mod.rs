@@ -26,10 +26,14 @@ pub mod search;
 pub mod supernet_layer;
 pub mod teacher;
 
-use crate::Result;
-use crate::engine::{Registry, Resources, StageContext};
+use std::sync::Arc;
+
+use crate::engine::{ArtifactSet, Registry, Resources, StageContext};
+use crate::prune::local::Variant;
 use crate::supernet::rounds::RoundChoice;
-use crate::vocab::LayerLevels;
+use crate::supernet::scorer::VariantSource;
+use crate::vocab::{LayerLevels, ModuleKind};
+use crate::{Error, Result};
 
 /// What the CLI runs pipelines with: the engine's demo kinds (the engine tests drive them
 /// through the binary) and every LLM kind with the `[prune]` expander.
@@ -80,4 +84,51 @@ pub(crate) fn resolve_choice(
         return Ok(Some(rc.levels));
     }
     Ok(fixed.clone())
+}
+
+/// The layer stages a consumer reads variants from (one per decoder layer, in order: a round's
+/// `supernet-layer`s or a baseline's layer stages), by the names `variant_name` gives them.
+pub(crate) struct LayerStages(pub Vec<Arc<ArtifactSet>>);
+
+impl LayerStages {
+    /// Input slot `layers` of `ctx` for `choice` (one level pair per layer), both checked against
+    /// the model's `n_layers`; `what` names the consumer in the error.
+    pub(crate) fn for_choice(
+        ctx: &StageContext<'_>,
+        what: &str,
+        choice: &[LayerLevels],
+        n_layers: usize,
+    ) -> Result<Self> {
+        let layers = ctx.inputs("layers")?;
+        if layers.len() != n_layers || choice.len() != n_layers {
+            return Err(Error::msg(format!(
+                "{what}: {} layer stages and {} choices for {n_layers} layers",
+                layers.len(),
+                choice.len(),
+            )));
+        }
+        Ok(Self(layers.to_vec()))
+    }
+
+    /// Layer `layer`'s attention and FFN variants at `[attn, ffn]` levels.
+    pub(crate) fn chosen(&self, layer: usize, [a, f]: LayerLevels) -> Result<(Variant, Variant)> {
+        Ok((
+            self.variant(layer, ModuleKind::Attn, a)?,
+            self.variant(layer, ModuleKind::Ffn, f)?,
+        ))
+    }
+}
+
+impl VariantSource for LayerStages {
+    fn layers(&self) -> usize {
+        self.0.len()
+    }
+
+    fn variant(&self, layer: usize, module: ModuleKind, level: usize) -> Result<Variant> {
+        let set = self
+            .0
+            .get(layer)
+            .ok_or_else(|| Error::msg(format!("no layer stage for layer {layer}")))?;
+        set.record(&supernet_layer::variant_name(module, level))
+    }
 }

@@ -14,20 +14,18 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::LayerStages;
 use super::model_ref::{ModelRecord, open};
-use super::supernet_layer::variant_name;
 use crate::data::Pool;
-use crate::engine::{ArtifactSet, InputSlot, Outputs, Stage, StageContext};
-use crate::prune::ModuleKind;
+use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::prune::grid::TypeGrid;
-use crate::prune::local::Variant;
 use crate::search::{
     FitnessKind, MutationParams, Search, SearchParams, SearchProgress, TeacherTopK,
 };
 use crate::supernet::rounds::{
     AroundPrevious, RoundChoice, layer_levels, next_grids, search_space,
 };
-use crate::supernet::scorer::{ModelScorer, ScorerInputs, VariantSource};
+use crate::supernet::scorer::{ModelScorer, ScorerInputs};
 use crate::{Error, Result};
 
 /// Round 1's grids, fixed when the pipeline is expanded.
@@ -232,23 +230,5 @@ impl Stage for SearchStage {
         o.bytes("summary", json)
             .publish(format!("search/round-{}.json", p.round));
         Ok(o)
-    }
-}
-
-/// The round's layer stages, in layer order, as the scorer's variant source (records
-/// `attn-{level}` / `ffn-{level}`).
-struct LayerStages(Vec<std::sync::Arc<ArtifactSet>>);
-
-impl VariantSource for LayerStages {
-    fn layers(&self) -> usize {
-        self.0.len()
-    }
-
-    fn variant(&self, layer: usize, module: ModuleKind, level: usize) -> Result<Variant> {
-        let set = self
-            .0
-            .get(layer)
-            .ok_or_else(|| Error::msg(format!("no layer stage for layer {layer}")))?;
-        set.record(&variant_name(module, level))
     }
 }

@@ -268,7 +268,7 @@ params = {{ model = {{ source = "random", layers = 2, hidden = 32, head-dim = 8,
 [[stage]]
 id = "calib-pool"
 kind = "calib-pool"
-params = {{ data = {{ source = "path", path = "{}" }}, format = {{ format = "text", documents = "blank-lines" }}, seq-len = 64, calib-tokens = 1500 }}
+params = {{ sources = [{{ data = {{ source = "path", path = "{}" }}, format = {{ format = "text", documents = "blank-lines" }}, weight = 1.0 }}], seq-len = 64, calib-tokens = 1500 }}
 inputs = {{ model = "model" }}
 
 [[stage]]
@@ -370,4 +370,78 @@ fn the_final_refit_of_the_all_centre_choice_is_the_uniform_baseline_bit_for_bit(
     );
     assert_eq!(tyr["perplexity"], uniform["perplexity"]);
     assert_eq!(tyr["decoder_params"], searched["decoder_params"]);
+}
+
+/// `calib` and `eval` as lists: the pool mixes both texts, every model is scored on every
+/// held-out text under its name, and the report carries each perplexity with its text.
+#[test]
+fn several_calibration_and_held_out_texts_are_mixed_and_each_scored() {
+    let w = tempfile::tempdir().unwrap();
+    let set = [
+        "--set",
+        "prune.calib=[{source = \"path\", path = \"data/tiny-calib.txt\", weight = 3}, \
+         {source = \"path\", path = \"data/tiny-eval.txt\", format = {format = \"text\", documents = \"whole\"}}]",
+        "--set",
+        "prune.eval=[{source = \"path\", path = \"data/tiny-eval.txt\"}, \
+         {source = \"path\", path = \"data/tiny-calib.txt\", name = \"second\"}]",
+        "--set",
+        "prune.rounds=1",
+        "--set",
+        "prune.baselines=[\"uniform\"]",
+    ];
+    let o = tyr_in(w.path(), &["run"], &set, &[]);
+    assert!(o.status.success(), "run failed:\n{}", text(&o));
+    for t in ["tiny-eval", "second"] {
+        for label in ["dense", "tyr", "uniform"] {
+            let p = w.path().join(format!("out/tiny/ppl/{t}/{label}.json"));
+            let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            assert_eq!(r["text"], t, "{}", p.display());
+            assert!(r["perplexity"].as_f64().unwrap() > 1.0);
+        }
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.path().join("out/tiny/report.json")).unwrap())
+            .unwrap();
+    let texts: Vec<&str> = report["perplexities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts.len(), 6, "{texts:?}");
+    assert_eq!(texts.iter().filter(|t| **t == "second").count(), 3);
+    // The two held-out texts differ, so their dense perplexities do.
+    let dense = |t: &str| {
+        let p = w.path().join(format!("out/tiny/ppl/{t}/dense.json"));
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        r["perplexity"].as_f64().unwrap()
+    };
+    assert_ne!(dense("tiny-eval"), dense("second"));
+    // The mix is another pool than the first text alone: the calibration stages differ.
+    let alone = plan(
+        w.path(),
+        &[
+            "--set",
+            "prune.rounds=1",
+            "--set",
+            "prune.baselines=[\"uniform\"]",
+        ],
+    );
+    let pool = alone.iter().find(|s| s.0 == "calib-pool").unwrap();
+    assert_eq!(pool.1, "run", "{pool:?}");
+}
+
+#[test]
+fn a_bad_weight_or_two_held_out_texts_of_one_name_are_refused() {
+    let e = plan_error(&[
+        "prune.calib=[{source = \"path\", path = \"data/tiny-calib.txt\", weight = 0}]",
+    ]);
+    assert!(e.contains("prune.calib") && e.contains("weight"), "{e}");
+    let e = plan_error(&[
+        "prune.eval=[{source = \"path\", path = \"data/tiny-eval.txt\"}, \
+         {source = \"path\", path = \"other/tiny-eval.txt\"}]",
+    ]);
+    assert!(e.contains("prune.eval") && e.contains("tiny-eval"), "{e}");
+    let e = plan_error(&["prune.calib=[]"]);
+    assert!(e.contains("prune.calib") && e.contains("empty"), "{e}");
 }

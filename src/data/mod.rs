@@ -10,7 +10,9 @@ pub mod source;
 pub mod windows;
 
 pub use digest::file_digest;
-pub use pool::{Pool, PoolParams, PoolReport, Tokenize, build_pool};
+pub use pool::{
+    MixPart, Pool, PoolParams, PoolReport, SourceShare, Tokenize, build_mixed_pool, build_pool,
+};
 pub use reader::{TextDocuments, TextFormat, read_documents};
 pub use source::{DataSource, Fetched, PipClient, fetch, fetch_with};
 pub use windows::{EvalWindows, eval_windows, token_stream};

@@ -2,7 +2,12 @@
 //! special tokens, cut into `seq_len` pieces with each document's leftover tail kept as a shorter
 //! piece, until `calib_tokens` tokens are collected. The same pool feeds the statistics, the
 //! teacher and the search, so it is deterministic and carries a digest.
-
+//!
+//! A pool may mix several corpora ([`build_mixed_pool`]): each gets a share of `calib_tokens`
+//! by its weight, drawn as above from its own seeded shuffle; a corpus that runs out hands what
+//! it could not fill to the others by their weights; the pieces of all of them are then shuffled
+//! together, so every prefix of the pool (what the search's early selection stages score) holds
+//! each corpus in about its share. One corpus gives exactly [`build_pool`]'s pool.
 use serde::{Deserialize, Serialize};
 
 use crate::rng::Stream;
@@ -40,6 +45,8 @@ pub struct PoolReport {
     pub documents_total: usize,
     /// True when the corpus ran out before `calib_tokens`: the pool holds all of it.
     pub corpus_exhausted: bool,
+    /// Per corpus, in pipeline order (one entry for a single corpus).
+    pub sources: Vec<SourceShare>,
 }
 
 impl Pool {
@@ -70,52 +77,144 @@ pub fn build_pool(
     tokenize: Tokenize<'_>,
     params: &PoolParams,
 ) -> Result<(Pool, PoolReport)> {
-    if params.seq_len == 0 {
-        return Err(param("seq-len", "must be at least 1 token"));
+    check(params)?;
+    let share = draw(
+        documents,
+        tokenize,
+        params.seq_len,
+        params.calib_tokens,
+        Stream::new(params.seed, "calib-pool", &[]),
+    )?;
+    if share.tokens == 0 {
+        return Err(no_tokens(documents.len()));
     }
-    if params.calib_tokens == 0 {
-        return Err(param("calib-tokens", "must be at least 1 token"));
+    let corpus_exhausted = share.tokens < params.calib_tokens;
+    if corpus_exhausted {
+        tracing::warn!(
+            requested = params.calib_tokens,
+            available = share.tokens,
+            "calibration corpus is smaller than calib-tokens: using all of it"
+        );
     }
-    let mut order: Vec<usize> = (0..documents.len()).collect();
-    Stream::new(params.seed, "calib-pool", &[]).shuffle(&mut order);
+    let report = PoolReport {
+        requested_tokens: params.calib_tokens,
+        total_tokens: share.tokens,
+        pieces: share.pieces.len(),
+        short_pieces: share
+            .pieces
+            .iter()
+            .filter(|p| p.len() < params.seq_len)
+            .count(),
+        documents_used: share.documents_used,
+        documents_total: documents.len(),
+        corpus_exhausted,
+        sources: vec![share.report(documents.len(), params.calib_tokens)],
+    };
+    Ok((
+        Pool {
+            pieces: share.pieces,
+        },
+        report,
+    ))
+}
 
-    let mut pieces = Vec::new();
-    let mut total = 0usize;
-    let mut documents_used = 0usize;
-    for &d in &order {
-        if total == params.calib_tokens {
+/// One corpus of a mix: its documents and its weight (any positive finite number; the shares
+/// are the weights over their sum).
+pub struct MixPart<'a> {
+    pub documents: &'a [String],
+    pub weight: f64,
+}
+
+/// Build one pool from several corpora (see the module docs). `parts` in pipeline order; a
+/// single part gives exactly [`build_pool`]'s result.
+pub fn build_mixed_pool(
+    parts: &[MixPart<'_>],
+    tokenize: Tokenize<'_>,
+    params: &PoolParams,
+) -> Result<(Pool, PoolReport)> {
+    check(params)?;
+    if let [one] = parts {
+        return build_pool(one.documents, tokenize, params);
+    }
+    if parts.is_empty() {
+        return Err(param("calib", "needs at least one source"));
+    }
+    for (i, p) in parts.iter().enumerate() {
+        if !(p.weight > 0.0 && p.weight.is_finite()) {
+            return Err(param(
+                "calib",
+                &format!("source {}: weight {} must be positive", i + 1, p.weight),
+            ));
+        }
+    }
+    // Shares by weight; a corpus that runs out passes the rest of its share to the others.
+    // Drawing more from a corpus extends its earlier draw (same shuffle, same cut), so each
+    // pass only grows the open corpora's quotas, and at most one pass per corpus is needed.
+    let weights: Vec<f64> = parts.iter().map(|p| p.weight).collect();
+    let mut quota = split(params.calib_tokens, &weights, &vec![true; parts.len()]);
+    let mut shares: Vec<Option<Share>> = (0..parts.len()).map(|_| None).collect();
+    let mut closed = vec![false; parts.len()];
+    loop {
+        let mut total = 0;
+        for (i, p) in parts.iter().enumerate() {
+            if shares[i].as_ref().is_none_or(|s| s.requested != quota[i]) {
+                let stream = Stream::new(params.seed, "calib-pool", &[i as u64]);
+                shares[i] = Some(draw(
+                    p.documents,
+                    tokenize,
+                    params.seq_len,
+                    quota[i],
+                    stream,
+                )?);
+            }
+            let s = shares[i].as_ref().expect("drawn above");
+            closed[i] |= s.tokens < s.requested;
+            total += s.tokens;
+        }
+        let short = params.calib_tokens.saturating_sub(total);
+        if short == 0 || closed.iter().all(|&c| c) {
             break;
         }
-        let tokens = tokenize(&documents[d])?;
-        if tokens.is_empty() {
-            continue;
-        }
-        documents_used += 1;
-        for chunk in tokens.chunks(params.seq_len) {
-            let room = params.calib_tokens - total;
-            let take = chunk.len().min(room);
-            pieces.push(chunk[..take].to_vec());
-            total += take;
-            if total == params.calib_tokens {
-                break;
-            }
+        let open: Vec<bool> = closed.iter().map(|c| !c).collect();
+        for (q, e) in quota.iter_mut().zip(split(short, &weights, &open)) {
+            *q += e;
         }
     }
+    let shares: Vec<Share> = shares.into_iter().map(|s| s.expect("drawn")).collect();
+    let total: usize = shares.iter().map(|s| s.tokens).sum();
     if total == 0 {
-        return Err(param(
-            "calib",
-            &format!(
-                "the {} calibration documents tokenize to no tokens",
-                documents.len()
-            ),
-        ));
+        let docs: usize = parts.iter().map(|p| p.documents.len()).sum();
+        return Err(no_tokens(docs));
     }
+    let mut sources = Vec::with_capacity(parts.len());
+    let mut pieces = Vec::new();
+    let mut used = 0;
+    for ((s, p), w) in shares.into_iter().zip(parts).zip(split(
+        params.calib_tokens,
+        &weights,
+        &vec![true; parts.len()],
+    )) {
+        sources.push(s.report(p.documents.len(), w));
+        used += s.documents_used;
+        pieces.extend(s.pieces);
+    }
+    for (i, s) in sources.iter().enumerate() {
+        if s.tokens < s.requested_tokens {
+            tracing::warn!(
+                source = i + 1,
+                share = s.requested_tokens,
+                available = s.tokens,
+                "calibration source is smaller than its share: the others fill the rest"
+            );
+        }
+    }
+    Stream::new(params.seed, "calib-mix", &[]).shuffle(&mut pieces);
     let corpus_exhausted = total < params.calib_tokens;
     if corpus_exhausted {
         tracing::warn!(
             requested = params.calib_tokens,
             available = total,
-            "calibration corpus is smaller than calib-tokens: using all of it"
+            "calibration corpora are smaller than calib-tokens: using all of them"
         );
     }
     let report = PoolReport {
@@ -123,11 +222,133 @@ pub fn build_pool(
         total_tokens: total,
         pieces: pieces.len(),
         short_pieces: pieces.iter().filter(|p| p.len() < params.seq_len).count(),
-        documents_used,
-        documents_total: documents.len(),
+        documents_used: used,
+        documents_total: parts.iter().map(|p| p.documents.len()).sum(),
         corpus_exhausted,
+        sources,
     };
     Ok((Pool { pieces }, report))
+}
+
+/// What one corpus contributed to a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceShare {
+    /// Its share of `calib-tokens` by weight.
+    pub requested_tokens: usize,
+    /// What it gave (more than the share when another corpus ran out, less when it did).
+    pub tokens: usize,
+    pub pieces: usize,
+    pub documents_used: usize,
+    pub documents_total: usize,
+}
+
+/// One corpus's draw: up to `requested` tokens in pieces.
+struct Share {
+    requested: usize,
+    tokens: usize,
+    documents_used: usize,
+    pieces: Vec<Vec<u32>>,
+}
+
+impl Share {
+    fn report(&self, documents_total: usize, share: usize) -> SourceShare {
+        SourceShare {
+            requested_tokens: share,
+            tokens: self.tokens,
+            pieces: self.pieces.len(),
+            documents_used: self.documents_used,
+            documents_total,
+        }
+    }
+}
+
+fn check(params: &PoolParams) -> Result<()> {
+    if params.seq_len == 0 {
+        return Err(param("seq-len", "must be at least 1 token"));
+    }
+    if params.calib_tokens == 0 {
+        return Err(param("calib-tokens", "must be at least 1 token"));
+    }
+    Ok(())
+}
+
+fn no_tokens(documents: usize) -> Error {
+    param(
+        "calib",
+        &format!("the {documents} calibration documents tokenize to no tokens"),
+    )
+}
+
+/// Up to `want` tokens of `documents`, in their order under `stream`'s shuffle, cut into pieces
+/// of at most `seq_len`.
+fn draw(
+    documents: &[String],
+    tokenize: Tokenize<'_>,
+    seq_len: usize,
+    want: usize,
+    mut stream: Stream,
+) -> Result<Share> {
+    let mut order: Vec<usize> = (0..documents.len()).collect();
+    stream.shuffle(&mut order);
+    let mut pieces = Vec::new();
+    let mut total = 0usize;
+    let mut documents_used = 0usize;
+    for &d in &order {
+        if total == want {
+            break;
+        }
+        let tokens = tokenize(&documents[d])?;
+        if tokens.is_empty() {
+            continue;
+        }
+        documents_used += 1;
+        for chunk in tokens.chunks(seq_len) {
+            let take = chunk.len().min(want - total);
+            pieces.push(chunk[..take].to_vec());
+            total += take;
+            if total == want {
+                break;
+            }
+        }
+    }
+    Ok(Share {
+        requested: want,
+        tokens: total,
+        documents_used,
+        pieces,
+    })
+}
+
+/// `total` split by `weights` over the entries where `open` holds (largest remainder, ties to
+/// the earlier entry), so the parts sum to `total` exactly.
+fn split(total: usize, weights: &[f64], open: &[bool]) -> Vec<usize> {
+    let sum: f64 = weights
+        .iter()
+        .zip(open)
+        .filter(|(_, o)| **o)
+        .map(|(w, _)| w)
+        .sum();
+    let mut out = vec![0usize; weights.len()];
+    if sum <= 0.0 {
+        return out;
+    }
+    let mut rem: Vec<(f64, usize)> = Vec::new();
+    let mut given = 0usize;
+    for i in 0..weights.len() {
+        if !open[i] {
+            continue;
+        }
+        let exact = total as f64 * weights[i] / sum;
+        let floor = (exact.floor() as usize).min(total);
+        out[i] = floor;
+        given += floor;
+        rem.push((exact - floor as f64, i));
+    }
+    rem.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    for &(_, i) in rem.iter().cycle().take(total.saturating_sub(given)) {
+        out[i] += 1;
+    }
+    out
 }
 
 fn param(field: &str, reason: &str) -> Error {
@@ -194,5 +415,147 @@ mod tests {
             seed: 0,
         };
         assert!(build_pool(&d, &bytes, &p).is_err());
+    }
+
+    /// Documents of one letter each, `n` documents of `len` bytes: which corpus a piece came
+    /// from is its letter.
+    fn corpus(letter: u8, n: usize, len: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| std::iter::repeat_n(char::from(letter), len).collect())
+            .collect()
+    }
+
+    fn tokens_of(pool: &Pool, letter: u8) -> usize {
+        pool.pieces
+            .iter()
+            .filter(|p| p[0] == u32::from(letter))
+            .map(Vec::len)
+            .sum()
+    }
+
+    #[test]
+    fn a_mix_gives_each_corpus_its_weighted_share_interleaved() {
+        let (a, b, c) = (
+            corpus(b'a', 50, 10),
+            corpus(b'b', 50, 10),
+            corpus(b'c', 50, 10),
+        );
+        let parts = [
+            MixPart {
+                documents: &a,
+                weight: 2.0,
+            },
+            MixPart {
+                documents: &b,
+                weight: 1.0,
+            },
+            MixPart {
+                documents: &c,
+                weight: 1.0,
+            },
+        ];
+        let p = PoolParams {
+            seq_len: 4,
+            calib_tokens: 201,
+            seed: 5,
+        };
+        let (pool, report) = build_mixed_pool(&parts, &bytes, &p).unwrap();
+        assert_eq!(pool.total_tokens(), 201);
+        // 100.5 / 50.25 / 50.25: the largest remainder goes to the first.
+        assert_eq!(
+            [
+                tokens_of(&pool, b'a'),
+                tokens_of(&pool, b'b'),
+                tokens_of(&pool, b'c')
+            ],
+            [101, 50, 50]
+        );
+        let shares: Vec<usize> = report.sources.iter().map(|s| s.tokens).collect();
+        assert_eq!(shares, vec![101, 50, 50]);
+        // Shuffled together, not one corpus after another: the first third holds every one.
+        let head = &pool.pieces[..pool.pieces.len() / 3];
+        for letter in [b'a', b'b', b'c'] {
+            assert!(head.iter().any(|x| x[0] == u32::from(letter)));
+        }
+        // Same inputs, same pool; another seed, another order.
+        assert_eq!(build_mixed_pool(&parts, &bytes, &p).unwrap().0, pool);
+        let other = PoolParams { seed: 6, ..p };
+        assert_ne!(build_mixed_pool(&parts, &bytes, &other).unwrap().0, pool);
+    }
+
+    #[test]
+    fn a_corpus_that_runs_out_leaves_its_share_to_the_others() {
+        let (a, b, c) = (
+            corpus(b'a', 2, 10),
+            corpus(b'b', 100, 10),
+            corpus(b'c', 100, 10),
+        );
+        let parts = [
+            MixPart {
+                documents: &a,
+                weight: 1.0,
+            },
+            MixPart {
+                documents: &b,
+                weight: 1.0,
+            },
+            MixPart {
+                documents: &c,
+                weight: 2.0,
+            },
+        ];
+        let p = PoolParams {
+            seq_len: 8,
+            calib_tokens: 400,
+            seed: 0,
+        };
+        let (pool, report) = build_mixed_pool(&parts, &bytes, &p).unwrap();
+        assert_eq!(pool.total_tokens(), 400);
+        assert!(!report.corpus_exhausted);
+        // `a` holds 20 of its 100; the 80 left go 1:2 to `b` and `c`.
+        assert_eq!(tokens_of(&pool, b'a'), 20);
+        assert_eq!(tokens_of(&pool, b'b') + tokens_of(&pool, b'c'), 380);
+        assert_eq!(tokens_of(&pool, b'b'), 100 + 27);
+        assert_eq!(report.sources[0].requested_tokens, 100);
+        // Everything runs out: the pool is the whole of every corpus.
+        let small = PoolParams {
+            calib_tokens: 10_000,
+            ..p
+        };
+        let (pool, report) = build_mixed_pool(&parts, &bytes, &small).unwrap();
+        assert_eq!(pool.total_tokens(), 2020);
+        assert!(report.corpus_exhausted);
+    }
+
+    #[test]
+    fn one_corpus_in_a_mix_is_the_plain_pool_and_bad_weights_are_refused() {
+        let d = docs(&[7, 9, 5, 11]);
+        let p = PoolParams {
+            seq_len: 4,
+            calib_tokens: 13,
+            seed: 3,
+        };
+        let one = [MixPart {
+            documents: &d,
+            weight: 0.3,
+        }];
+        assert_eq!(
+            build_mixed_pool(&one, &bytes, &p).unwrap(),
+            build_pool(&d, &bytes, &p).unwrap()
+        );
+        for w in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let two = [
+                MixPart {
+                    documents: &d,
+                    weight: 1.0,
+                },
+                MixPart {
+                    documents: &d,
+                    weight: w,
+                },
+            ];
+            let e = build_mixed_pool(&two, &bytes, &p).unwrap_err().to_string();
+            assert!(e.contains("source 2") && e.contains("weight"), "{e}");
+        }
     }
 }

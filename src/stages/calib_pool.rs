@@ -1,8 +1,8 @@
 //! `calib-pool` stage: the calibration pool (ALGORITHM.md §4). Input `model` (for the tokenizer);
-//! params: data source, format, `seq-len`, `calib-tokens`; the pipeline seed shuffles the
-//! documents. Output record `pool` (`data::Pool`) and record `report` (`PoolReport`).
-//! Invalidated by: the params, the model record, the seed, and the data file's bytes (its
-//! digest is the fingerprint).
+//! params: the sources (each a data file, its format and its weight in the mix), `seq-len`,
+//! `calib-tokens`; the pipeline seed shuffles the documents. Output record `pool` (`data::Pool`)
+//! and record `report` (`PoolReport`). Invalidated by: the params, the model record, the seed,
+//! and the data files' bytes (their digests are the fingerprint).
 
 use std::path::PathBuf;
 
@@ -12,7 +12,7 @@ use super::light;
 use super::model::{read_source, source_fingerprint};
 use super::model_ref::{ModelRecord, open};
 use crate::Result;
-use crate::data::{DataSource, PoolParams, TextFormat, build_pool};
+use crate::data::{DataSource, MixPart, PoolParams, TextFormat, build_mixed_pool};
 use crate::engine::{InputSlot, Outputs, Resources, Stage, StageContext};
 
 pub struct CalibPool(CalibPoolParams);
@@ -20,11 +20,8 @@ pub struct CalibPool(CalibPoolParams);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct CalibPoolParams {
-    /// `{source = "path", path}` or `{source = "pip", package, version, member}`.
-    pub data: DataSource,
-    /// `{format = "text", documents = "whole" | "blank-lines" | "lines"}`, `{format = "jsonl",
-    /// field}` or `{format = "parquet", column}`.
-    pub format: TextFormat,
+    /// The texts of the pool, in pipeline order (one for an unmixed pool).
+    pub sources: Vec<CalibSource>,
     /// Longest piece in tokens.
     pub seq_len: usize,
     /// Tokens in the pool.
@@ -34,9 +31,22 @@ pub struct CalibPoolParams {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// One text of the pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CalibSource {
+    /// `{source = "path", path}` or `{source = "pip", package, version, member}`.
+    pub data: DataSource,
+    /// `{format = "text", documents = "whole" | "blank-lines" | "lines"}`, `{format = "jsonl",
+    /// field}` or `{format = "parquet", column}`.
+    pub format: TextFormat,
+    /// Its share of the pool relative to the others'.
+    pub weight: f64,
+}
+
 impl Stage for CalibPool {
     const KIND: &'static str = "calib-pool";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     type Params = CalibPoolParams;
 
     fn new(p: CalibPoolParams) -> Result<Self> {
@@ -52,19 +62,44 @@ impl Stage for CalibPool {
     }
 
     fn fingerprint(&self) -> Result<Option<String>> {
-        source_fingerprint(&self.0.data, &self.0.cache_dir)
+        let mut all = Vec::with_capacity(self.0.sources.len());
+        for s in &self.0.sources {
+            all.extend(source_fingerprint(&s.data, &self.0.cache_dir)?);
+        }
+        Ok(Some(all.join(",")))
     }
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outputs> {
         let record: ModelRecord = ctx.input("model")?.record("model")?;
         let model = open(&record)?;
-        let docs = read_source(&self.0.data, &self.0.format, &self.0.cache_dir)?;
+        let docs = self
+            .0
+            .sources
+            .iter()
+            .map(|s| read_source(&s.data, &s.format, &self.0.cache_dir))
+            .collect::<Result<Vec<_>>>()?;
+        let parts: Vec<MixPart<'_>> = docs
+            .iter()
+            .zip(&self.0.sources)
+            .map(|(d, s)| MixPart {
+                documents: d,
+                weight: s.weight,
+            })
+            .collect();
         let params = PoolParams {
             seq_len: self.0.seq_len,
             calib_tokens: self.0.calib_tokens,
             seed: ctx.seed(),
         };
-        let (pool, report) = build_pool(&docs, &|t| model.codec.encode(t), &params)?;
+        let (pool, report) = build_mixed_pool(&parts, &|t| model.codec.encode(t), &params)?;
+        for (s, share) in self.0.sources.iter().zip(&report.sources) {
+            tracing::info!(
+                source = %describe(&s.data),
+                tokens = share.tokens,
+                share = share.requested_tokens,
+                "calibration source"
+            );
+        }
         let mut o = Outputs::new();
         o.metric("tokens", report.total_tokens as f64);
         o.metric("pieces", report.pieces as f64);
@@ -72,5 +107,14 @@ impl Stage for CalibPool {
         o.record("pool", &pool)?;
         o.record("report", &report)?;
         Ok(o)
+    }
+}
+
+fn describe(d: &DataSource) -> String {
+    match d {
+        DataSource::Path { path } => path.display().to_string(),
+        DataSource::Pip {
+            package, member, ..
+        } => format!("pip:{package}/{member}"),
     }
 }

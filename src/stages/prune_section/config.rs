@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{DataSource, TextFormat, reader::TextDocuments};
+use super::sources::{CalibEntry, EvalEntry, Sources};
+use crate::data::{TextFormat, reader::TextDocuments};
 use crate::export::{GgufDtype, ZeroWidth};
 use crate::model::ModelConfig;
 use crate::prune::ModuleKind;
@@ -99,11 +100,11 @@ fn d_search_cache_mib() -> u64 {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct PruneConfig {
     pub model: ModelSpec,
-    pub calib: DataSource,
+    pub calib: Sources<CalibEntry>,
     #[serde(default = "d_calib_format")]
     pub calib_format: TextFormat,
     #[serde(default)]
-    pub eval: Option<DataSource>,
+    pub eval: Option<Sources<EvalEntry>>,
     #[serde(default = "d_eval_format")]
     pub eval_format: TextFormat,
     #[serde(default = "d_seq_len")]
@@ -207,6 +208,38 @@ impl PruneConfig {
         }
         if c.calib_tokens == 0 {
             return Err(field("calib-tokens", "must be at least 1".into()));
+        }
+        for (i, e) in c.calib.0.iter().enumerate() {
+            if let Some(w) = e.weight
+                && !(w > 0.0 && w.is_finite())
+            {
+                return Err(field(
+                    "calib",
+                    format!("source {}: weight {w} must be a positive number", i + 1),
+                ));
+            }
+        }
+        let names: Vec<String> = c.eval_texts().iter().map(|e| e.name()).collect();
+        for (i, n) in names.iter().enumerate() {
+            if names[..i].contains(n) {
+                return Err(field(
+                    "eval",
+                    format!("two texts are named `{n}`: give each a distinct `name`"),
+                ));
+            }
+            if n.is_empty()
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(field(
+                    "eval",
+                    format!(
+                        "text {}: name `{n}` must be letters, digits, `-`, `_`",
+                        i + 1
+                    ),
+                ));
+            }
         }
         if c.eval_seq_len.is_some_and(|s| s < 2) {
             return Err(field("eval-seq-len", "must be at least 2".into()));
@@ -387,6 +420,11 @@ impl PruneConfig {
                 .filter(|&b| b == Baseline::Uniform)
                 .collect()
         })
+    }
+
+    /// The held-out texts (none without `eval`).
+    pub fn eval_texts(&self) -> &[EvalEntry] {
+        self.eval.as_ref().map(|e| e.0.as_slice()).unwrap_or(&[])
     }
 
     /// Whether a search runs (a supernet and at least one round).

@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::config::{Baseline, PruneConfig, grids_with, round1_grids};
+use super::sources::EvalEntry;
 use crate::data::DataSource;
 use crate::engine::{InputRef, Stage, StageSpec};
 use crate::model::ModelConfig;
 use crate::prune::expectation::Expectation;
 use crate::prune::grid::{GridOptions, Round1Grid, TypeGrid};
 use crate::stages::baseline_layer::{BaselineLayer, BaselineLayerParams, BaselineMethod};
-use crate::stages::calib_pool::{CalibPool, CalibPoolParams};
+use crate::stages::calib_pool::{CalibPool, CalibPoolParams, CalibSource};
 use crate::stages::embed::{Embed, EmbedParams};
 use crate::stages::estimate::Shapes;
 use crate::stages::eval_ppl::{EvalPpl, EvalPplParams};
@@ -71,6 +72,19 @@ pub mod ids {
     }
     pub fn eval(label: &str) -> String {
         format!("eval-{label}")
+    }
+    /// `eval-<label>` on the one held-out text, `eval-<label>-<text>` when there are several.
+    pub fn eval_on(label: &str, text: Option<&str>) -> String {
+        match text {
+            Some(t) => format!("eval-{label}-{t}"),
+            None => eval(label),
+        }
+    }
+    pub fn eval_text(text: Option<&str>) -> String {
+        match text {
+            Some(t) => format!("{EVAL_TEXT}-{t}"),
+            None => EVAL_TEXT.to_string(),
+        }
     }
 }
 
@@ -188,7 +202,7 @@ pub fn build(c: &PruneConfig, cfg: &ModelConfig, at: Where<'_>) -> Result<Vec<St
             pipeline: at.pipeline.to_string(),
             target: c.target,
             source: describe_model(&c.model),
-            eval_text: c.eval.as_ref().map(describe_data).unwrap_or_default(),
+            eval_text: describe_texts(c.eval_texts()),
             baselines: c.baselines.iter().map(|b| b.name().to_string()).collect(),
         };
         let searches: Vec<String> = if c.searching() {
@@ -308,9 +322,18 @@ impl Builder<'_> {
             },
             &[],
         )?;
+        let sources = c
+            .calib
+            .0
+            .iter()
+            .map(|e| CalibSource {
+                data: anchored(self.base, &e.data),
+                format: e.format.clone().unwrap_or_else(|| c.calib_format.clone()),
+                weight: e.weight.unwrap_or(1.0),
+            })
+            .collect();
         let pool = CalibPoolParams {
-            data: anchored(self.base, &c.calib),
-            format: c.calib_format.clone(),
+            sources,
             seq_len: c.seq_len,
             calib_tokens: c.calib_tokens,
             cache_dir: None,
@@ -638,27 +661,14 @@ impl Builder<'_> {
         Ok(())
     }
 
-    /// `eval-text` and one `eval-ppl` per entry (the dense model first), when the section has
-    /// an eval text; returns the eval ids.
+    /// Per held-out text, `eval-text` and one `eval-ppl` per entry (the dense model first);
+    /// returns the eval ids (text by text, in pipeline order).
     fn evals(&mut self, mut evals: Vec<EvalSpec>) -> Result<Vec<String>> {
         let c = self.c;
-        let Some(eval) = &c.eval else {
+        let texts = c.eval_texts();
+        if texts.is_empty() {
             return Ok(Vec::new());
-        };
-        let et = EvalTextParams {
-            data: anchored(self.base, eval),
-            format: c.eval_format.clone(),
-            separator: "\n\n".into(),
-            seq_len: c.eval_seq_len.unwrap_or(c.seq_len),
-            max_tokens: c.eval_max_tokens,
-            cache_dir: None,
-        };
-        self.push_cached(
-            ids::EVAL_TEXT,
-            EvalText::KIND,
-            &et,
-            &[(ids::MODEL, one(ids::MODEL))],
-        )?;
+        }
         if c.eval_dense {
             evals.insert(
                 0,
@@ -669,25 +679,43 @@ impl Builder<'_> {
                 },
             );
         }
-        let mut eval_ids = Vec::with_capacity(evals.len());
-        for e in evals {
-            let mut inputs = vec![
-                (ids::MODEL, one(ids::MODEL)),
-                ("windows", one(ids::EVAL_TEXT)),
-            ];
-            if !matches!(e.choice, Choice::Dense) {
-                inputs.push(("layers", InputRef::Many(e.layers)));
-            }
-            let (fixed, from_search) = e.choice.bind(&mut inputs);
-            let p = EvalPplParams {
-                label: e.label.clone(),
-                choice: fixed,
-                from_search,
+        let named = texts.len() > 1;
+        let mut eval_ids = Vec::with_capacity(evals.len() * texts.len());
+        for text in texts {
+            let name = named.then(|| text.name());
+            let name = name.as_deref();
+            let et = EvalTextParams {
+                data: anchored(self.base, &text.data),
+                format: text.format.clone().unwrap_or_else(|| c.eval_format.clone()),
+                separator: "\n\n".into(),
+                seq_len: c.eval_seq_len.unwrap_or(c.seq_len),
+                max_tokens: c.eval_max_tokens,
+                cache_dir: None,
             };
-            let id = ids::eval(&e.label);
-            let mem = self.shapes.eval();
-            self.push(&id, EvalPpl::KIND, &p, &inputs, Some(mem))?;
-            eval_ids.push(id);
+            let text_id = ids::eval_text(name);
+            self.push_cached(
+                &text_id,
+                EvalText::KIND,
+                &et,
+                &[(ids::MODEL, one(ids::MODEL))],
+            )?;
+            for e in &evals {
+                let mut inputs = vec![(ids::MODEL, one(ids::MODEL)), ("windows", one(&text_id))];
+                if !matches!(e.choice, Choice::Dense) {
+                    inputs.push(("layers", InputRef::Many(e.layers.clone())));
+                }
+                let (fixed, from_search) = e.choice.clone().bind(&mut inputs);
+                let p = EvalPplParams {
+                    label: e.label.clone(),
+                    choice: fixed,
+                    from_search,
+                    text: name.map(str::to_string),
+                };
+                let id = ids::eval_on(&e.label, name);
+                let mem = self.shapes.eval();
+                self.push(&id, EvalPpl::KIND, &p, &inputs, Some(mem))?;
+                eval_ids.push(id);
+            }
         }
         Ok(eval_ids)
     }
@@ -714,6 +742,18 @@ fn describe_model(m: &ModelSpec) -> String {
             package, member, ..
         } => format!("pip:{package}/{member}"),
         ModelSpec::Random(_) => "random".into(),
+    }
+}
+
+/// The held-out text as the report names it; several as `name: text, …`.
+fn describe_texts(texts: &[EvalEntry]) -> String {
+    match texts {
+        [one] => describe_data(&one.data),
+        many => many
+            .iter()
+            .map(|t| format!("{}: {}", t.name(), describe_data(&t.data)))
+            .collect::<Vec<_>>()
+            .join(", "),
     }
 }
 

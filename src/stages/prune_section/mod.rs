@@ -9,6 +9,10 @@
 //! calib-format = { format = "text", documents = "lines" }   # [text, documents = blank-lines]
 //! eval = { source = "path", path = "data/heldout.txt" }     # optional: no eval stages without
 //! eval-format = { format = "text" }                         # [text, documents = whole]
+//! # Either may instead be an array of tables, one per text (see `sources`): `[[prune.calib]]`
+//! # entries take `format` [calib-format] and `weight` (share of the pool) [1]; `[[prune.eval]]`
+//! # entries take `format` [eval-format] and `name` [the file's stem], and each text is scored
+//! # by every evaluated model (`eval-<model>-<name>`, `ppl/<name>/<model>.json`).
 //! seq-len = 4096               # pool piece length, tokens
 //! calib-tokens = 4194304       # pool size, tokens
 //! eval-seq-len = 4096          # [seq-len]
@@ -58,7 +62,8 @@
 //! (`supernet-layer`) chained through `r1-forward-NN` (`layer-forward`: X_{ℓ+1});
 //! `uniform-layer-NN` (one-level `supernet-layer`s with `centre` expectation, chained through
 //! `uniform-forward-NN`), `magnitude-layer-NN`, `wanda-sp-layer-NN` (`baseline-layer`);
-//! `eval-dense`, `eval-r1-centre`, `eval-uniform`, `eval-magnitude`, `eval-wanda-sp` (`eval-ppl`).
+//! `eval-dense`, `eval-r1-centre`, `eval-uniform`, `eval-magnitude`, `eval-wanda-sp` (`eval-ppl`;
+//! with several held-out texts `eval-text-<text>` and `eval-<model>-<text>`).
 //!
 //! Search and later rounds: `teacher` (`teacher-topk`), `r{t}-search` (`search`, round t over
 //! `r{t}-layer-*`), and for t ≥ 2 `r{t}-layer-NN` / `r{t}-forward-NN` whose grids centre on
@@ -70,6 +75,7 @@
 
 mod config;
 mod dag;
+mod sources;
 
 pub use config::{Baseline, PruneConfig, round1_grids};
 pub use dag::ids;

@@ -88,34 +88,8 @@ pub fn build_pool(
     if share.tokens == 0 {
         return Err(no_tokens(documents.len()));
     }
-    let corpus_exhausted = share.tokens < params.calib_tokens;
-    if corpus_exhausted {
-        tracing::warn!(
-            requested = params.calib_tokens,
-            available = share.tokens,
-            "calibration corpus is smaller than calib-tokens: using all of it"
-        );
-    }
-    let report = PoolReport {
-        requested_tokens: params.calib_tokens,
-        total_tokens: share.tokens,
-        pieces: share.pieces.len(),
-        short_pieces: share
-            .pieces
-            .iter()
-            .filter(|p| p.len() < params.seq_len)
-            .count(),
-        documents_used: share.documents_used,
-        documents_total: documents.len(),
-        corpus_exhausted,
-        sources: vec![share.report(documents.len(), params.calib_tokens)],
-    };
-    Ok((
-        Pool {
-            pieces: share.pieces,
-        },
-        report,
-    ))
+    let sources = vec![share.report(documents.len(), params.calib_tokens)];
+    Ok(finish(params, share.pieces, sources))
 }
 
 /// One corpus of a mix: its documents and its weight (any positive finite number; the shares
@@ -151,7 +125,8 @@ pub fn build_mixed_pool(
     // Drawing more from a corpus extends its earlier draw (same shuffle, same cut), so each
     // pass only grows the open corpora's quotas, and at most one pass per corpus is needed.
     let weights: Vec<f64> = parts.iter().map(|p| p.weight).collect();
-    let mut quota = split(params.calib_tokens, &weights, &vec![true; parts.len()]);
+    let by_weight = split(params.calib_tokens, &weights, &vec![true; parts.len()]);
+    let mut quota = by_weight.clone();
     let mut shares: Vec<Option<Share>> = (0..parts.len()).map(|_| None).collect();
     let mut closed = vec![false; parts.len()];
     loop {
@@ -181,53 +156,55 @@ pub fn build_mixed_pool(
         }
     }
     let shares: Vec<Share> = shares.into_iter().map(|s| s.expect("drawn")).collect();
-    let total: usize = shares.iter().map(|s| s.tokens).sum();
-    if total == 0 {
+    if shares.iter().all(|s| s.tokens == 0) {
         let docs: usize = parts.iter().map(|p| p.documents.len()).sum();
         return Err(no_tokens(docs));
     }
     let mut sources = Vec::with_capacity(parts.len());
     let mut pieces = Vec::new();
-    let mut used = 0;
-    for ((s, p), w) in shares.into_iter().zip(parts).zip(split(
-        params.calib_tokens,
-        &weights,
-        &vec![true; parts.len()],
-    )) {
-        sources.push(s.report(p.documents.len(), w));
-        used += s.documents_used;
-        pieces.extend(s.pieces);
-    }
-    for (i, s) in sources.iter().enumerate() {
-        if s.tokens < s.requested_tokens {
+    for (i, ((s, p), w)) in shares.into_iter().zip(parts).zip(by_weight).enumerate() {
+        if s.tokens < w {
             tracing::warn!(
                 source = i + 1,
-                share = s.requested_tokens,
+                share = w,
                 available = s.tokens,
                 "calibration source is smaller than its share: the others fill the rest"
             );
         }
+        sources.push(s.report(p.documents.len(), w));
+        pieces.extend(s.pieces);
     }
     Stream::new(params.seed, "calib-mix", &[]).shuffle(&mut pieces);
-    let corpus_exhausted = total < params.calib_tokens;
+    Ok(finish(params, pieces, sources))
+}
+
+/// The pool and its report from the pieces in their final order and each source's share; warns
+/// when the sources together held fewer than `calib-tokens`.
+fn finish(
+    params: &PoolParams,
+    pieces: Vec<Vec<u32>>,
+    sources: Vec<SourceShare>,
+) -> (Pool, PoolReport) {
+    let total_tokens: usize = sources.iter().map(|s| s.tokens).sum();
+    let corpus_exhausted = total_tokens < params.calib_tokens;
     if corpus_exhausted {
         tracing::warn!(
             requested = params.calib_tokens,
-            available = total,
-            "calibration corpora are smaller than calib-tokens: using all of them"
+            available = total_tokens,
+            "calibration data is smaller than calib-tokens: using all of it"
         );
     }
     let report = PoolReport {
         requested_tokens: params.calib_tokens,
-        total_tokens: total,
+        total_tokens,
         pieces: pieces.len(),
         short_pieces: pieces.iter().filter(|p| p.len() < params.seq_len).count(),
-        documents_used: used,
-        documents_total: parts.iter().map(|p| p.documents.len()).sum(),
+        documents_used: sources.iter().map(|s| s.documents_used).sum(),
+        documents_total: sources.iter().map(|s| s.documents_total).sum(),
         corpus_exhausted,
         sources,
     };
-    Ok((Pool { pieces }, report))
+    (Pool { pieces }, report)
 }
 
 /// What one corpus contributed to a pool.

@@ -41,6 +41,21 @@ pub enum DataSource {
     },
 }
 
+impl DataSource {
+    /// A short name for logs and reports: the file name of a path, `pip:<package>/<member>`.
+    pub fn label(&self) -> String {
+        match self {
+            DataSource::Path { path } => path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string()),
+            DataSource::Pip {
+                package, member, ..
+            } => format!("pip:{package}/{member}"),
+        }
+    }
+}
+
 /// A fetched file: where it lies now and the BLAKE3 digest (hex) of its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fetched {

@@ -94,7 +94,7 @@ impl Stage for CalibPool {
         let (pool, report) = build_mixed_pool(&parts, &|t| model.codec.encode(t), &params)?;
         for (s, share) in self.0.sources.iter().zip(&report.sources) {
             tracing::info!(
-                source = %describe(&s.data),
+                source = %s.data.label(),
                 tokens = share.tokens,
                 share = share.requested_tokens,
                 "calibration source"
@@ -107,14 +107,5 @@ impl Stage for CalibPool {
         o.record("pool", &pool)?;
         o.record("report", &report)?;
         Ok(o)
-    }
-}
-
-fn describe(d: &DataSource) -> String {
-    match d {
-        DataSource::Path { path } => path.display().to_string(),
-        DataSource::Pip {
-            package, member, ..
-        } => format!("pip:{package}/{member}"),
     }
 }

@@ -748,23 +748,11 @@ fn describe_model(m: &ModelSpec) -> String {
 /// The held-out text as the report names it; several as `name: text, …`.
 fn describe_texts(texts: &[EvalEntry]) -> String {
     match texts {
-        [one] => describe_data(&one.data),
+        [one] => one.data.label(),
         many => many
             .iter()
-            .map(|t| format!("{}: {}", t.name(), describe_data(&t.data)))
+            .map(|t| format!("{}: {}", t.name(), t.data.label()))
             .collect::<Vec<_>>()
             .join(", "),
-    }
-}
-
-fn describe_data(d: &DataSource) -> String {
-    match d {
-        DataSource::Path { path } => path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string()),
-        DataSource::Pip {
-            package, member, ..
-        } => format!("pip:{package}/{member}"),
     }
 }

@@ -445,3 +445,59 @@ fn a_bad_weight_or_two_held_out_texts_of_one_name_are_refused() {
     let e = plan_error(&["prune.calib=[]"]);
     assert!(e.contains("prune.calib") && e.contains("empty"), "{e}");
 }
+
+#[test]
+fn zero_shot_tasks_are_scored_on_every_model_and_rescored_when_the_file_changes() {
+    let w = tempfile::tempdir().unwrap();
+    let task = w.path().join("choices.jsonl");
+    let lines = [
+        r#"{"context": "The cat sat on the", "choices": ["mat", "moon", "sky"], "gold": 0}"#,
+        r#"{"context": "One, two,", "choices": ["three", "blue"], "gold": 0}"#,
+        r#"{"context": "Water is", "choices": ["wet", "dry", "loud", "green"], "gold": 0}"#,
+    ];
+    std::fs::write(&task, lines.join("\n")).unwrap();
+    let spec = format!("prune.eval-tasks=[\"generic:toy={}\"]", task.display());
+    let set = [
+        "--set",
+        spec.as_str(),
+        "--set",
+        "prune.rounds=1",
+        "--set",
+        "prune.baselines=[\"uniform\"]",
+    ];
+    let o = tyr_in(w.path(), &["run"], &set, &[]);
+    assert!(o.status.success(), "run failed:\n{}", text(&o));
+    for label in ["dense", "tyr", "uniform"] {
+        let p = w.path().join(format!("out/tiny/tasks/{label}.json"));
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        let t = &r["tasks"][0];
+        assert_eq!(t["task"], "generic:toy");
+        assert_eq!(t["n"], 3);
+        let acc = t["acc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{label}: acc {acc}");
+        // Three items: the accuracy is a count of thirds.
+        assert!(((acc * 3.0).round() - acc * 3.0).abs() < 1e-9, "{acc}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.path().join("out/tiny/report.json")).unwrap())
+            .unwrap();
+    let models: Vec<&str> = report["accuracies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_object().unwrap()["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["dense", "tyr", "uniform"]);
+    let html = std::fs::read_to_string(w.path().join("out/tiny/report.html")).unwrap();
+    assert!(html.contains("Zero-shot accuracy"));
+    // Another answer in the file re-scores the tasks (and the report), nothing else.
+    std::fs::write(&task, lines[..2].join("\n")).unwrap();
+    let again = tyr_in(w.path(), &["run"], &set, &[]);
+    assert!(again.status.success(), "{}", text(&again));
+    let mut ran = common::ran(&again);
+    ran.sort();
+    assert_eq!(ran, ["report", "tasks-dense", "tasks-tyr", "tasks-uniform"]);
+    // A bad spec is refused naming the key.
+    let e = plan_error(&["prune.eval-tasks=[\"no-such-task=x.jsonl\"]"]);
+    assert!(e.contains("prune.eval-tasks"), "{e}");
+}

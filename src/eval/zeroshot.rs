@@ -14,8 +14,11 @@ use serde::{Deserialize, Serialize};
 use super::perplexity::LOGIT_ROWS_PER_CHUNK;
 use super::tasks::{Request, Scoring, Task, TaskKind};
 use crate::model::llama::Llama;
-use crate::model::tokenizer::Tokenizer;
+use crate::model::tokenizer::Encode;
 use crate::{Error, Result};
+
+/// Bumped whenever a change to the scoring changes a result (part of `eval-tasks`' key).
+pub const ZEROSHOT_VERSION: u32 = 1;
 
 /// How to run the scoring.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,14 +99,14 @@ pub struct TaskResult {
 /// of the continuation, then `context + continuation` is encoded whole and the continuation is
 /// what follows the context's own token count. Neither side gets special tokens.
 pub fn encode_pair(
-    tokenizer: &Tokenizer,
+    tokenizer: &dyn Encode,
     context: &str,
     continuation: &str,
 ) -> Result<(Vec<u32>, Vec<u32>)> {
     let ctx = context.trim_end();
     let cont = format!("{}{continuation}", &context[ctx.len()..]);
-    let whole = tokenizer.encode(&format!("{ctx}{cont}"))?;
-    let ctx_ids = tokenizer.encode(ctx)?;
+    let whole = tokenizer.encode_text(&format!("{ctx}{cont}"))?;
+    let ctx_ids = tokenizer.encode_text(ctx)?;
     let split = ctx_ids.len().min(whole.len());
     Ok((ctx_ids, whole[split..].to_vec()))
 }
@@ -112,14 +115,14 @@ pub fn encode_pair(
 /// context becomes the BOS token (EOS when the model has none), or the continuation's first
 /// token when that is already it; `bos` goes before every other context when `add_bos`.
 pub fn request_tokens(
-    tokenizer: &Tokenizer,
+    tokenizer: &dyn Encode,
     req: &Request,
     bos: Option<u32>,
     eos: Option<u32>,
     add_bos: bool,
 ) -> Result<(Vec<u32>, Vec<u32>)> {
     let (ctx, cont) = if req.context.trim().is_empty() {
-        let cont = tokenizer.encode(&format!("{}{}", req.context, req.continuation))?;
+        let cont = tokenizer.encode_text(&format!("{}{}", req.context, req.continuation))?;
         let prefix = bos.or(eos).ok_or_else(|| {
             Error::EvalSetting(
                 "an empty context is scored after the BOS (or EOS) token, and the model has neither"
@@ -291,7 +294,7 @@ fn mean(xs: &[f64]) -> f64 {
 /// scores. This is the library entry point (`tyr eval --tasks` calls it once per task).
 pub fn score_task(
     model: &Llama,
-    tokenizer: &Tokenizer,
+    tokenizer: &dyn Encode,
     task: &Task,
     opts: &ZeroShotOptions,
 ) -> Result<TaskResult> {

@@ -20,7 +20,8 @@ mod svg;
 mod svg_charts;
 
 pub use report::{
-    BaselineReport, GenerationSummary, KindStep, LayerReport, LayerWidths, ModelRole, ModuleLevel,
-    Outputs, ParamCounts, ParamSummary, Perplexity, REPORT_FORMAT, Report, ReportFiles,
-    RoundReport, SourceModel, StageTiming, Timings, UnitSparsity, unit_sparsity, write_report,
+    Accuracy, BaselineReport, GenerationSummary, KindStep, LayerReport, LayerWidths, ModelRole,
+    ModuleLevel, Outputs, ParamCounts, ParamSummary, Perplexity, REPORT_FORMAT, Report,
+    ReportFiles, RoundReport, SourceModel, StageTiming, Timings, UnitSparsity, unit_sparsity,
+    write_report,
 };

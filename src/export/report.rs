@@ -49,6 +49,9 @@ pub struct Report {
     pub rounds: Vec<RoundReport>,
     /// Held-out perplexities of every evaluated model on every evaluated text.
     pub perplexities: Vec<Perplexity>,
+    /// Zero-shot accuracy of every evaluated model on every task (`[prune] eval-tasks`).
+    #[serde(default)]
+    pub accuracies: Vec<Accuracy>,
     /// The baselines run beside the main method (their perplexities are in `perplexities`).
     pub baselines: Vec<BaselineReport>,
     /// Where the run wrote its models.
@@ -285,6 +288,20 @@ pub struct Perplexity {
     pub value: f64,
 }
 
+/// One model's zero-shot accuracy on one task (lm-eval's `acc` / `acc_norm`, fractions).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Accuracy {
+    pub model: String,
+    pub role: ModelRole,
+    /// The task's name (`arc-easy`, or `KIND:LABEL`).
+    pub task: String,
+    /// Examples scored.
+    pub n: usize,
+    #[serde(with = "num")]
+    pub acc: f64,
+    pub acc_norm: Option<f64>,
+}
+
 /// A baseline run beside the main method.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BaselineReport {
@@ -361,6 +378,7 @@ impl Report {
             fitness_metric: None,
             rounds: Vec::new(),
             perplexities: Vec::new(),
+            accuracies: Vec::new(),
             baselines: Vec::new(),
             outputs: Outputs::default(),
             timings: Timings::default(),

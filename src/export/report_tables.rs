@@ -188,6 +188,49 @@ pub(super) fn tables(h: &mut String, r: &Report) {
         );
     }
 
+    if !r.accuracies.is_empty() {
+        h.push_str("<h2>Zero-shot accuracy</h2>");
+        let dense_mean = mean_accuracy(r, "dense");
+        let mut rows: Vec<Vec<String>> = r
+            .accuracies
+            .iter()
+            .map(|a| {
+                vec![
+                    esc(&a.model),
+                    esc(&a.task),
+                    a.n.to_string(),
+                    format!("{:.2}", 100.0 * a.acc),
+                    a.acc_norm
+                        .map_or("–".into(), |v| format!("{:.2}", 100.0 * v)),
+                ]
+            })
+            .collect();
+        let mut models: Vec<&str> = Vec::new();
+        for a in &r.accuracies {
+            if !models.contains(&a.model.as_str()) {
+                models.push(&a.model);
+            }
+        }
+        for m in models {
+            let mean = mean_accuracy(r, m).unwrap_or(f64::NAN);
+            let of_dense = dense_mean.map_or("–".into(), |d| {
+                format!("{:.1}% of dense", 100.0 * mean / d)
+            });
+            rows.push(vec![
+                esc(m),
+                "mean".into(),
+                String::new(),
+                format!("{:.2}", 100.0 * mean),
+                of_dense,
+            ]);
+        }
+        table(
+            h,
+            &["model", "task", "#examples", "#acc %", "#acc_norm %"],
+            &rows,
+        );
+    }
+
     h.push_str("<h2>Baselines</h2>");
     if r.baselines.is_empty() {
         h.push_str("<p class=\"note\">No baselines in this run.</p>");
@@ -281,4 +324,15 @@ pub(super) fn tables(h: &mut String, r: &Report) {
             .collect();
         table(h, &["stage", "kind", "#seconds", "status"], &rows);
     }
+}
+
+/// Mean `acc` of `model` over its tasks.
+fn mean_accuracy(r: &Report, model: &str) -> Option<f64> {
+    let xs: Vec<f64> = r
+        .accuracies
+        .iter()
+        .filter(|a| a.model == model)
+        .map(|a| a.acc)
+        .collect();
+    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
 }

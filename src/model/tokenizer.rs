@@ -253,3 +253,15 @@ fn pre_tokenizer(pre: &str) -> std::result::Result<(bool, PreTokenizerWrapper, b
         )),
     }
 }
+
+/// Anything that turns text into token ids without special tokens: a model's tokenizer, or the
+/// byte-level codec of random test models. The zero-shot scorer takes one.
+pub trait Encode {
+    fn encode_text(&self, text: &str) -> Result<Vec<u32>>;
+}
+
+impl Encode for Tokenizer {
+    fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode(text)
+    }
+}

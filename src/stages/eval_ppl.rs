@@ -20,10 +20,26 @@ use super::{LayerStages, resolve_choice};
 use crate::data::EvalWindows;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::eval::perplexity::{PerplexityOptions, perplexity_layer_by_layer};
-use crate::model::{Block, Embeddings, Head, LayerDims};
+use crate::model::{Block, Embeddings, Head, LayerDims, ModelConfig, TensorSource};
 use crate::supernet::layer::{DenseLayer, assemble_block};
 use crate::vocab::LayerLevels;
 use crate::{Error, Result};
+
+/// Decoder layer `l` as evaluated: dense, or sliced to the chosen variants of its layer stage.
+pub(crate) fn build_block(
+    cfg: &ModelConfig,
+    src: &dyn TensorSource,
+    chosen: &Option<(LayerStages, &Vec<LayerLevels>)>,
+    l: usize,
+) -> Result<Block> {
+    match chosen {
+        None => Block::load(cfg, l, src),
+        Some((layers, choice)) => {
+            let (attn, ffn) = layers.chosen(l, choice[l])?;
+            assemble_block(cfg, &DenseLayer::load(cfg, l, src)?, &attn, &ffn)
+        }
+    }
+}
 
 /// Hidden states of the windows run through the layers together, at most.
 pub(crate) const GROUP_BYTES: usize = 256 << 20;
@@ -137,13 +153,7 @@ impl Stage for EvalPpl {
         // One decoder layer at a time: the model is never held whole.
         let mut dims: Vec<Option<LayerDims>> = vec![None; cfg.n_layers()];
         let block = |l: usize| -> Result<Block> {
-            let b = match &chosen {
-                None => Block::load(cfg, l, src)?,
-                Some((layers, choice)) => {
-                    let (attn, ffn) = layers.chosen(l, choice[l])?;
-                    assemble_block(cfg, &DenseLayer::load(cfg, l, src)?, &attn, &ffn)?
-                }
-            };
+            let b = build_block(cfg, src, &chosen, l)?;
             dims[l] = Some(b.dims().clone());
             Ok(b)
         };

@@ -15,6 +15,7 @@ pub mod calib_pool;
 pub mod embed;
 pub mod estimate;
 pub mod eval_ppl;
+pub mod eval_tasks;
 pub mod eval_text;
 pub mod export;
 pub mod layer_forward;
@@ -56,6 +57,7 @@ pub fn register_all(registry: &mut Registry) {
         .register::<layer_forward::LayerForward>()
         .register::<baseline_layer::BaselineLayer>()
         .register::<eval_ppl::EvalPpl>()
+        .register::<eval_tasks::EvalTasks>()
         .register::<teacher::TeacherStage>()
         .register::<search::SearchStage>()
         .register::<export::ExportStage>()

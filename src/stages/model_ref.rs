@@ -215,6 +215,12 @@ impl TextCodec {
     }
 }
 
+impl crate::model::tokenizer::Encode for TextCodec {
+    fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode(text)
+    }
+}
+
 /// A reopened model.
 pub struct LoadedModel {
     pub config: ModelConfig,

@@ -2,6 +2,7 @@
 //! `report.json` and `report.html` at `out/<pipeline>/`.
 //!
 //! Inputs: `model`; `searches` (every round's `search`, in order); `evals` (`eval-ppl` stages);
+//! `tasks` (`eval-tasks` stages: zero-shot accuracies);
 //! `exports` (`export` stages: the first labelled `tyr` is the pruned model, the others
 //! baselines). Params: the pipeline name, the target, how the source model and eval text are
 //! named. Wall-clock stage timings are not known here: `tyr run` fills the report's `timings`
@@ -11,12 +12,13 @@
 use serde::{Deserialize, Serialize};
 
 use super::eval_ppl::PerplexityRecord;
+use super::eval_tasks::TasksRecord;
 use super::export::ExportRecord;
 use super::model_ref::{ModelLocation, ModelRecord};
 use crate::Result;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::export::{
-    BaselineReport, ModelRole, ParamCounts, Perplexity, Report, RoundReport, SourceModel,
+    Accuracy, BaselineReport, ModelRole, ParamCounts, Perplexity, Report, RoundReport, SourceModel,
     UnitSparsity, unit_sparsity,
 };
 use crate::model::ModelConfig;
@@ -43,7 +45,8 @@ pub struct ReportStage(ReportParams);
 
 impl Stage for ReportStage {
     const KIND: &'static str = "report";
-    const VERSION: u32 = 1;
+    // 2: zero-shot accuracies (input `tasks`).
+    const VERSION: u32 = 2;
     type Params = ReportParams;
 
     fn new(p: ReportParams) -> Result<Self> {
@@ -59,6 +62,7 @@ impl Stage for ReportStage {
             InputSlot::one("model"),
             InputSlot::many("searches"),
             InputSlot::many("evals"),
+            InputSlot::many("tasks"),
             InputSlot::many("exports"),
         ]
     }
@@ -124,22 +128,37 @@ impl Stage for ReportStage {
             .iter()
             .map(|s| s.record("ppl"))
             .collect::<Result<_>>()?;
-        for e in &evals {
-            let role = if e.label == "dense" {
+        let role = |label: &str| {
+            if label == "dense" {
                 ModelRole::Dense
-            } else if p.baselines.contains(&e.label) {
+            } else if p.baselines.iter().any(|b| b == label) {
                 ModelRole::Baseline
             } else {
                 ModelRole::Pruned
-            };
+            }
+        };
+        for e in &evals {
             r.perplexities.push(Perplexity {
                 model: e.label.clone(),
-                role,
+                role: role(&e.label),
                 text: e.text.clone().unwrap_or_else(|| p.eval_text.clone()),
                 seq_len: e.seq_len,
                 tokens: e.tokens,
                 value: e.perplexity,
             });
+        }
+        for t in ctx.inputs("tasks")?.iter() {
+            let rec: TasksRecord = t.record("tasks")?;
+            for s in &rec.tasks {
+                r.accuracies.push(Accuracy {
+                    model: rec.label.clone(),
+                    role: role(&rec.label),
+                    task: s.task.clone(),
+                    n: s.n,
+                    acc: s.acc,
+                    acc_norm: s.acc_norm,
+                });
+            }
         }
         for b in &p.baselines {
             let exported = exports.iter().find(|e| &e.label == b);

@@ -115,6 +115,13 @@ pub struct PruneConfig {
     pub eval_seq_len: Option<usize>,
     #[serde(default)]
     pub eval_max_tokens: Option<usize>,
+    /// Zero-shot task files scored on every evaluated model (`KIND=PATH` or `KIND:LABEL=PATH`,
+    /// as `tyr eval --tasks`; relative to the pipeline file) [none].
+    #[serde(default)]
+    pub eval_tasks: Vec<String>,
+    /// Score only the first N examples of each task [all].
+    #[serde(default)]
+    pub eval_tasks_limit: Option<usize>,
     #[serde(default = "d_target")]
     pub target: f64,
     #[serde(default)]
@@ -301,6 +308,13 @@ impl PruneConfig {
                     ));
                 }
             }
+        }
+        if !c.eval_tasks.is_empty() {
+            crate::eval::tasks::parse_task_specs(&c.eval_tasks)
+                .map_err(|e| field("eval-tasks", e.to_string()))?;
+        }
+        if c.eval_tasks_limit == Some(0) {
+            return Err(field("eval-tasks-limit", "must be at least 1".into()));
         }
         for b in c.export_baselines.iter().flatten() {
             if !c.baselines.contains(b) {

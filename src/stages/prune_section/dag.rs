@@ -19,6 +19,7 @@ use crate::stages::calib_pool::{CalibPool, CalibPoolParams, CalibSource};
 use crate::stages::embed::{Embed, EmbedParams};
 use crate::stages::estimate::Shapes;
 use crate::stages::eval_ppl::{EvalPpl, EvalPplParams};
+use crate::stages::eval_tasks::{EvalTasks, EvalTasksParams, task_specs};
 use crate::stages::eval_text::{EvalText, EvalTextParams};
 use crate::stages::export::{ExportParams, ExportStage};
 use crate::stages::layer_forward::{LayerForward, LayerForwardParams};
@@ -72,6 +73,10 @@ pub mod ids {
     }
     pub fn eval(label: &str) -> String {
         format!("eval-{label}")
+    }
+    /// The zero-shot evaluation of one model.
+    pub fn eval_tasks(label: &str) -> String {
+        format!("tasks-{label}")
     }
     /// `eval-<label>` on the one held-out text, `eval-<label>-<text>` when there are several.
     pub fn eval_on(label: &str, text: Option<&str>) -> String {
@@ -196,8 +201,8 @@ pub fn build(c: &PruneConfig, cfg: &ModelConfig, at: Where<'_>) -> Result<Vec<St
         evals.push(eval);
     }
 
-    let eval_ids = b.evals(evals)?;
-    if c.report && (last_search.is_some() || !eval_ids.is_empty()) {
+    let (eval_ids, task_ids) = b.evals(evals)?;
+    if c.report && (last_search.is_some() || !eval_ids.is_empty() || !task_ids.is_empty()) {
         let rp = ReportParams {
             pipeline: at.pipeline.to_string(),
             target: c.target,
@@ -218,6 +223,7 @@ pub fn build(c: &PruneConfig, cfg: &ModelConfig, at: Where<'_>) -> Result<Vec<St
                 (ids::MODEL, one(ids::MODEL)),
                 ("searches", InputRef::Many(searches)),
                 ("evals", InputRef::Many(eval_ids)),
+                ("tasks", InputRef::Many(task_ids)),
                 ("exports", InputRef::Many(exports)),
             ],
             None,
@@ -663,11 +669,11 @@ impl Builder<'_> {
 
     /// Per held-out text, `eval-text` and one `eval-ppl` per entry (the dense model first);
     /// returns the eval ids (text by text, in pipeline order).
-    fn evals(&mut self, mut evals: Vec<EvalSpec>) -> Result<Vec<String>> {
+    fn evals(&mut self, mut evals: Vec<EvalSpec>) -> Result<(Vec<String>, Vec<String>)> {
         let c = self.c;
         let texts = c.eval_texts();
-        if texts.is_empty() {
-            return Ok(Vec::new());
+        if texts.is_empty() && c.eval_tasks.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
         }
         if c.eval_dense {
             evals.insert(
@@ -717,7 +723,40 @@ impl Builder<'_> {
                 eval_ids.push(id);
             }
         }
-        Ok(eval_ids)
+        let task_ids = self.task_evals(&evals)?;
+        Ok((eval_ids, task_ids))
+    }
+
+    /// One `eval-tasks` per entry when the pipeline names zero-shot tasks; returns their ids.
+    fn task_evals(&mut self, evals: &[EvalSpec]) -> Result<Vec<String>> {
+        let c = self.c;
+        if c.eval_tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tasks = task_specs(&c.eval_tasks, self.base)?;
+        let mut ids = Vec::with_capacity(evals.len());
+        for e in evals {
+            let mut inputs = vec![(ids::MODEL, one(ids::MODEL))];
+            if !matches!(e.choice, Choice::Dense) {
+                inputs.push(("layers", InputRef::Many(e.layers.clone())));
+            }
+            let (fixed, from_search) = e.choice.clone().bind(&mut inputs);
+            let p = EvalTasksParams {
+                label: e.label.clone(),
+                choice: fixed,
+                from_search,
+                tasks: tasks.clone(),
+                limit: c.eval_tasks_limit,
+                batch_tokens: 2048,
+                add_bos: false,
+                target_delimiter: " ".into(),
+            };
+            let id = ids::eval_tasks(&e.label);
+            let mem = self.shapes.export();
+            self.push(&id, EvalTasks::KIND, &p, &inputs, Some(mem))?;
+            ids.push(id);
+        }
+        Ok(ids)
     }
 }
 

@@ -17,6 +17,10 @@
 //! calib-tokens = 4194304       # pool size, tokens
 //! eval-seq-len = 4096          # [seq-len]
 //! eval-max-tokens = 65536      # [whole stream]
+//! eval-tasks = ["arc-easy=arc_easy_test.jsonl"]  # zero-shot tasks (`tyr eval --tasks` form,
+//! #   relative to the pipeline file) scored on every evaluated model: `tasks-<model>`
+//! #   (`eval-tasks`), `tasks/<model>.json`, accuracies in the report [none]
+//! eval-tasks-limit = 500       # first N examples of each task [all]
 //! target = 0.5                 # unit sparsity per module type, 0 ≤ target < 1 [0.5]
 //! initial-step = 0.125         # Δ₁ as a fraction of the unit count
 //! levels-each-side = 4         # K
@@ -63,7 +67,8 @@
 //! `uniform-layer-NN` (one-level `supernet-layer`s with `centre` expectation, chained through
 //! `uniform-forward-NN`), `magnitude-layer-NN`, `wanda-sp-layer-NN` (`baseline-layer`);
 //! `eval-dense`, `eval-r1-centre`, `eval-uniform`, `eval-magnitude`, `eval-wanda-sp` (`eval-ppl`;
-//! with several held-out texts `eval-text-<text>` and `eval-<model>-<text>`).
+//! with several held-out texts `eval-text-<text>` and `eval-<model>-<text>`); with `eval-tasks`,
+//! `tasks-<model>` (`eval-tasks`) for each of those models.
 //!
 //! Search and later rounds: `teacher` (`teacher-topk`), `r{t}-search` (`search`, round t over
 //! `r{t}-layer-*`), and for t ≥ 2 `r{t}-layer-NN` / `r{t}-forward-NN` whose grids centre on

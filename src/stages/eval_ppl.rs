@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::model_ref::{ModelRecord, open};
-use super::{LayerStages, resolve_choice};
+use super::{LayerStages, choice_slots, resolve_choice};
 use crate::data::EvalWindows;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::eval::perplexity::{PerplexityOptions, perplexity_layer_by_layer};
@@ -122,12 +122,7 @@ impl Stage for EvalPpl {
 
     fn inputs(&self) -> Vec<InputSlot> {
         let mut v = vec![InputSlot::one("model"), InputSlot::one("windows")];
-        if self.0.choice.is_some() || self.0.from_search {
-            v.push(InputSlot::many("layers"));
-        }
-        if self.0.from_search {
-            v.push(InputSlot::one("search"));
-        }
+        v.extend(choice_slots(self.0.choice.is_some(), self.0.from_search));
         v
     }
 

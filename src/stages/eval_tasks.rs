@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::eval_ppl::build_block;
 use super::model_ref::{ModelRecord, open};
-use super::{LayerStages, resolve_choice};
+use super::{LayerStages, choice_slots, resolve_choice};
 use crate::data::DataSource;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::eval::tasks::{TaskKind, TaskReadOptions, TaskSpec, read_task};
@@ -138,12 +138,7 @@ impl Stage for EvalTasks {
 
     fn inputs(&self) -> Vec<InputSlot> {
         let mut v = vec![InputSlot::one("model")];
-        if self.0.choice.is_some() || self.0.from_search {
-            v.push(InputSlot::many("layers"));
-        }
-        if self.0.from_search {
-            v.push(InputSlot::one("search"));
-        }
+        v.extend(choice_slots(self.0.choice.is_some(), self.0.from_search));
         v
     }
 

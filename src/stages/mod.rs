@@ -74,6 +74,20 @@ pub(crate) fn light() -> Resources {
     }
 }
 
+/// The input slots of a consumer of chosen variants (`eval-ppl`, `eval-tasks`): `layers` when
+/// it has a fixed choice or takes one from a search, and `search` for the latter.
+pub(crate) fn choice_slots(fixed: bool, from_search: bool) -> Vec<crate::engine::InputSlot> {
+    use crate::engine::InputSlot;
+    let mut v = Vec::new();
+    if fixed || from_search {
+        v.push(InputSlot::many("layers"));
+    }
+    if from_search {
+        v.push(InputSlot::one("search"));
+    }
+    v
+}
+
 /// The per-layer levels a consumer (`eval-ppl`, `export`) uses: its static `choice`, or the
 /// `search` input's.
 pub(crate) fn resolve_choice(

@@ -264,6 +264,17 @@ struct EvalSpec {
     layers: Vec<String>,
 }
 
+impl EvalSpec {
+    /// Adds the `layers` (unless dense) and `search` inputs of an `eval-ppl` / `eval-tasks` for
+    /// this model and returns its (`choice`, `from-search`) params.
+    fn bind(&self, inputs: &mut Vec<(&str, InputRef)>) -> (Option<Vec<LayerLevels>>, bool) {
+        if !matches!(self.choice, Choice::Dense) {
+            inputs.push(("layers", InputRef::Many(self.layers.clone())));
+        }
+        self.choice.clone().bind(inputs)
+    }
+}
+
 struct Builder<'a> {
     c: &'a PruneConfig,
     n: usize,
@@ -707,10 +718,7 @@ impl Builder<'_> {
             )?;
             for e in &evals {
                 let mut inputs = vec![(ids::MODEL, one(ids::MODEL)), ("windows", one(&text_id))];
-                if !matches!(e.choice, Choice::Dense) {
-                    inputs.push(("layers", InputRef::Many(e.layers.clone())));
-                }
-                let (fixed, from_search) = e.choice.clone().bind(&mut inputs);
+                let (fixed, from_search) = e.bind(&mut inputs);
                 let p = EvalPplParams {
                     label: e.label.clone(),
                     choice: fixed,
@@ -737,10 +745,7 @@ impl Builder<'_> {
         let mut ids = Vec::with_capacity(evals.len());
         for e in evals {
             let mut inputs = vec![(ids::MODEL, one(ids::MODEL))];
-            if !matches!(e.choice, Choice::Dense) {
-                inputs.push(("layers", InputRef::Many(e.layers.clone())));
-            }
-            let (fixed, from_search) = e.choice.clone().bind(&mut inputs);
+            let (fixed, from_search) = e.bind(&mut inputs);
             let p = EvalTasksParams {
                 label: e.label.clone(),
                 choice: fixed,

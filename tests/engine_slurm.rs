@@ -155,6 +155,40 @@ fn tiny_pipeline_through_slurm_is_bit_identical_to_local() {
     assert_same(&results(w.path()), &results(local.path()));
 }
 
+#[test]
+fn a_sweep_through_slurm_is_bit_identical_to_a_local_sweep() {
+    if !slurm_up("a_sweep_through_slurm_is_bit_identical_to_a_local_sweep") {
+        return;
+    }
+    let sweep = [
+        "--set",
+        "prune.baselines=[\"uniform\"]",
+        "--sweep",
+        "prune.target=0.25,0.5",
+    ];
+    let local = tempfile::tempdir().unwrap();
+    let o = tyr_in(local.path(), &["run"], &sweep, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let w = tempfile::tempdir().unwrap();
+    let mut args = sweep.to_vec();
+    args.extend([
+        "--executor",
+        "slurm",
+        "--set",
+        "pipeline.executor.poll_ms=200",
+    ]);
+    let o = tyr_in(w.path(), &["run"], &args, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = results(w.path());
+    assert!(
+        r.keys()
+            .any(|k| k.starts_with("out/tiny/sweep/prune.target=0.25/model/")),
+        "{:?}",
+        r.keys()
+    );
+    assert_same(&r, &results(local.path()));
+}
+
 /// The two result sets hold the same files with the same bytes, except the run report, whose
 /// published copy carries each run's wall times (filled in after the run).
 fn assert_same(a: &BTreeMap<String, Vec<u8>>, b: &BTreeMap<String, Vec<u8>>) {

@@ -501,3 +501,97 @@ fn zero_shot_tasks_are_scored_on_every_model_and_rescored_when_the_file_changes(
     let e = plan_error(&["prune.eval-tasks=[\"no-such-task=x.jsonl\"]"]);
     assert!(e.contains("prune.eval-tasks"), "{e}");
 }
+
+#[test]
+fn a_sweep_of_three_targets_shares_round1_and_the_teacher_and_each_value_is_its_own_run() {
+    let w = tempfile::tempdir().unwrap();
+    let set = ["--set", "prune.baselines=[\"uniform\"]"];
+    let mut sweep = set.to_vec();
+    sweep.extend(["--sweep", "prune.target=0.25,0.5,0.625"]);
+    let stages = plan(w.path(), &sweep);
+    let ids: Vec<&str> = stages.iter().map(|s| s.0.as_str()).collect();
+    // What does not depend on the target exists once, under its own id …
+    for shared in ["teacher", "r1-layer-00", "r1-layer-02", "eval-dense"] {
+        assert_eq!(
+            ids.iter().filter(|i| i.ends_with(shared)).count(),
+            1,
+            "{shared} is not shared: {ids:?}"
+        );
+        assert!(ids.contains(&shared), "{shared} was renamed: {ids:?}");
+    }
+    // … and each value has its own search, model and evaluations.
+    for v in ["0.25", "0.5", "0.625"] {
+        for own in ["eval-tyr", "uniform-layer-00", "report"] {
+            let id = format!("prune.target={v}/{own}");
+            assert!(ids.contains(&id.as_str()), "no {id}: {ids:?}");
+        }
+    }
+    let o = tyr_in(w.path(), &["run"], &sweep, &[]);
+    assert!(o.status.success(), "sweep failed:\n{}", text(&o));
+
+    // A plain run at one of the values finds every stage done: the same keys.
+    let mut single = set.to_vec();
+    single.extend(["--set", "prune.target=0.5"]);
+    let again = tyr_in(w.path(), &["run"], &single, &[]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        common::ran(&again).is_empty(),
+        "reran: {:?}",
+        common::ran(&again)
+    );
+    // And its published outputs are those of the value's folder, byte for byte (the reports
+    // differ only in their timings).
+    let out = w.path().join("out/tiny");
+    let value = common::snapshot(&out.join("sweep/prune.target=0.5"));
+    let plain: std::collections::BTreeMap<_, _> = common::snapshot(&out)
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("sweep/"))
+        .collect();
+    let no_reports = |m: &std::collections::BTreeMap<String, Vec<u8>>| -> Vec<String> {
+        m.keys()
+            .filter(|k| !k.starts_with("report."))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(no_reports(&value), no_reports(&plain));
+    for k in no_reports(&value) {
+        assert!(
+            value[&k] == plain[&k],
+            "{k} differs between the sweep and a plain run"
+        );
+    }
+    assert!(
+        value.contains_key("model/model.safetensors"),
+        "{:?}",
+        value.keys()
+    );
+
+    // The sweep report has the three values, smaller models at higher targets.
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("sweep/report.json")).unwrap()).unwrap();
+    assert_eq!(s["key"], "prune.target");
+    let params: Vec<u64> = s["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["report"]["params"]["pruned"]["decoder"].as_u64().unwrap())
+        .collect();
+    assert_eq!(params.len(), 3);
+    assert!(params[0] > params[1] && params[1] > params[2], "{params:?}");
+    let html = std::fs::read_to_string(out.join("sweep/report.html")).unwrap();
+    assert!(html.contains("prune.target=0.625/report.html") && html.contains("<svg"));
+}
+
+#[test]
+fn a_bad_sweep_is_refused_naming_it() {
+    let w = tempfile::tempdir().unwrap();
+    for (sweep, says) in [
+        ("prune.target=0.5,0.5", "given twice"),
+        ("pipeline.seed=1,2", "[pipeline]"),
+        ("prune.target=0.5,1.5", "prune.target"),
+        ("prune.nope=1,2", "nope"),
+    ] {
+        let o = tyr_in(w.path(), &["plan"], &["--sweep", sweep], &[]);
+        common::assert_failed_cleanly(&o, &[says]);
+    }
+}

@@ -14,6 +14,7 @@ use crate::engine::human_bytes;
 use crate::engine::slurm::{ExecutorKind, SlurmSettings};
 use crate::engine::store::lock;
 use crate::engine::{self, Graph, Observer, OpenMode, Outcome, StageState, Store};
+use crate::pipeline::sweep::Sweep;
 
 #[derive(Debug, clap::Args)]
 pub struct PipelineArgs {
@@ -30,6 +31,15 @@ pub struct PipelineArgs {
     /// exceeds it fails before it starts [80% of RAM or of the cgroup limit].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub mem_budget: Option<u64>,
+    /// Run the pipeline at several values of one key as one DAG: `prune.target=0.3,0.4,0.5`.
+    /// Stages that do not depend on the key run once; each value's outputs go to
+    /// `out/<name>/sweep/<KEY>=<value>/`, and `out/<name>/sweep/report.html` compares them.
+    #[arg(long, value_name = "KEY=V1,V2,…", value_parser = parse_sweep)]
+    pub sweep: Option<Sweep>,
+}
+
+fn parse_sweep(s: &str) -> Result<Sweep, String> {
+    Sweep::parse(s)
 }
 
 /// `20G`, `1.5T`, `512M`, `64K` (binary units) or plain bytes.
@@ -67,12 +77,12 @@ impl PipelineArgs {
             set.push(format!("pipeline.mem_budget_bytes={b}"));
         }
         // Whatever goes wrong reading, expanding or validating the file is the input's fault.
-        Ok(crate::pipeline::load(
-            &self.pipeline,
-            &set,
-            self.workdir.as_deref(),
-            &crate::stages::default_registry(),
-        )
+        let registry = crate::stages::default_registry();
+        let workdir = self.workdir.as_deref();
+        Ok(match &self.sweep {
+            None => crate::pipeline::load(&self.pipeline, &set, workdir, &registry),
+            Some(sw) => crate::pipeline::sweep::load(&self.pipeline, &set, sw, workdir, &registry),
+        }
         .map_err(BadInput)?)
     }
 }
@@ -206,25 +216,61 @@ pub fn run(args: &RunArgs, ui: &Ui) -> anyhow::Result<()> {
         .filter(|(_, o)| matches!(o, Outcome::Cached))
         .map(|(id, _)| id.as_str())
         .collect();
-    let timings = engine::status::status(&graph, &store, None, None)
-        .into_iter()
-        .map(|r| {
-            let c = cached.contains(r.id.as_str());
-            crate::export::report::StageTiming {
-                stage: r.id,
-                kind: r.kind,
-                seconds: r.duration_s.unwrap_or(f64::NAN),
-                cached: c,
-            }
-        })
-        .collect();
-    let has_report = crate::export::report::fill_timings(&report.out_dir, timings)?;
-    let model = report.out_dir.join("model");
+    // In plan order, which is the graph's node order.
+    let timings: Vec<crate::export::report::StageTiming> =
+        engine::status::status(&graph, &store, None, None)
+            .into_iter()
+            .map(|r| {
+                let c = cached.contains(r.id.as_str());
+                crate::export::report::StageTiming {
+                    stage: r.id,
+                    kind: r.kind,
+                    seconds: r.duration_s.unwrap_or(f64::NAN),
+                    cached: c,
+                }
+            })
+            .collect();
+    let Some(sweep) = &args.p.sweep else {
+        finish_outputs(&report.out_dir, timings)?;
+        return Ok(());
+    };
+    let mut values = Vec::new();
+    for v in &sweep.values {
+        let sub = sweep.dir(v);
+        let mine = timings
+            .iter()
+            .zip(&graph.nodes)
+            .filter(|(_, n)| n.out_dirs.contains(&sub))
+            .map(|(t, _)| t.clone())
+            .collect();
+        let dir = report.out_dir.join(&sub);
+        println!("{}={v}:", sweep.key);
+        finish_outputs(&dir, mine)?;
+        values.push((v.clone(), dir));
+    }
+    let files = crate::export::sweep_report::write(
+        &report.out_dir.join("sweep"),
+        &graph.header.name,
+        &sweep.key,
+        &values,
+    )?;
+    println!("sweep report: {}", files.html.display());
+    Ok(())
+}
+
+/// Puts the stage timings into the report in `dir` (when there is one) and names the pruned
+/// model and the report there.
+fn finish_outputs(
+    dir: &Path,
+    timings: Vec<crate::export::report::StageTiming>,
+) -> anyhow::Result<()> {
+    let has_report = crate::export::report::fill_timings(dir, timings)?;
+    let model = dir.join("model");
     if model.is_dir() {
         println!("pruned model: {}", model.display());
     }
     if has_report {
-        println!("report: {}", report.out_dir.join("report.html").display());
+        println!("report: {}", dir.join("report.html").display());
     }
     Ok(())
 }
@@ -300,6 +346,19 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
         count(StageState::Run),
         count(StageState::Blocked)
     );
+    if let Some(sw) = &args.p.sweep {
+        let shared = graph
+            .nodes
+            .iter()
+            .filter(|n| n.out_dirs.len() == sw.values.len())
+            .count();
+        println!(
+            "sweep over {} ({} values): {shared} stages shared by every value, {} of fewer",
+            sw.key,
+            sw.values.len(),
+            graph.nodes.len() - shared
+        );
+    }
     Ok(())
 }
 

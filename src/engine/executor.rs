@@ -550,7 +550,9 @@ impl<'g> Coordinator<'g> {
                 State::Done {
                     manifest, outcome, ..
                 } => {
-                    published.extend(job::publish(&self.store, &manifest, &out_dir)?);
+                    for sub in &self.graph.nodes[i].out_dirs {
+                        published.extend(job::publish(&self.store, &manifest, &out_dir.join(sub))?);
+                    }
                     outcome
                 }
                 State::Failed(e) => Outcome::Failed(e),

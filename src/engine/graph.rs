@@ -53,6 +53,10 @@ pub struct Node {
     /// In the stage's declared slot order.
     pub inputs: Vec<Binding>,
     pub resources: Resources,
+    /// Folders under the pipeline's `out/<name>/` that this stage's published outputs are
+    /// copied into: `[""]` (the folder itself) for a plain pipeline; in a sweep, the folder of
+    /// every swept value the stage belongs to (`sweep/<key>=<value>`, see `pipeline::sweep`).
+    pub out_dirs: Vec<String>,
 }
 
 impl std::fmt::Debug for Node {
@@ -63,6 +67,7 @@ impl std::fmt::Debug for Node {
             .field("params", &self.params_json)
             .field("inputs", &self.inputs)
             .field("resources", &self.resources)
+            .field("out_dirs", &self.out_dirs)
             .finish()
     }
 }
@@ -192,6 +197,7 @@ impl Graph {
                 stage: b.stage,
                 inputs,
                 resources,
+                out_dirs: vec![String::new()],
             });
         }
         let order = topo_order(&built).map_err(|cycle| {
@@ -217,17 +223,24 @@ impl Graph {
                 }
             }
         }
+        Ok(Graph::from_ordered(header, nodes))
+    }
+
+    /// A graph of `nodes` already in topological order: every input of node `i` is a node
+    /// before it (what `build` and `pipeline::sweep` produce).
+    pub fn from_ordered(header: Header, nodes: Vec<Node>) -> Graph {
         let mut consumers = vec![Vec::new(); nodes.len()];
         for (i, n) in nodes.iter().enumerate() {
             for d in n.deps() {
+                debug_assert!(d < i, "node {i} reads node {d}, which comes after it");
                 consumers[d].push(i);
             }
         }
-        Ok(Graph {
+        Graph {
             header,
             nodes,
             consumers,
-        })
+        }
     }
 
     pub fn index_of(&self, id: &str) -> Option<usize> {

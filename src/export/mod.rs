@@ -18,6 +18,7 @@ mod report_html;
 mod report_tables;
 mod svg;
 mod svg_charts;
+pub mod sweep_report;
 
 pub use report::{
     Accuracy, BaselineReport, GenerationSummary, KindStep, LayerReport, LayerWidths, ModelRole,

@@ -9,7 +9,7 @@ use super::svg::{self, esc, fmt_num};
 use super::svg_charts;
 use crate::search::ModuleKind;
 
-const CSS: &str = "
+pub(super) const CSS: &str = "
 body{font:15px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#1d1d1f;
  background:#f6f7f9;margin:0}
 main{max-width:1100px;margin:0 auto;padding:24px 28px 48px;background:#fff}

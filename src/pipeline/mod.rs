@@ -3,6 +3,7 @@
 //! `[prune]` section is one), resolves the header, and validates the stages into the DAG.
 
 pub mod file;
+pub mod sweep;
 
 use std::path::{Path, PathBuf};
 

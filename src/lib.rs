@@ -2,6 +2,7 @@
 //! dataflow of checkpointed, resumable stages. See `ALGORITHM.md` and `ARCHITECTURE.md` in
 //! `docs/`.
 
+pub mod atomic_file;
 pub mod cli;
 pub mod data;
 pub mod engine;

@@ -9,7 +9,6 @@
 //! Every list is a `Vec` of named entries and everything a run may not do is an `Option` or an
 //! empty list, so the pipeline fills what it has and the HTML skips what is missing.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -481,28 +480,10 @@ pub fn write_report(report: &Report, dir: &Path) -> Result<ReportFiles> {
         json: dir.join("report.json"),
         html: dir.join("report.html"),
     };
-    write_atomic(&files.json, report.to_json()?.as_bytes())?;
-    write_atomic(&files.html, report.to_html().as_bytes())?;
+    crate::atomic_file::write(&files.json, report.to_json()?.as_bytes())?;
+    crate::atomic_file::write(&files.html, report.to_html().as_bytes())?;
     tracing::info!(json = %files.json.display(), html = %files.html.display(), "report written");
     Ok(files)
-}
-
-pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    if let Some(parent) = path.parent()
-        && let Ok(d) = std::fs::File::open(parent)
-    {
-        // Syncing a folder is not possible on every platform; the rename is what matters.
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// Numbers in the report: finite values as JSON numbers rounded to 15 significant digits; NaN

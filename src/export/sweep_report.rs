@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::report::{ModelRole, Report, ReportFiles, write_atomic};
+use super::report::{ModelRole, Report, ReportFiles};
 use super::svg::{self, esc, fmt_num};
 use super::svg_charts;
 use crate::{Error, Result};
@@ -76,8 +76,8 @@ pub fn write(
         reason: format!("cannot encode the sweep report as JSON: {e}"),
     })?;
     json.push('\n');
-    write_atomic(&files.json, json.as_bytes())?;
-    write_atomic(&files.html, render(&out).as_bytes())?;
+    crate::atomic_file::write(&files.json, json.as_bytes())?;
+    crate::atomic_file::write(&files.html, render(&out).as_bytes())?;
     Ok(files)
 }
 

@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::model_ref::{ModelRecord, open};
-use super::{LayerStages, choice_slots, resolve_choice};
+use super::{Chosen, choice_slots};
 use crate::data::EvalWindows;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::eval::perplexity::{PerplexityOptions, perplexity_layer_by_layer};
@@ -29,13 +29,13 @@ use crate::{Error, Result};
 pub(crate) fn build_block(
     cfg: &ModelConfig,
     src: &dyn TensorSource,
-    chosen: &Option<(LayerStages, &Vec<LayerLevels>)>,
+    chosen: Option<&Chosen>,
     l: usize,
 ) -> Result<Block> {
     match chosen {
         None => Block::load(cfg, l, src),
-        Some((layers, choice)) => {
-            let (attn, ffn) = layers.chosen(l, choice[l])?;
+        Some(c) => {
+            let (attn, ffn) = c.layer(l)?;
             assemble_block(cfg, &DenseLayer::load(cfg, l, src)?, &attn, &ffn)
         }
     }
@@ -132,23 +132,20 @@ impl Stage for EvalPpl {
         let model = open(&record)?;
         let cfg = &model.config;
         let src = model.source.as_ref();
-        let choice = resolve_choice(ctx, &self.0.choice, self.0.from_search)?;
         // The layer stages of the choice, checked up front; each layer's variants are read when
         // its block is built.
-        let chosen = match &choice {
-            None => None,
-            Some(choice) => {
-                let what = format!("eval-ppl `{}`", self.0.label);
-                Some((
-                    LayerStages::for_choice(ctx, &what, choice, cfg.n_layers())?,
-                    choice,
-                ))
-            }
-        };
+        let what = format!("eval-ppl `{}`", self.0.label);
+        let chosen = Chosen::resolve(
+            ctx,
+            &what,
+            &self.0.choice,
+            self.0.from_search,
+            cfg.n_layers(),
+        )?;
         // One decoder layer at a time: the model is never held whole.
         let mut dims: Vec<Option<LayerDims>> = vec![None; cfg.n_layers()];
         let block = |l: usize| -> Result<Block> {
-            let b = build_block(cfg, src, &chosen, l)?;
+            let b = build_block(cfg, src, chosen.as_ref(), l)?;
             dims[l] = Some(b.dims().clone());
             Ok(b)
         };
@@ -184,7 +181,7 @@ impl Stage for EvalPpl {
             seq_len: report.seq_len,
             decoder_params: pruned_cfg.decoder_params(),
             total_params: pruned_cfg.total_params(),
-            choice,
+            choice: chosen.as_ref().map(|c| c.levels().to_vec()),
         };
         tracing::info!(
             label = %rec.label,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::eval_ppl::build_block;
 use super::model_ref::{ModelRecord, open};
-use super::{LayerStages, choice_slots, resolve_choice};
+use super::{Chosen, choice_slots};
 use crate::data::DataSource;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::eval::tasks::{TaskKind, TaskReadOptions, TaskSpec, read_task};
@@ -174,19 +174,10 @@ impl Stage for EvalTasks {
         let model = open(&record)?;
         let cfg = &model.config;
         let src = model.source.as_ref();
-        let choice = resolve_choice(ctx, &p.choice, p.from_search)?;
-        let chosen = match &choice {
-            None => None,
-            Some(choice) => {
-                let what = format!("eval-tasks `{}`", p.label);
-                Some((
-                    LayerStages::for_choice(ctx, &what, choice, cfg.n_layers())?,
-                    choice,
-                ))
-            }
-        };
+        let what = format!("eval-tasks `{}`", p.label);
+        let chosen = Chosen::resolve(ctx, &what, &p.choice, p.from_search, cfg.n_layers())?;
         let blocks = (0..cfg.n_layers())
-            .map(|l| build_block(cfg, src, &chosen, l))
+            .map(|l| build_block(cfg, src, chosen.as_ref(), l))
             .collect::<Result<Vec<_>>>()?;
         let emb = Embeddings::load(cfg, src)?;
         let head = Head::load(cfg, src, &emb)?;
@@ -215,7 +206,7 @@ impl Stage for EvalTasks {
             tasks: scores,
             decoder_params: pruned.decoder_params(),
             total_params: pruned.total_params(),
-            choice,
+            choice: chosen.as_ref().map(|c| c.levels().to_vec()),
         };
         let mut o = Outputs::new();
         o.metric("mean_acc", rec.mean_acc);

@@ -11,8 +11,8 @@
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::Chosen;
 use super::model_ref::{ModelLocation, ModelRecord, TextCodec, open};
-use super::{LayerStages, resolve_choice};
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::export::report::unit_sparsity;
 use crate::export::{
@@ -102,15 +102,14 @@ impl Stage for ExportStage {
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outputs> {
         let p = &self.0;
         let record: ModelRecord = ctx.input("model")?.record("model")?;
-        let choice = resolve_choice(ctx, &p.choice, p.from_search)?
-            .ok_or_else(|| Error::msg("export: no choice"))?;
         let model = open(&record)?;
         let cfg = &model.config;
         let what = format!("export `{}`", p.label);
-        let layers = LayerStages::for_choice(ctx, &what, &choice, cfg.n_layers())?;
-        let mut choices = Vec::with_capacity(choice.len());
-        for (l, &levels) in choice.iter().enumerate() {
-            let (attn, ffn) = layers.chosen(l, levels)?;
+        let chosen = Chosen::resolve(ctx, &what, &p.choice, p.from_search, cfg.n_layers())?
+            .ok_or_else(|| Error::msg(format!("{what}: no choice")))?;
+        let mut choices = Vec::with_capacity(cfg.n_layers());
+        for l in 0..cfg.n_layers() {
+            let (attn, ffn) = chosen.layer(l)?;
             choices.push(LayerChoice {
                 attn: module_choice(attn)?,
                 ffn: module_choice(ffn)?,
@@ -198,7 +197,7 @@ impl Stage for ExportStage {
             gguf_architecture: arch,
             gguf_params_written: written,
             config: pruned,
-            choice,
+            choice: chosen.levels().to_vec(),
         };
         tracing::info!(label = %rec.label, dir = %rec.model_dir, "exported");
         o.record("export", &rec)?;

@@ -6,7 +6,7 @@
 //! Kinds: `model`, `calib-pool`, `eval-text`, `embed`, `supernet-layer`, `layer-forward`,
 //! `baseline-layer`, `teacher-topk`, `search`, `eval-ppl`, `export`, `report`. Shared pieces:
 //! `model_ref` (naming and reopening the model), `acts` (how X_ℓ is stored between layer
-//! stages), `estimate` (each stage's memory estimate), `resolve_choice` (which variant each layer
+//! stages), `estimate` (each stage's memory estimate), `Chosen` (which variant each layer
 //! uses), `supernet_layer::variant_name` (how variants are named).
 
 pub mod acts;
@@ -88,52 +88,69 @@ pub(crate) fn choice_slots(fixed: bool, from_search: bool) -> Vec<crate::engine:
     v
 }
 
-/// The per-layer levels a consumer (`eval-ppl`, `export`) uses: its static `choice`, or the
-/// `search` input's.
-pub(crate) fn resolve_choice(
-    ctx: &StageContext<'_>,
-    fixed: &Option<Vec<LayerLevels>>,
-    from_search: bool,
-) -> Result<Option<Vec<LayerLevels>>> {
-    if from_search {
-        let rc: RoundChoice = ctx.input("search")?.record("choice")?;
-        return Ok(Some(rc.levels));
-    }
-    Ok(fixed.clone())
+/// The variants a consumer of a choice (`eval-ppl`, `eval-tasks`, `export`) builds its model
+/// from: its layer stages (input slot `layers`, one per decoder layer, in order: a round's
+/// `supernet-layer`s or a baseline's layer stages) and one `[attn, ffn]` level pair per layer.
+pub(crate) struct Chosen {
+    layers: LayerStages,
+    levels: Vec<LayerLevels>,
 }
 
-/// The layer stages a consumer reads variants from (one per decoder layer, in order: a round's
-/// `supernet-layer`s or a baseline's layer stages), by the names `variant_name` gives them.
-pub(crate) struct LayerStages(pub Vec<Arc<ArtifactSet>>);
-
-impl LayerStages {
-    /// Input slot `layers` of `ctx` for `choice` (one level pair per layer), both checked against
-    /// the model's `n_layers`; `what` names the consumer in the error.
-    pub(crate) fn for_choice(
+impl Chosen {
+    /// The consumer's static `fixed` choice, or the `search` input's when `from_search`; `None`
+    /// for the dense model. The layer stages and the choice are both checked against the
+    /// model's `n_layers`; `what` names the consumer in the error.
+    pub(crate) fn resolve(
         ctx: &StageContext<'_>,
         what: &str,
-        choice: &[LayerLevels],
+        fixed: &Option<Vec<LayerLevels>>,
+        from_search: bool,
         n_layers: usize,
-    ) -> Result<Self> {
+    ) -> Result<Option<Chosen>> {
+        let levels = if from_search {
+            let rc: RoundChoice = ctx.input("search")?.record("choice")?;
+            rc.levels
+        } else {
+            match fixed {
+                Some(c) => c.clone(),
+                None => return Ok(None),
+            }
+        };
         let layers = ctx.inputs("layers")?;
-        if layers.len() != n_layers || choice.len() != n_layers {
+        if layers.len() != n_layers || levels.len() != n_layers {
             return Err(Error::msg(format!(
                 "{what}: {} layer stages and {} choices for {n_layers} layers",
                 layers.len(),
-                choice.len(),
+                levels.len(),
             )));
         }
-        Ok(Self(layers.to_vec()))
+        Ok(Some(Chosen {
+            layers: LayerStages(layers.to_vec()),
+            levels,
+        }))
     }
 
-    /// Layer `layer`'s attention and FFN variants at `[attn, ffn]` levels.
-    pub(crate) fn chosen(&self, layer: usize, [a, f]: LayerLevels) -> Result<(Variant, Variant)> {
+    /// The `[attn, ffn]` levels of every layer.
+    pub(crate) fn levels(&self) -> &[LayerLevels] {
+        &self.levels
+    }
+
+    /// Layer `l`'s chosen attention and FFN variants.
+    pub(crate) fn layer(&self, l: usize) -> Result<(Variant, Variant)> {
+        let [a, f] = *self
+            .levels
+            .get(l)
+            .ok_or_else(|| Error::msg(format!("no choice for layer {l}")))?;
         Ok((
-            self.variant(layer, ModuleKind::Attn, a)?,
-            self.variant(layer, ModuleKind::Ffn, f)?,
+            self.layers.variant(l, ModuleKind::Attn, a)?,
+            self.layers.variant(l, ModuleKind::Ffn, f)?,
         ))
     }
 }
+
+/// Layer stages read as a `VariantSource`, by the names `supernet_layer::variant_name` gives
+/// the variants.
+pub(crate) struct LayerStages(pub Vec<Arc<ArtifactSet>>);
 
 impl VariantSource for LayerStages {
     fn layers(&self) -> usize {

@@ -66,6 +66,49 @@ fn saved_model_reads_back_as_the_same_model() {
     );
     assert_eq!(raw["pruning"]["intermediate_size_per_layer"][2], 0);
     assert_eq!(raw["pruning"]["seed"], 7);
+    // transformers' per_layer_config gives each layer's widths over the global values (the
+    // source's `num_attention_heads` = 4 is kept as the global one), and names the removed
+    // branches in `skip`.
+    let plc: std::collections::BTreeMap<usize, &serde_json::Value> = raw["per_layer_config"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.parse().unwrap(), v))
+        .collect();
+    assert_eq!(raw["allow_global_per_layer_attribute_access"], true);
+    for (l, d) in cfg.layers.iter().enumerate() {
+        let over = plc.get(&l).copied();
+        let width = |k: &str| {
+            over.and_then(|o| o.get(k))
+                .unwrap_or(&raw[k])
+                .as_u64()
+                .unwrap() as usize
+        };
+        let skip: Vec<&str> = over
+            .and_then(|o| o.get("skip"))
+            .map(|s| {
+                s.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            skip.contains(&"self_attn"),
+            d.n_q == 0,
+            "layer {l}: {over:?}"
+        );
+        assert_eq!(skip.contains(&"mlp"), d.d_ff == 0, "layer {l}: {over:?}");
+        if d.n_q > 0 {
+            assert_eq!(width("num_attention_heads"), d.n_q, "layer {l}");
+            assert_eq!(width("num_key_value_heads"), d.n_kv, "layer {l}");
+        }
+        if d.d_ff > 0 {
+            assert_eq!(width("intermediate_size"), d.d_ff, "layer {l}");
+        }
+    }
+    assert_eq!(raw["num_attention_heads"], 4);
     assert!(out.join("tokenizer.json").exists());
     // A removed branch's tensors are omitted.
     let names = open_hf_dir(&out).unwrap().1.names();

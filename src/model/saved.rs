@@ -85,10 +85,10 @@ pub fn save_model(
     let config = config_json(cfg, opts);
     let text = serde_json::to_string_pretty(&config)
         .map_err(|e| Error::msg(format!("config.json: {e}")))?;
-    write_atomic(&dir.join("config.json"), text.as_bytes())?;
+    crate::atomic_file::write(&dir.join("config.json"), text.as_bytes())?;
     if let Some(tok) = &opts.tokenizer_json {
         let bytes = std::fs::read(tok).map_err(|e| Error::io(tok, e))?;
-        write_atomic(&dir.join("tokenizer.json"), &bytes)?;
+        crate::atomic_file::write(&dir.join("tokenizer.json"), &bytes)?;
     }
     tracing::info!(dir = %dir.display(), layers = cfg.n_layers(), "saved model");
     Ok(())
@@ -145,6 +145,20 @@ fn config_json(cfg: &ModelConfig, opts: &SaveOptions) -> Value {
             None => Value::Null,
         },
     );
+    // transformers 5.24's LlamaConfig validates the global head count, which a config with
+    // per-layer head counts only allows with this flag; the global values are the dense-looking
+    // maxima above, and transformers logs a warning whenever one is read.
+    const GLOBAL_ACCESS: &str = "allow_global_per_layer_attribute_access";
+    match per_layer_config(cfg, &m) {
+        Some(per_layer) => {
+            m.insert("per_layer_config".into(), per_layer);
+            m.insert(GLOBAL_ACCESS.into(), json!(true));
+        }
+        None => {
+            m.remove("per_layer_config");
+            m.remove(GLOBAL_ACCESS);
+        }
+    }
     let pruning = PruningInfo {
         num_attention_heads_per_layer: cfg.layers.iter().map(|d| d.n_q).collect(),
         num_key_value_heads_per_layer: cfg.layers.iter().map(|d| d.n_kv).collect(),
@@ -161,6 +175,46 @@ fn config_json(cfg: &ModelConfig, opts: &SaveOptions) -> Value {
         serde_json::to_value(pruning).unwrap_or(Value::Null),
     );
     Value::Object(m)
+}
+
+/// transformers' `per_layer_config` (5.24+, `HeterogeneousConfigMixin`): for each layer whose
+/// widths differ from the global `num_attention_heads` / `num_key_value_heads` /
+/// `intermediate_size` in `m`, those that differ; a module pruned to zero width is listed in
+/// `skip` (`self_attn`, `mlp`, the Llama sub-block names) instead. Layers equal to the global
+/// values are left out, as transformers itself leaves them out; `None` when every layer is.
+/// Keys are layer indices zero-padded to one width, as transformers writes them, so that they
+/// sort in layer order.
+fn per_layer_config(cfg: &ModelConfig, m: &Map<String, Value>) -> Option<Value> {
+    let global = |k: &str| m.get(k).and_then(Value::as_u64);
+    let width = cfg.n_layers().saturating_sub(1).to_string().len();
+    let mut layers = Map::new();
+    for (l, d) in cfg.layers.iter().enumerate() {
+        let mut o = Map::new();
+        let mut skip = Vec::new();
+        let mut put = |key: &str, v: usize| {
+            if global(key) != Some(v as u64) {
+                o.insert(key.into(), json!(v));
+            }
+        };
+        if d.n_q == 0 {
+            skip.push("self_attn");
+        } else {
+            put("num_attention_heads", d.n_q);
+            put("num_key_value_heads", d.n_kv);
+        }
+        if d.d_ff == 0 {
+            skip.push("mlp");
+        } else {
+            put("intermediate_size", d.d_ff);
+        }
+        if !skip.is_empty() {
+            o.insert("skip".into(), json!(skip));
+        }
+        if !o.is_empty() {
+            layers.insert(format!("{l:0width$}"), Value::Object(o));
+        }
+    }
+    (!layers.is_empty()).then_some(Value::Object(layers))
 }
 
 /// The tensors of the file, in write order, with their shapes: what `BlockWeights::load` reads.
@@ -288,19 +342,6 @@ fn write_weights(dir: &Path, cfg: &ModelConfig, src: &dyn TensorSource) -> Resul
         .map_err(|e| Error::io(&tmp, e.into_error()))?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-    Ok(())
-}
-
-/// temp → fsync → rename → fsync the folder.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    if let Some(d) = path.parent().and_then(|dir| std::fs::File::open(dir).ok()) {
-        let _ = d.sync_all();
-    }
     Ok(())
 }
 

@@ -72,7 +72,8 @@ pub struct ExportStage(ExportParams);
 
 impl Stage for ExportStage {
     const KIND: &'static str = "export";
-    const VERSION: u32 = 1;
+    // 2: config.json carries transformers' `per_layer_config`.
+    const VERSION: u32 = 2;
     type Params = ExportParams;
 
     fn new(p: ExportParams) -> Result<Self> {

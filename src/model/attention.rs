@@ -114,26 +114,32 @@ pub fn causal_attention(
                 tables.rotate(i0 + r, &row[h * dh..(h + 1) * dh], q);
                 q.iter_mut().for_each(|x| *x *= scale);
             }
-            let mut scores = vec![0f32; m * n];
-            k.matmul_prefix_into(&q, dh, n, &mut scores, n);
+            // The products write every element of their outputs: no zeroing (these buffers are
+            // megabytes per layer).
+            let mut scores = Vec::with_capacity(m * n);
+            k.matmul_prefix_into(&q, dh, n, scores.spare_capacity_mut(), n);
+            // SAFETY: the product wrote all m·n scores.
+            unsafe { scores.set_len(m * n) };
             for r in 0..m {
                 masked_softmax(&mut scores[r * n..(r + 1) * n], past_len + i0 + r + 1);
             }
-            let mut out = vec![0f32; m * dh];
-            v.matmul_prefix_into(&scores, n, dh, &mut out, dh);
+            let mut out = Vec::with_capacity(m * dh);
+            v.matmul_prefix_into(&scores, n, dh, out.spare_capacity_mut(), dh);
+            // SAFETY: the product wrote all m·dh outputs.
+            unsafe { out.set_len(m * dh) };
             out
         })
         .collect();
 
-    let ow = nq * dh;
-    let mut y = vec![0f32; b * s * ow];
-    for (t, blk) in blocks.iter().enumerate() {
-        let (bh, tile) = (t / n_tiles, t % n_tiles);
-        let (bi, h) = (bh / nq, bh % nq);
-        let i0 = tile * TILE;
-        for (r, src) in blk.chunks_exact(dh).enumerate() {
-            let at = (bi * s + i0 + r) * ow + h * dh;
-            y[at..at + dh].copy_from_slice(src);
+    // Row (bi, i) of the output is the heads' rows side by side, from their tiles' blocks.
+    let mut y = Vec::with_capacity(b * s * nq * dh);
+    for bi in 0..b {
+        for i in 0..s {
+            let (tile, r) = (i / TILE, i % TILE);
+            for h in 0..nq {
+                let blk = &blocks[(bi * nq + h) * n_tiles + tile];
+                y.extend_from_slice(&blk[r * dh..(r + 1) * dh]);
+            }
         }
     }
     if let Some(p) = past {

@@ -23,7 +23,7 @@ pub struct LayerDims {
 impl LayerDims {
     /// The dense layout: `n_q / n_kv` consecutive query heads share each K/V head.
     pub fn dense(n_q: usize, n_kv: usize, d_ff: usize) -> Self {
-        let group = if n_kv == 0 { 1 } else { n_q / n_kv };
+        let group = n_q.checked_div(n_kv).unwrap_or(1);
         LayerDims {
             n_q,
             n_kv,

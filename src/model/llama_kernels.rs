@@ -2,6 +2,8 @@
 //! gate/up output, and the bridge between candle tensors and the f32 slices the kernels (and
 //! `attention.rs`) work on. Each kernel reads its input once and writes one contiguous output.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{Device, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -82,7 +84,11 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let x = x.clamp(-87.0, 88.0);
-    let k = (x * std::f32::consts::LOG2_E + SHIFTER) - SHIFTER;
+    // t = SHIFTER + k exactly (its ulp is 1), so t's low mantissa bits hold k: 2^k is built from
+    // them with integer operations that vectorise, where `k as i32` (a saturating conversion)
+    // would be done one lane at a time.
+    let t = x * std::f32::consts::LOG2_E + SHIFTER;
+    let k = t - SHIFTER;
     let r = (x - k * LN2_HI) - k * LN2_LO;
     let p = 1.0 / 720.0;
     let p = p * r + 1.0 / 120.0;
@@ -91,31 +97,40 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    f32::from_bits((((k as i32) + 127) << 23) as u32) * p
+    // k + 127 is in [1, 254] for the clamped range, a normal exponent.
+    let pow2_k = (t.to_bits().wrapping_sub(SHIFTER.to_bits()).wrapping_add(127)) << 23;
+    f32::from_bits(pow2_k) * p
 }
 
 /// `silu(g) · u` where each row of `gu` is `[g (d_ff) | u (d_ff)]`; returns `[rows, d_ff]` data.
 pub(crate) fn swiglu(gu: &[f32], d_ff: usize) -> Vec<f32> {
-    let rows = gu.len() / (2 * d_ff);
-    let mut out = vec![0f32; rows * d_ff];
-    out.par_chunks_mut(d_ff)
-        .zip(gu.par_chunks(2 * d_ff))
-        .with_min_len(8)
-        .for_each(|(o, x)| {
-            let (g, u) = x.split_at(d_ff);
-            swiglu_row(o, g, u);
-        });
+    let rows = gu.len().checked_div(2 * d_ff).unwrap_or(0);
+    // Not zeroed first: every row is written whole below.
+    let mut out = Vec::with_capacity(rows * d_ff);
+    if d_ff > 0 {
+        out.spare_capacity_mut()[..rows * d_ff]
+            .par_chunks_mut(d_ff)
+            .zip(gu.par_chunks(2 * d_ff))
+            .with_min_len(8)
+            .for_each(|(o, x)| {
+                let (g, u) = x.split_at(d_ff);
+                swiglu_row(o, g, u);
+            });
+    }
+    // SAFETY: the rows·d_ff values were written by swiglu_row, one row each.
+    unsafe { out.set_len(rows * d_ff) };
     out
 }
 
 kernel_dispatch! {
-    fn swiglu_row(out: &mut [f32], gate: &[f32], up: &[f32]) = swiglu_row_body via swiglu_row_on;
+    fn swiglu_row(out: &mut [MaybeUninit<f32>], gate: &[f32], up: &[f32]) = swiglu_row_body via swiglu_row_on;
 }
 
+/// Writes every element of `out` (the length of `gate` and `up`).
 #[inline(always)]
-fn swiglu_row_body(out: &mut [f32], gate: &[f32], up: &[f32]) {
+fn swiglu_row_body(out: &mut [MaybeUninit<f32>], gate: &[f32], up: &[f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = g / (1.0 + fast_exp(-g)) * u;
+        o.write(g / (1.0 + fast_exp(-g)) * u);
     }
 }
 
@@ -185,12 +200,16 @@ mod tests {
     fn swiglu_gives_the_same_bits_on_every_kernel() {
         for len in LENGTHS {
             let (g, u) = (values(len, 1), values(len, 2));
-            let mut want = vec![0f32; len];
-            swiglu_row_on(KernelClass::Portable, &mut want, &g, &u);
+            let run = |k| {
+                let mut out = Vec::with_capacity(len);
+                swiglu_row_on(k, &mut out.spare_capacity_mut()[..len], &g, &u);
+                // SAFETY: swiglu_row writes every element.
+                unsafe { out.set_len(len) };
+                out
+            };
+            let want = run(KernelClass::Portable);
             for k in KernelClass::available() {
-                let mut got = vec![f32::NAN; len];
-                swiglu_row_on(k, &mut got, &g, &u);
-                assert!(same_bits(&got, &want), "{k:?}, length {len}");
+                assert!(same_bits(&run(k), &want), "{k:?}, length {len}");
             }
         }
     }

@@ -93,7 +93,7 @@ pub fn masked_dense(
 
 pub fn logits(cfg: &ModelConfig, src: &dyn TensorSource) -> Vec<f32> {
     let model = Llama::load(cfg, src).unwrap();
-    let rows = vec![vec![3u32, 17, 5, 42, 8, 9, 60, 1, 33, 12]];
+    let rows = [vec![3u32, 17, 5, 42, 8, 9, 60, 1, 33, 12]];
     let t = Tensor::from_vec(rows[0].clone(), (1, rows[0].len()), &Device::Cpu).unwrap();
     model
         .forward(&t)

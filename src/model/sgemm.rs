@@ -4,10 +4,12 @@
 //! Why our own: every projection and `lm_head` multiply activations by a weight that never
 //! changes, so the weight can be laid out once in exactly the order the inner kernel reads it
 //! (column panels of `NR` = 16, blocks of `KC` rows), instead of being re-packed on every call as
-//! a general GEMM must. Three kernels read that one layout, chosen at run time
-//! (`cpu_kernel::kernel`, `TYR_KERNEL` to force one):
+//! a general GEMM must. The activations are read where they are, row-major: packing them into
+//! row panels on every call, as GEMMs do, cost more than it saved (5% of a SmolLM2 forward, and
+//! as much as the product itself for attention's `probabilities · V`). Three kernels read that
+//! one layout, chosen at run time (`cpu_kernel::kernel`, `TYR_KERNEL` to force one):
 //!
-//! - AVX-512: a 12×32 register tile (two activation panels × two weight panels, 24 of the 32 zmm
+//! - AVX-512: a 12×32 register tile (12 activation rows × two weight panels, 24 of the 32 zmm
 //!   registers), 1.5–1.7× the AVX2 kernel's GFLOPS on the 2-core AVX-512 Xeon of issue 15;
 //! - AVX2 + FMA: the classic 6×16 tile (12 ymm accumulators); on the 2-core AVX2 machine of the
 //!   notes it runs the SmolLM2 shapes 5–25% faster than the `gemm` crate behind candle's matmul;
@@ -32,13 +34,13 @@ use super::cpu_kernel::{KernelClass, kernel};
 use super::llama_kernels::{tensor_from, with_f32};
 use crate::Result;
 
-/// Rows of the register tile (one broadcast per row per step).
+/// Rows of the AVX2 and portable register tile (one broadcast per row per step); AVX-512 runs two.
 const MR: usize = 6;
 /// Columns of the register tile (two 8-wide vectors).
 const NR: usize = 16;
 /// Depth of a block: a `KC × NR` weight panel (16 KiB) stays in L1 while a row block runs.
 const KC: usize = 256;
-/// Rows of a tile: a `MC × KC` block of packed activations (144 KiB) stays in L2.
+/// Rows of a tile: its `MC × KC` block of activations (144 KiB) stays in L2.
 const MC: usize = 144;
 /// Columns of a tile.
 const NC: usize = 128;
@@ -221,7 +223,7 @@ impl PackedWeight {
         // tiles cover `y` (zeroing the 100 MB logits of a 512-token window costs measurably).
         let mut y: Vec<f32> = Vec::with_capacity(m * n);
         let job = Job {
-            xp: &pack_rows(x, m, k, true),
+            x,
             m,
             k,
             w: self,
@@ -280,7 +282,7 @@ impl PackedWeight {
             return;
         }
         let job = Job {
-            xp: &pack_rows(x, m, k, false),
+            x,
             m,
             k,
             w: self,
@@ -297,10 +299,11 @@ impl PackedWeight {
     }
 }
 
-/// One product `out = xp · Wᵀ` cut into (row block, column block) tiles.
+/// One product `out = x · Wᵀ` cut into (row block, column block) tiles.
 struct Job<'a> {
-    /// `x` packed by `pack_rows` with depth `k`.
-    xp: &'a [f32],
+    /// The activations, row-major `[m, k]`, read in place by the kernels (packing them into
+    /// row panels first cost 5% of a forward, more than it saved).
+    x: &'a [f32],
     m: usize,
     /// Depth used: the first `k` inputs of `w`.
     k: usize,
@@ -317,6 +320,18 @@ impl Job<'_> {
         self.m.div_ceil(MC) * self.n.div_ceil(NC)
     }
 
+    /// The (row block, column block) of tile `t`. Row blocks go in groups whose packed
+    /// activations fit in half of L2; a group's tiles run column block by column block, so each
+    /// weight slab is read from memory once per group and each activation block stays in L2
+    /// meanwhile. (Row-major order re-read all of `lm_head`, 113 MB for SmolLM2, once per 144
+    /// rows.) The order changes no bit: every element sums its depth blocks in order in one
+    /// tile whatever runs when.
+    fn tile_at(&self, t: usize) -> (usize, usize) {
+        let (n_ic, n_jc) = (self.m.div_ceil(MC), self.n.div_ceil(NC));
+        let block_bytes = (MC * self.k * std::mem::size_of::<f32>()).max(1);
+        grouped_tile(t, n_ic, n_jc, l2_bytes() / 2 / block_bytes)
+    }
+
     /// Computes tile `t`: rows `[ic·MC, …)` × columns `[jc·NC, …)`, all depth blocks in order,
     /// in kernel calls of as many `MR`-row and `NR`-column panels as the kernel covers.
     ///
@@ -325,8 +340,7 @@ impl Job<'_> {
     /// this tile's elements meanwhile.
     unsafe fn tile(&self, t: usize) {
         let (m, n, k) = (self.m, self.n, self.k);
-        let n_jc = n.div_ceil(NC);
-        let (ic, jc) = (t / n_jc, t % n_jc);
+        let (ic, jc) = self.tile_at(t);
         let (mp, np_used, np_w) = (m.div_ceil(MR), n.div_ceil(NR), self.w.n.div_ceil(NR));
         let (i_lo, i_hi) = (ic * MC / MR, ((ic + 1) * MC / MR).min(mp));
         let (j_lo, j_hi) = (jc * NC / NR, ((jc + 1) * NC / NR).min(np_used));
@@ -339,8 +353,8 @@ impl Job<'_> {
                     let panels = col_panels.min(j_hi - j);
                     let ops = Operands {
                         kc,
-                        a: &self.xp[p0 * mp * MR + i * kc * MR..],
-                        a_next: kc * MR,
+                        a: &self.x[i * MR * k + p0..],
+                        lda: k,
                         b: &self.w.data.as_slice()[p0 * np_w * NR + j * kc_w * NR..],
                         b_next: kc_w * NR,
                     };
@@ -353,8 +367,9 @@ impl Job<'_> {
                         accumulate: p0 > 0,
                     };
                     // SAFETY: the CPU runs the job's kernel (checked where jobs are made),
-                    // `ops` holds the panels the tile needs (the packed layouts hold every
-                    // panel below mp and np_w), and `tile` is valid (above).
+                    // `ops` holds what the tile needs (its `rows` rows of x from column p0,
+                    // inside x's m·k values; the packed weight holds every panel below np_w),
+                    // and `tile` is valid (above).
                     unsafe { run_kernel(self.kernel, &ops, &tile) };
                 }
             }
@@ -362,48 +377,36 @@ impl Job<'_> {
     }
 }
 
-/// One depth block of zeros: the rows of the last activation panel past `m`.
-static ZEROS: [f32; KC] = [0.0; KC];
+/// Tile `t` of `n_ic × n_jc` tiles in groups of `group` row blocks (at least 1), each group
+/// column block by column block: its (row block, column block).
+fn grouped_tile(t: usize, n_ic: usize, n_jc: usize, group: usize) -> (usize, usize) {
+    let group = group.clamp(1, n_ic.max(1));
+    let (g, r) = (t / (group * n_jc), t % (group * n_jc));
+    // Every group but the last is full, so only the last one's height differs.
+    let rows = group.min(n_ic - g * group);
+    (g * group + r % rows, r / rows)
+}
 
-/// Packs `x` `[m, k]` for the kernel: for each `KC` block, for each panel of `MR` rows, `kc`
-/// steps of `MR` values (zero past `m`). Every slot is written once, so the buffer is never
-/// zeroed first (zeroing every projection's packed input cost about 1% of a forward).
-fn pack_rows(x: &[f32], m: usize, k: usize, parallel: bool) -> Vec<f32> {
-    let mp = m.div_ceil(MR);
-    let len = mp * MR * k;
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    // Panel i of block p0 sits at p0·mp·MR + i·kc·MR: gather each panel's pieces per task.
-    let dst = SendPtr(out.as_mut_ptr());
-    let panel = |i: usize| {
-        let rows = MR.min(m - i * MR);
-        for p0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - p0);
-            let base = p0 * mp * MR + i * kc * MR;
-            let src: [&[f32]; MR] = std::array::from_fn(|r| {
-                if r < rows {
-                    &x[(i * MR + r) * k + p0..][..kc]
-                } else {
-                    &ZEROS[..kc]
-                }
-            });
-            for p in 0..kc {
-                for (r, row) in src.iter().enumerate() {
-                    // SAFETY: base + p·MR + r < (p0 + kc)·mp·MR ≤ len, the capacity, and panel
-                    // i's slots are written by this task only.
-                    unsafe { dst.get().add(base + p * MR + r).write(row[p]) };
-                }
-            }
-        }
-    };
-    if parallel {
-        (0..mp).into_par_iter().with_min_len(8).for_each(panel);
-    } else {
-        (0..mp).for_each(panel);
-    }
-    // SAFETY: the panels 0..mp cover every (block, panel, step, row) slot of the len values
-    // exactly once, and all were written above.
-    unsafe { out.set_len(len) };
-    out
+/// This CPU's L2 cache per core in bytes (Linux sysfs), 1 MiB where it cannot be read. It only
+/// shapes the order of the tiles, never a result.
+fn l2_bytes() -> usize {
+    static L2: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *L2.get_or_init(|| {
+        let read = |i: usize, f: &str| {
+            std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu0/cache/index{i}/{f}"))
+                .map(|s| s.trim().to_string())
+                .ok()
+        };
+        (0..8)
+            .find(|&i| read(i, "level").as_deref() == Some("2"))
+            .and_then(|i| read(i, "size"))
+            .and_then(|s| match s.strip_suffix('K') {
+                Some(kib) => kib.parse::<usize>().ok().map(|v| v << 10),
+                None => s.strip_suffix('M')?.parse::<usize>().ok().map(|v| v << 20),
+            })
+            .filter(|&b| b >= 64 << 10)
+            .unwrap_or(1 << 20)
+    })
 }
 
 /// A raw output pointer shared by tasks that write disjoint elements.
@@ -413,20 +416,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-impl SendPtr {
-    /// The pointer (a method, so closures capture the whole `Send` wrapper).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// What one kernel call multiplies: `kc` depth steps of up to two `MR`-row activation panels
-/// (the second `a_next` values after the first) and of several `NR`-column weight panels (each
-/// `b_next` values after the previous one).
+/// What one kernel call multiplies: `kc` depth steps of up to `2·MR` activation rows (row `i`
+/// starts at `a[i·lda]`) and of several `NR`-column weight panels (each `b_next` values after
+/// the previous one).
 struct Operands<'a> {
     kc: usize,
     a: &'a [f32],
-    a_next: usize,
+    lda: usize,
     b: &'a [f32],
     b_next: usize,
 }
@@ -488,7 +484,7 @@ fn kernel_cover(kernel: KernelClass) -> (usize, usize) {
 unsafe fn run_kernel(kernel: KernelClass, ops: &Operands, tile: &Tile) {
     let (rp, cp) = kernel_cover(kernel);
     debug_assert!(tile.rows >= 1 && tile.rows <= rp * MR && tile.cols >= 1 && tile.cols <= cp * NR);
-    debug_assert!(ops.a.len() >= (tile.rows.div_ceil(MR) - 1) * ops.a_next + ops.kc * MR);
+    debug_assert!(ops.a.len() >= (tile.rows - 1) * ops.lda + ops.kc);
     debug_assert!(ops.b.len() >= (tile.cols.div_ceil(NR) - 1) * ops.b_next + ops.kc * NR);
     macro_rules! by_rows {
         ($f:ident $(, $c:literal)?) => {
@@ -542,11 +538,12 @@ unsafe fn run_kernel(kernel: KernelClass, ops: &Operands, tile: &Tile) {
 /// As `run_kernel`, with `R = tile.rows ≤ MR` and `tile.cols ≤ NR`.
 unsafe fn portable<const R: usize>(ops: &Operands, tile: &Tile) {
     let mut acc = [[0f32; NR]; R];
-    let (a, b) = (&ops.a[..ops.kc * MR], &ops.b[..ops.kc * NR]);
-    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
+    let rows: [&[f32]; R] = std::array::from_fn(|i| &ops.a[i * ops.lda..][..ops.kc]);
+    for (p, bp) in ops.b[..ops.kc * NR].chunks_exact(NR).enumerate() {
         for i in 0..R {
+            let x = rows[i][p];
             for (o, &w) in acc[i].iter_mut().zip(bp) {
-                *o = ap[i].mul_add(w, *o);
+                *o = x.mul_add(w, *o);
             }
         }
     }
@@ -570,7 +567,7 @@ const PREFETCH: usize = 64;
 #[target_feature(enable = "avx2,fma")]
 unsafe fn avx2_fma<const R: usize>(ops: &Operands, tile: &Tile) {
     use std::arch::x86_64::*;
-    let kc = ops.kc;
+    let (kc, lda) = (ops.kc, ops.lda);
     let (mut ap, mut bp) = (ops.a.as_ptr(), ops.b.as_ptr());
     let mut lo = [_mm256_setzero_ps(); R];
     let mut hi = [_mm256_setzero_ps(); R];
@@ -579,28 +576,28 @@ unsafe fn avx2_fma<const R: usize>(ops: &Operands, tile: &Tile) {
             let b0 = _mm256_loadu_ps(bp.add($s * NR));
             let b1 = _mm256_loadu_ps(bp.add($s * NR + 8));
             for i in 0..R {
-                let ai = _mm256_broadcast_ss(&*ap.add($s * MR + i));
+                let ai = _mm256_broadcast_ss(&*ap.add(i * lda + $s));
                 lo[i] = _mm256_fmadd_ps(ai, b0, lo[i]);
                 hi[i] = _mm256_fmadd_ps(ai, b1, hi[i]);
             }
         }};
     }
-    // SAFETY: the loops read kc steps of MR (a) and NR (b) values, within the slices; the
-    // prefetch address may point past `a`, which prefetching tolerates (it never faults), and
-    // is computed with wrapping arithmetic.
+    // SAFETY: the loops read kc steps of R rows (a, lda apart) and of NR values (b), within
+    // the slices; the prefetch address may point past `b`, which prefetching tolerates (it
+    // never faults), and is computed with wrapping arithmetic.
     unsafe {
         for _ in 0..kc / 4 {
-            _mm_prefetch(ap.wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
+            _mm_prefetch(bp.wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
             step!(0);
             step!(1);
             step!(2);
             step!(3);
-            ap = ap.add(4 * MR);
+            ap = ap.add(4);
             bp = bp.add(4 * NR);
         }
         for _ in 0..kc % 4 {
             step!(0);
-            ap = ap.add(MR);
+            ap = ap.add(1);
             bp = bp.add(NR);
         }
         let mut row = [0f32; NR];
@@ -624,10 +621,10 @@ unsafe fn avx2_fma<const R: usize>(ops: &Operands, tile: &Tile) {
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn avx512<const R: usize, const C: usize>(ops: &Operands, tile: &Tile) {
     use std::arch::x86_64::*;
-    let kc = ops.kc;
-    // The second panels are only read when R > MR or C > 1; wrapping arithmetic keeps the
-    // unused pointers harmless.
-    let mut a = [ops.a.as_ptr(), ops.a.as_ptr().wrapping_add(ops.a_next)];
+    let (kc, lda) = (ops.kc, ops.lda);
+    // The second weight panel is only read when C > 1; wrapping arithmetic keeps the unused
+    // pointer harmless.
+    let mut a = ops.a.as_ptr();
     let mut b = [ops.b.as_ptr(), ops.b.as_ptr().wrapping_add(ops.b_next)];
     let mut acc = [[_mm512_setzero_ps(); C]; R];
     macro_rules! step {
@@ -637,7 +634,7 @@ unsafe fn avx512<const R: usize, const C: usize>(ops: &Operands, tile: &Tile) {
                 w[q] = _mm512_loadu_ps(b[q].add($s * NR));
             }
             for i in 0..R {
-                let x = _mm512_set1_ps(*a[i / MR].add($s * MR + i % MR));
+                let x = _mm512_set1_ps(*a.add(i * lda + $s));
                 for q in 0..C {
                     acc[i][q] = _mm512_fmadd_ps(x, w[q], acc[i][q]);
                 }
@@ -646,20 +643,18 @@ unsafe fn avx512<const R: usize, const C: usize>(ops: &Operands, tile: &Tile) {
     }
     macro_rules! advance {
         ($steps:expr) => {{
-            for p in a.iter_mut().take(R.div_ceil(MR)) {
-                *p = p.add($steps * MR);
-            }
+            a = a.add($steps);
             for p in b.iter_mut().take(C) {
                 *p = p.add($steps * NR);
             }
         }};
     }
-    // SAFETY: the loops read kc steps of MR values from each used activation panel and of NR
-    // values from each used weight panel, all within the slices (caller's contract); the
-    // prefetch addresses may point past them, which prefetching tolerates (it never faults).
+    // SAFETY: the loops read kc steps of R activation rows (lda apart) and of NR values from
+    // each used weight panel, all within the slices (caller's contract); the prefetch
+    // addresses may point past them, which prefetching tolerates (it never faults).
     unsafe {
         for _ in 0..kc / 4 {
-            for p in a.iter().take(R.div_ceil(MR)) {
+            for p in b.iter().take(C) {
                 _mm_prefetch(p.wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
             }
             step!(0);
@@ -864,6 +859,24 @@ mod tests {
                 assert!((got as f64 - r).abs() < 1e-3, "({i},{j}): {got} vs {r}");
             }
         }
+    }
+
+    /// Every tile is computed exactly once whatever the group height (a tile left out would
+    /// leave its outputs unwritten): full and short last groups, one row or column block.
+    #[test]
+    fn grouped_tiles_cover_every_tile_once() {
+        for (n_ic, n_jc) in [(1, 1), (1, 7), (5, 1), (4, 384), (29, 24), (7, 3)] {
+            for group in [0, 1, 2, 3, 4, 6, 29, 100] {
+                let mut seen = vec![0u8; n_ic * n_jc];
+                for t in 0..n_ic * n_jc {
+                    let (ic, jc) = grouped_tile(t, n_ic, n_jc, group);
+                    assert!(ic < n_ic && jc < n_jc, "{n_ic}×{n_jc}/{group}: tile {t}");
+                    seen[ic * n_jc + jc] += 1;
+                }
+                assert!(seen.iter().all(|&c| c == 1), "{n_ic}×{n_jc} in groups of {group}");
+            }
+        }
+        assert!(l2_bytes() >= 64 << 10);
     }
 
     #[test]

@@ -3,14 +3,62 @@
 //! [rows]`. Each shape runs until 0.5 s have passed; the median call is reported, and the
 //! GFLOPS per CPU-second of the process (what the cores delivered while this ran, which other
 //! load on a shared machine does not lower).
+//!
+//! `sgemm_gflops tile M N K REPS` instead times one small product on the calling thread, the
+//! way attention runs its products (`matmul_prefix_into`, one task per head and tile), e.g.
+//! `tile 64 64 512 3000` for a 64-query tile's `probabilities · V` over 512 keys: the kernel
+//! and its operand handling without the thread pool.
 
+use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
 use tyr::eval::bench::process_cpu_seconds;
 use tyr::model::cpu_kernel::kernel;
 use tyr::model::sgemm::PackedWeight;
 
+/// Deterministic operands: the weight `[n, k]` and the activations `[m, k]`.
+fn operands(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 104_729) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    (w, x)
+}
+
+/// The `tile M N K REPS` mode.
+fn tile(args: &[String]) {
+    let dims: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let [m, n, k, reps] = dims[..] else {
+        eprintln!("usage: sgemm_gflops tile M N K REPS (four positive integers)");
+        std::process::exit(2);
+    };
+    if m == 0 || n == 0 || k == 0 || reps == 0 || m.saturating_mul(n).saturating_mul(k) > 1 << 34
+    {
+        eprintln!("sgemm_gflops tile: M, N, K and REPS must be positive and M·N·K at most 2^34");
+        std::process::exit(2);
+    }
+    let (w, x) = operands(m, n, k);
+    let p = PackedWeight::from_out_in_rows(&w, n, k);
+    let mut out = vec![MaybeUninit::new(0f32); m * n];
+    let t = Instant::now();
+    for _ in 0..reps {
+        p.matmul_prefix_into(&x, k, n, &mut out, n);
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "kernel {}, {m}×{n}×{k}: {:.1} GFLOPS on one thread",
+        kernel().name(),
+        2.0 * (m * n * k * reps) as f64 / s / 1e9
+    );
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("tile") {
+        return tile(&args[1..]);
+    }
     let m: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
@@ -29,12 +77,7 @@ fn main() {
     ];
     let (mut flops, mut secs) = (0.0, 0.0);
     for (name, n, k) in shapes {
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
-            .collect();
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 104_729) % 1000) as f32 / 1000.0 - 0.5)
-            .collect();
+        let (w, x) = operands(m, n, k);
         let p = PackedWeight::from_out_in_rows(&w, n, k);
         std::hint::black_box(p.matmul(&x));
         let mut times = Vec::new();

@@ -44,7 +44,7 @@ fn tile(args: &[String]) {
     let mut out = vec![MaybeUninit::new(0f32); m * n];
     let t = Instant::now();
     for _ in 0..reps {
-        p.matmul_prefix_into(&x, k, n, &mut out, n);
+        p.matmul_prefix_into(&x, (m, k), n, &mut out, n);
     }
     let s = t.elapsed().as_secs_f64();
     println!(

@@ -117,14 +117,14 @@ pub fn causal_attention(
             // The products write every element of their outputs: no zeroing (these buffers are
             // megabytes per layer).
             let mut scores = Vec::with_capacity(m * n);
-            k.matmul_prefix_into(&q, dh, n, scores.spare_capacity_mut(), n);
+            k.matmul_prefix_into(&q, (m, dh), n, scores.spare_capacity_mut(), n);
             // SAFETY: the product wrote all m·n scores.
             unsafe { scores.set_len(m * n) };
             for r in 0..m {
                 masked_softmax(&mut scores[r * n..(r + 1) * n], past_len + i0 + r + 1);
             }
             let mut out = Vec::with_capacity(m * dh);
-            v.matmul_prefix_into(&scores, n, dh, out.spare_capacity_mut(), dh);
+            v.matmul_prefix_into(&scores, (m, n), dh, out.spare_capacity_mut(), dh);
             // SAFETY: the product wrote all m·dh outputs.
             unsafe { out.set_len(m * dh) };
             out

@@ -241,26 +241,27 @@ impl PackedWeight {
         y
     }
 
-    /// `out[i·ldc + j] = Σ_{p<k} x[i·k + p] · W[j, p]` for the first `n ≤ out_dim` outputs and
-    /// the first `k ≤ in_dim` inputs of the weight, on the calling thread: the small products
-    /// inside attention, which already runs one task per head and tile. Every `out[i·ldc + j]`
-    /// (`i < m`, `j < n`) is written and nothing else, so `out` may be uninitialised.
+    /// `out[i·ldc + j] = Σ_{p<k} x[i·k + p] · W[j, p]` for the `m` rows of `x` `[m, k]`, the
+    /// first `n ≤ out_dim` outputs and the first `k ≤ in_dim` inputs of the weight, on the
+    /// calling thread: the small products inside attention, which already runs one task per
+    /// head and tile. Every `out[i·ldc + j]` (`i < m`, `j < n`) is written (0 when `k = 0`) and
+    /// nothing else, so `out` may be uninitialised.
     pub fn matmul_prefix_into(
         &self,
         x: &[f32],
-        k: usize,
+        (m, k): (usize, usize),
         n: usize,
         out: &mut [MaybeUninit<f32>],
         ldc: usize,
     ) {
-        self.matmul_prefix_into_on(x, (k, n), (out, ldc), kernel());
+        self.matmul_prefix_into_on(x, (m, k, n), (out, ldc), kernel());
     }
 
     /// `matmul_prefix_into` on a given kernel class (one the CPU runs).
     fn matmul_prefix_into_on(
         &self,
         x: &[f32],
-        (k, n): (usize, usize),
+        (m, k, n): (usize, usize, usize),
         (out, ldc): (&mut [MaybeUninit<f32>], usize),
         kernel: KernelClass,
     ) {
@@ -268,17 +269,22 @@ impl PackedWeight {
             kernel.supported(),
             "internal: {kernel:?} kernels on this CPU"
         );
-        let m = x.len().checked_div(k).unwrap_or(0);
         assert!(
-            k <= self.k && n <= self.n && n <= ldc,
-            "internal: product outside the weight"
+            k <= self.k && n <= self.n && n <= ldc && x.len() >= m * k,
+            "internal: product outside the weight or the input"
         );
         assert!(
             m == 0 || out.len() >= (m - 1) * ldc + n,
             "internal: output too short"
         );
-        // k = 0 leaves m = 0: with no inputs the rows cannot be counted, so nothing is written.
         if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            // A sum over no depth: the tiles would write nothing, and the caller reads it all.
+            for row in out.chunks_mut(ldc).take(m) {
+                row[..n].fill(MaybeUninit::new(0.0));
+            }
             return;
         }
         let job = Job {
@@ -799,7 +805,7 @@ mod tests {
             let x = data(m * kk, 3);
             let run = |kern| {
                 let mut out = vec![f32::NAN; m * ldc];
-                packed.matmul_prefix_into_on(&x, (kk, nn), (as_uninit(&mut out), ldc), kern);
+                packed.matmul_prefix_into_on(&x, (m, kk, nn), (as_uninit(&mut out), ldc), kern);
                 out
             };
             let want = run(KernelClass::Portable);
@@ -811,6 +817,19 @@ mod tests {
                     .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "{kern:?} differs from portable on {m}×{kk}→{nn}");
             }
+        }
+    }
+
+    /// A product over no depth is zero, and it is written: attention reads every output.
+    #[test]
+    fn a_prefix_product_over_no_depth_writes_zeros() {
+        let packed = PackedWeight::from_out_in_rows(&data(8 * 4, 1), 8, 4);
+        let (m, n, ldc) = (3, 5, 7);
+        let mut out = vec![f32::NAN; m * ldc];
+        packed.matmul_prefix_into(&[], (m, 0), n, as_uninit(&mut out), ldc);
+        for (i, row) in out.chunks(ldc).enumerate() {
+            assert!(row[..n].iter().all(|&v| v == 0.0), "row {i}: {row:?}");
+            assert!(row[n..].iter().all(|v| v.is_nan()), "row {i} written past n");
         }
     }
 
@@ -845,7 +864,7 @@ mod tests {
         let (m, kk, nn, ldc) = (9, 270, 20, 24);
         let x = data(m * kk, 3);
         let mut out = vec![f32::NAN; m * ldc];
-        a.matmul_prefix_into(&x, kk, nn, as_uninit(&mut out), ldc);
+        a.matmul_prefix_into(&x, (m, kk), nn, as_uninit(&mut out), ldc);
         for i in 0..m {
             for j in 0..ldc {
                 let got = out[i * ldc + j];

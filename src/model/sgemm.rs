@@ -51,37 +51,9 @@ const NC: usize = 128;
 pub struct PackedWeight {
     k: usize,
     n: usize,
-    data: Panels,
+    data: Vec<f32>,
 }
 
-/// `NR` floats on a 64-byte boundary: one weight panel row, one zmm load that never straddles
-/// two cache lines (a straddling AVX-512 load costs two; unaligned, nearly every load would).
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct PanelRow([f32; NR]);
-
-/// Packed weight values, 64-byte aligned (a plain `Vec<f32>` is aligned to 4 bytes only).
-#[derive(Clone)]
-struct Panels(Vec<PanelRow>);
-
-impl Panels {
-    /// `len` zeros (`len` a multiple of `NR`).
-    fn zeros(len: usize) -> Self {
-        debug_assert_eq!(len % NR, 0);
-        Panels(vec![PanelRow([0.0; NR]); len / NR])
-    }
-
-    fn as_slice(&self) -> &[f32] {
-        // SAFETY: PanelRow is repr(C) around [f32; NR] with no padding (64 bytes, align 64), so
-        // the rows are NR·len contiguous, initialised f32 values.
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.0.len() * NR) }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [f32] {
-        // SAFETY: as in `as_slice`, and the borrow is unique.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.0.len() * NR) }
-    }
-}
 
 impl std::fmt::Debug for PackedWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,8 +104,7 @@ impl PackedWeight {
     /// Packs the `k × n` weight whose element (input `p`, output `j`) is `w[p·sp + j·sj]`.
     fn pack(w: &[f32], k: usize, n: usize, sp: usize, sj: usize) -> Self {
         let np = n.div_ceil(NR);
-        let mut panels = Panels::zeros(k * np * NR);
-        let data = panels.as_mut_slice();
+        let mut data = vec![0f32; k * np * NR];
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
             for j in 0..np {
@@ -145,11 +116,7 @@ impl PackedWeight {
                 }
             }
         }
-        PackedWeight {
-            k,
-            n,
-            data: panels,
-        }
+        PackedWeight { k, n, data }
     }
 
     /// Input width `k`.
@@ -179,7 +146,7 @@ impl PackedWeight {
                 let (j, c) = ((start + r) / NR, (start + r) % NR);
                 let base = p0 * np * NR + j * kc * NR + c;
                 for p in 0..kc {
-                    row[p0 + p] = self.data.as_slice()[base + p * NR];
+                    row[p0 + p] = self.data[base + p * NR];
                 }
             }
         }
@@ -326,7 +293,7 @@ impl Job<'_> {
         self.m.div_ceil(MC) * self.n.div_ceil(NC)
     }
 
-    /// The (row block, column block) of tile `t`. Row blocks go in groups whose packed
+    /// The (row block, column block) of tile `t`. Row blocks go in groups whose
     /// activations fit in half of L2; a group's tiles run column block by column block, so each
     /// weight slab is read from memory once per group and each activation block stays in L2
     /// meanwhile. (Row-major order re-read all of `lm_head`, 113 MB for SmolLM2, once per 144
@@ -352,7 +319,7 @@ impl Job<'_> {
         let (j_lo, j_hi) = (jc * NC / NR, ((jc + 1) * NC / NR).min(np_used));
         let (row_panels, col_panels) = kernel_cover(self.kernel);
         for p0 in (0..k).step_by(KC) {
-            // The activations were packed with depth k, the weight with its own depth.
+            // The activations have the product's depth k, the weight its own (k ≤ its depth).
             let (kc, kc_w) = (KC.min(k - p0), KC.min(self.w.k - p0));
             for i in (i_lo..i_hi).step_by(row_panels) {
                 for j in (j_lo..j_hi).step_by(col_panels) {
@@ -361,7 +328,7 @@ impl Job<'_> {
                         kc,
                         a: &self.x[i * MR * k + p0..],
                         lda: k,
-                        b: &self.w.data.as_slice()[p0 * np_w * NR + j * kc_w * NR..],
+                        b: &self.w.data[p0 * np_w * NR + j * kc_w * NR..],
                         b_next: kc_w * NR,
                     };
                     let tile = Tile {
@@ -559,8 +526,8 @@ unsafe fn portable<const R: usize>(ops: &Operands, tile: &Tile) {
     }
 }
 
-/// How far ahead (in floats) the SIMD kernels prefetch an activation panel, which streams from
-/// L2 while the weight panels stay in L1.
+/// How far ahead (in floats) the SIMD kernels prefetch each weight panel, which streams from L2
+/// while the kernel's activation rows stay in L1 (they are reused across a tile's columns).
 #[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 64;
 
@@ -859,7 +826,7 @@ mod tests {
         }
         let a = PackedWeight::from_out_in_rows(&w, n, k);
         let b = PackedWeight::from_in_out_rows(&wt, k, n);
-        assert_eq!(a.data.as_slice(), b.data.as_slice());
+        assert_eq!(a.data, b.data);
         // First 20 outputs over the first 270 inputs, into a wider output.
         let (m, kk, nn, ldc) = (9, 270, 20, 24);
         let x = data(m * kk, 3);

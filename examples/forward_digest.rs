@@ -6,8 +6,8 @@
 
 use candle_core::{Device, Tensor};
 use tyr::eval::bench::smollm2_135m_config;
-use tyr::model::cpu_kernel::kernel;
 use tyr::model::Llama;
+use tyr::model::cpu_kernel::kernel;
 use tyr::model::random::random_source;
 
 fn main() -> tyr::Result<()> {
@@ -24,6 +24,11 @@ fn main() -> tyr::Result<()> {
     for x in &logits {
         h.update(&x.to_bits().to_le_bytes());
     }
-    println!("kernel {} logits {} blake3 {}", kernel().name(), logits.len(), h.finalize());
+    println!(
+        "kernel {} logits {} blake3 {}",
+        kernel().name(),
+        logits.len(),
+        h.finalize()
+    );
     Ok(())
 }

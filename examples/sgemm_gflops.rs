@@ -34,8 +34,7 @@ fn tile(args: &[String]) {
         eprintln!("usage: sgemm_gflops tile M N K REPS (four positive integers)");
         std::process::exit(2);
     };
-    if m == 0 || n == 0 || k == 0 || reps == 0 || m.saturating_mul(n).saturating_mul(k) > 1 << 34
-    {
+    if m == 0 || n == 0 || k == 0 || reps == 0 || m.saturating_mul(n).saturating_mul(k) > 1 << 34 {
         eprintln!("sgemm_gflops tile: M, N, K and REPS must be positive and M·N·K at most 2^34");
         std::process::exit(2);
     }

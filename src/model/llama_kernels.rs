@@ -98,7 +98,11 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     let p = p * r + 1.0;
     let p = p * r + 1.0;
     // k + 127 is in [1, 254] for the clamped range, a normal exponent.
-    let pow2_k = (t.to_bits().wrapping_sub(SHIFTER.to_bits()).wrapping_add(127)) << 23;
+    let pow2_k = (t
+        .to_bits()
+        .wrapping_sub(SHIFTER.to_bits())
+        .wrapping_add(127))
+        << 23;
     f32::from_bits(pow2_k) * p
 }
 

@@ -54,7 +54,6 @@ pub struct PackedWeight {
     data: Vec<f32>,
 }
 
-
 impl std::fmt::Debug for PackedWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PackedWeight[out {}, in {}]", self.n, self.k)
@@ -796,7 +795,10 @@ mod tests {
         packed.matmul_prefix_into(&[], (m, 0), n, as_uninit(&mut out), ldc);
         for (i, row) in out.chunks(ldc).enumerate() {
             assert!(row[..n].iter().all(|&v| v == 0.0), "row {i}: {row:?}");
-            assert!(row[n..].iter().all(|v| v.is_nan()), "row {i} written past n");
+            assert!(
+                row[n..].iter().all(|v| v.is_nan()),
+                "row {i} written past n"
+            );
         }
     }
 
@@ -859,7 +861,10 @@ mod tests {
                     assert!(ic < n_ic && jc < n_jc, "{n_ic}×{n_jc}/{group}: tile {t}");
                     seen[ic * n_jc + jc] += 1;
                 }
-                assert!(seen.iter().all(|&c| c == 1), "{n_ic}×{n_jc} in groups of {group}");
+                assert!(
+                    seen.iter().all(|&c| c == 1),
+                    "{n_ic}×{n_jc} in groups of {group}"
+                );
             }
         }
         assert!(l2_bytes() >= 64 << 10);

@@ -182,6 +182,24 @@ fn bad_prune_input_fails_with_an_error_naming_the_key() {
     assert!(e.contains("prune.export-baselines"), "{e}");
     let e = plan_error(&["prune.fitness=\"kl\""]);
     assert!(e.contains("fitness"), "{e}");
+    // Splitting a layer's supernet.
+    let e = plan_error(&["prune.supernet-split=\"heads\""]);
+    assert!(e.contains("prune.supernet-split"), "{e}");
+    let e = plan_error(&["prune.split-groups=2"]);
+    assert!(
+        e.contains("prune.split-groups") && e.contains("level"),
+        "{e}"
+    );
+    for g in ["0", "65"] {
+        let e = plan_error(&[
+            "prune.supernet-split=\"level\"",
+            &format!("prune.split-groups={g}"),
+        ]);
+        assert!(
+            e.contains("prune.split-groups") && e.contains("1–64"),
+            "{g}: {e}"
+        );
+    }
 }
 
 #[test]
@@ -370,6 +388,90 @@ fn the_final_refit_of_the_all_centre_choice_is_the_uniform_baseline_bit_for_bit(
     );
     assert_eq!(tyr["perplexity"], uniform["perplexity"]);
     assert_eq!(tyr["decoder_params"], searched["decoder_params"]);
+}
+
+/// `supernet-split`: a layer's supernet built as parts (per module, or per share of levels) and
+/// joined gives every supernet layer stage — both rounds, the final re-fit, the uniform
+/// baseline — the same outputs as the whole build, and so the same models and perplexities.
+#[test]
+fn a_supernet_split_into_parts_gives_the_same_stages_and_models_as_a_whole_build() {
+    let layer_ids: Vec<String> = (0..3)
+        .flat_map(|l| {
+            [
+                format!("r1-layer-{l:02}"),
+                format!("r2-layer-{l:02}"),
+                format!("refit-layer-{l:02}"),
+                format!("uniform-layer-{l:02}"),
+            ]
+        })
+        .collect();
+    let run = |stats: &str, split: &[&str]| {
+        let w = tempfile::tempdir().unwrap();
+        let stats = format!("prune.ffn-stats=\"{stats}\"");
+        let mut set = vec![
+            "--set",
+            "prune.final-refit=true",
+            "--set",
+            "prune.baselines=[\"uniform\"]",
+            "--set",
+            &stats,
+        ];
+        for s in split {
+            set.extend(["--set", *s]);
+        }
+        let o = tyr_in(w.path(), &["run"], &set, &[]);
+        assert!(o.status.success(), "run {split:?} failed:\n{}", text(&o));
+        let layers: Vec<_> = layer_ids
+            .iter()
+            .map(|id| outputs_of(w.path(), id))
+            .collect();
+        let model = std::fs::read(w.path().join("out/tiny/model/model.safetensors")).unwrap();
+        let ppls: Vec<_> = ["tyr", "searched", "uniform"]
+            .map(|m| ppl(w.path(), m)["perplexity"].clone())
+            .into();
+        (w, layers, model, ppls)
+    };
+    for (stats, split) in [
+        (
+            "dense-attention",
+            &["prune.supernet-split=\"level\"", "prune.split-groups=3"][..],
+        ),
+        (
+            "expected-attention",
+            &["prune.supernet-split=\"module\""][..],
+        ),
+    ] {
+        let (_, whole_layers, whole_model, whole_ppl) = run(stats, &[]);
+        let (w, layers, model, ppls) = run(stats, split);
+        for (id, (a, b)) in layer_ids.iter().zip(whole_layers.iter().zip(&layers)) {
+            assert_eq!(a, b, "{stats} {split:?}: {id}");
+        }
+        assert!(
+            model == whole_model,
+            "{stats} {split:?}: the exported model differs"
+        );
+        assert_eq!(ppls, whole_ppl, "{stats} {split:?}");
+        // The parts ran as their own stages, and all of the split run is committed.
+        let mut again = vec![
+            "--set",
+            "prune.final-refit=true",
+            "--set",
+            "prune.baselines=[\"uniform\"]",
+        ];
+        let stats = format!("prune.ffn-stats=\"{stats}\"");
+        again.extend(["--set", &stats]);
+        for s in split {
+            again.extend(["--set", *s]);
+        }
+        let p = plan(w.path(), &again);
+        let part = if split.len() == 2 {
+            "r2-layer-01-ffn-2"
+        } else {
+            "r2-layer-01-ffn"
+        };
+        assert!(p.iter().any(|(id, _, _)| id == part), "no {part}: {p:?}");
+        assert!(p.iter().all(|(_, state, _)| state == "cached"), "{p:?}");
+    }
 }
 
 /// `calib` and `eval` as lists: the pool mixes both texts, every model is scored on every

@@ -1,5 +1,6 @@
 //! The supernet domain layer without the engine: `build_layer` on a tiny random layer (resuming
-//! after the attention variants gives the same layer; a level above the unit count is refused)
+//! after the attention variants gives the same layer; a level above the unit count is refused;
+//! built in parts and joined, it gives the same bits)
 //! and the search's scorer over an in-memory variant source (incremental evaluation from the
 //! parent's cached states gives the same fitness bits as a full forward, for both fitnesses).
 
@@ -19,7 +20,8 @@ use tyr::search::{
 };
 use tyr::supernet::acts::Acts;
 use tyr::supernet::build::{
-    BuildCheckpoint, BuildOptions, FfnStats, LayerBuild, ModuleLevels, NoCheckpoint, build_layer,
+    BuildCheckpoint, BuildOptions, FfnStats, LayerBuild, ModuleLevels, ModulePart, NoCheckpoint,
+    build_layer, build_module_part, join_layer, join_parts, level_share, module_expectation,
 };
 use tyr::supernet::layer::DenseLayer;
 use tyr::supernet::rounds::search_space;
@@ -171,6 +173,108 @@ fn a_level_above_the_unit_count_is_refused_naming_the_layer() {
     .expect("level 5 of 4 heads");
     let msg = err.to_string();
     assert!(msg.contains("layer 2") && msg.contains("level 5"), "{msg}");
+}
+
+/// One module's parts in `shares` shares, as the `supernet-part` stages build them.
+fn parts(
+    cfg: &ModelConfig,
+    dense: &DenseLayer,
+    x: &Acts,
+    module: ModuleKind,
+    grid: &ModuleLevels,
+    shares: usize,
+    ffn_o_proj: Option<&[f32]>,
+) -> Vec<ModulePart> {
+    let o = options();
+    let opts = match module {
+        ModuleKind::Attn => o.attn_pruning,
+        ModuleKind::Ffn => o.ffn_pruning,
+    };
+    (0..shares)
+        .map(|g| {
+            let levels = level_share(&grid.levels, g, shares).unwrap();
+            build_module_part(cfg, dense, x, module, levels, ffn_o_proj, &opts).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_layer_built_in_parts_and_joined_equals_one_build_bit_for_bit() {
+    let cfg = common::uniform_config();
+    let src = random_source(&cfg, 5).unwrap();
+    let model = Llama::load(&cfg, &src).unwrap();
+    let x = x0(&cfg, &model, &pool(cfg.vocab_size));
+    let dense = DenseLayer::load(&cfg, 1, &src).unwrap();
+    let (a, f) = (levels(&[0, 1, 2, 3]), levels(&[0, 12, 24, 36]));
+    for stats in [FfnStats::DenseAttention, FfnStats::ExpectedAttention] {
+        let opts = BuildOptions {
+            ffn_stats: stats,
+            ..options()
+        };
+        let whole = build_layer(&cfg, &dense, &x, 1, &a, &f, &opts, &mut NoCheckpoint).unwrap();
+        // 1 share per module (`module`), 3 (uneven shares), 6 (two of them empty).
+        for shares in [1, 3, 6] {
+            let attn = parts(&cfg, &dense, &x, ModuleKind::Attn, &a, shares, None);
+            assert_eq!(
+                attn.iter().filter(|p| p.stats.is_none()).count(),
+                shares.saturating_sub(4),
+                "only empty shares skip the pass"
+            );
+            let o_bar = match stats {
+                FfnStats::DenseAttention => None,
+                FfnStats::ExpectedAttention => {
+                    let (v, _) = join_parts(1, ModuleKind::Attn, &a, &attn).unwrap();
+                    let e = module_expectation(&dense, ModuleKind::Attn, &a, &v, opts.expectation);
+                    Some(e.unwrap().0)
+                }
+            };
+            let ffn = parts(
+                &cfg,
+                &dense,
+                &x,
+                ModuleKind::Ffn,
+                &f,
+                shares,
+                o_bar.as_deref(),
+            );
+            let joined = join_layer(&dense, 1, &a, &f, &attn, &ffn, opts.expectation).unwrap();
+            assert_eq!(bits(&joined), bits(&whole), "{stats:?}, {shares} shares");
+        }
+    }
+}
+
+#[test]
+fn parts_that_do_not_make_up_the_grid_are_refused() {
+    let cfg = common::uniform_config();
+    let src = random_source(&cfg, 5).unwrap();
+    let model = Llama::load(&cfg, &src).unwrap();
+    let x = x0(&cfg, &model, &pool(cfg.vocab_size));
+    let dense = DenseLayer::load(&cfg, 0, &src).unwrap();
+    let a = levels(&[0, 1, 2, 3]);
+    let attn = parts(&cfg, &dense, &x, ModuleKind::Attn, &a, 2, None);
+    let err = |parts: &[ModulePart], module| {
+        join_parts(0, module, &a, parts)
+            .expect_err("refused")
+            .to_string()
+    };
+    // A share missing, the shares out of order, or another module's parts.
+    assert!(err(&attn[..1], ModuleKind::Attn).contains("[0, 1]"));
+    let swapped = [attn[1].clone(), attn[0].clone()];
+    assert!(err(&swapped, ModuleKind::Attn).contains("[2, 3, 0, 1]"));
+    assert!(err(&attn, ModuleKind::Ffn).contains("attn variants"));
+    // Parts whose statistics differ (built on other activations) are not joined.
+    let other = Acts {
+        x: (&x.x * 2.0).unwrap(),
+        lengths: x.lengths.clone(),
+    };
+    let mixed = [
+        attn[0].clone(),
+        parts(&cfg, &dense, &other, ModuleKind::Attn, &a, 2, None)[1].clone(),
+    ];
+    assert!(err(&mixed, ModuleKind::Attn).contains("different statistics"));
+    // A share index past the count is an error, not a panic.
+    assert!(level_share(&a.levels, 2, 2).is_err());
+    assert!(level_share(&a.levels, 0, 0).is_err());
 }
 
 /// The variants of every layer, by (layer, module, level).

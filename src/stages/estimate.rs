@@ -10,6 +10,7 @@
 //! is what checks them.
 
 use crate::model::ModelConfig;
+use crate::vocab::ModuleKind;
 
 /// The process itself: code, allocator pools, tokenizer, thread stacks.
 const BASE_BYTES: u64 = 256 << 20;
@@ -82,6 +83,24 @@ impl Shapes<'_> {
         let level = |dim: u64| 3 * dim * dim * 8 + h * dim * 8;
         let obs = (attn_levels as u64 * level(da)).max(ffn_levels as u64 * level(df));
         BASE_BYTES + 4 * self.x() + 3 * self.layer(l) + (da * da + df * df) * 8 + obs
+    }
+
+    /// `supernet-part`: as `supernet-layer` for one module's share of levels.
+    pub fn supernet_part(&self, l: usize, module: ModuleKind, levels: usize) -> u64 {
+        match module {
+            ModuleKind::Attn => self.supernet_layer(l, levels, 0),
+            ModuleKind::Ffn => self.supernet_layer(l, 0, levels),
+        }
+    }
+
+    /// The `supernet-layer` that joins parts: the layer three times, every variant as read and
+    /// as written (each at most the module's dense width, f32), no X.
+    pub fn supernet_join(&self, l: usize, attn_levels: usize, ffn_levels: usize) -> u64 {
+        let d = &self.cfg.layers[l];
+        let h = self.hidden();
+        let da = (d.n_q * self.cfg.head_dim) as u64;
+        let variants = attn_levels as u64 * h * da + ffn_levels as u64 * h * d.d_ff as u64;
+        BASE_BYTES + 3 * self.layer(l) + 2 * variants * 4
     }
 
     /// `baseline-layer`: Wanda-sp runs the layer over X like a forward; magnitude only reads

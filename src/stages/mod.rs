@@ -3,8 +3,9 @@
 //! inputs, calls plain functions (`supernet`, `prune`, `search`, `export`, `eval`) on plain
 //! types, and writes its outputs; the domain code never sees the engine.
 //!
-//! Kinds: `model`, `calib-pool`, `eval-text`, `embed`, `supernet-layer`, `layer-forward`,
-//! `baseline-layer`, `teacher-topk`, `search`, `eval-ppl`, `export`, `report`. Shared pieces:
+//! Kinds: `model`, `calib-pool`, `eval-text`, `embed`, `supernet-layer`, `supernet-part`,
+//! `layer-forward`, `baseline-layer`, `teacher-topk`, `search`, `eval-ppl`, `eval-tasks`,
+//! `export`, `report`. Shared pieces:
 //! `model_ref` (naming and reopening the model), `acts` (how X_ℓ is stored between layer
 //! stages), `estimate` (each stage's memory estimate), `Chosen` (which variant each layer
 //! uses), `supernet_layer::variant_name` (how variants are named).
@@ -25,6 +26,7 @@ pub mod prune_section;
 pub mod report;
 pub mod search;
 pub mod supernet_layer;
+pub mod supernet_part;
 pub mod teacher;
 
 use std::sync::Arc;
@@ -54,6 +56,7 @@ pub fn register_all(registry: &mut Registry) {
         .register::<eval_text::EvalText>()
         .register::<embed::Embed>()
         .register::<supernet_layer::SupernetLayer>()
+        .register::<supernet_part::SupernetPart>()
         .register::<layer_forward::LayerForward>()
         .register::<baseline_layer::BaselineLayer>()
         .register::<eval_ppl::EvalPpl>()

@@ -15,6 +15,10 @@
 //! the layer just because its activations were collected. After the attention variants a
 //! progress record is saved, so a run killed while building the FFN variants resumes there.
 //!
+//! Built in parts (`joined = true`, `[prune] supernet-split`): the variants are read from the
+//! `supernet-part` stages of inputs `attn-parts` / `ffn-parts` instead of built here, and the
+//! outputs are exactly those of the whole build (`supernet::build::join_layer`).
+//!
 //! Invalidated by: the params (not the target: a round-1 `lattice` grid lists every lattice
 //! level and no centre, so one round-1 supernet serves every target), the model record, X_ℓ,
 //! the seed, the stage version (which includes `LOCAL_PRUNE_VERSION`).
@@ -28,7 +32,7 @@ use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::prune::ModuleKind;
 use crate::prune::expectation::Expectation;
 use crate::prune::local::{LOCAL_PRUNE_VERSION, LocalPruneOptions, Variant};
-use crate::supernet::build::{BuildCheckpoint, BuildOptions, build_layer};
+use crate::supernet::build::{BuildCheckpoint, BuildOptions, ModulePart, build_layer, join_layer};
 pub use crate::supernet::build::{FfnStats, LayerSupernet, ModuleLevels, ModuleSummary};
 use crate::supernet::layer::DenseLayer;
 use crate::supernet::rounds::{AroundPrevious, RoundChoice, next_grids};
@@ -77,6 +81,11 @@ pub struct SupernetLayerParams {
     /// Local pruning of FFN channels [16 passes, otherwise as heads].
     #[serde(default = "LocalPruneOptions::ffn_default")]
     pub ffn_pruning: LocalPruneOptions,
+    /// Built in parts (`supernet-split`): the variants come from the `supernet-part` stages in
+    /// the inputs `attn-parts` and `ffn-parts` (in share order), and this stage only joins them
+    /// and averages; it reads no X [false].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub joined: bool,
 }
 
 fn density_weighted() -> Expectation {
@@ -134,8 +143,14 @@ impl Stage for SupernetLayer {
     }
 
     fn inputs(&self) -> Vec<InputSlot> {
-        let mut v = vec![InputSlot::one("model"), InputSlot::one("x")];
-        if self.0.around.is_some() || self.0.refit {
+        let mut v = vec![InputSlot::one("model")];
+        if self.0.joined {
+            v.push(InputSlot::many("attn-parts"));
+            v.push(InputSlot::many("ffn-parts"));
+        } else {
+            v.push(InputSlot::one("x"));
+        }
+        if self.0.takes_previous() {
             v.push(InputSlot::one("previous"));
         }
         v
@@ -143,30 +158,46 @@ impl Stage for SupernetLayer {
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outputs> {
         let p = &self.0;
-        let (attn_grid, ffn_grid) = self.grids(ctx)?;
+        let (attn_grid, ffn_grid) = p.grids(ctx)?;
         let record: ModelRecord = ctx.input("model")?.record("model")?;
-        let x = acts::read(ctx.input("x")?, "x")?;
         let model = open(&record)?;
         let cfg = &model.config;
         let dense = DenseLayer::load(cfg, p.layer, model.source.as_ref())?;
         let span = tracing::info_span!("supernet-layer", round = p.round, layer = p.layer);
         let _g = span.enter();
-        let opts = BuildOptions {
-            expectation: p.expectation,
-            ffn_stats: p.ffn_stats,
-            attn_pruning: p.attn_pruning,
-            ffn_pruning: p.ffn_pruning,
+        let built = if p.joined {
+            let parts = |slot: &str| -> Result<Vec<ModulePart>> {
+                ctx.inputs(slot)?.iter().map(|s| s.record("part")).collect()
+            };
+            let (attn_parts, ffn_parts) = (parts("attn-parts")?, parts("ffn-parts")?);
+            join_layer(
+                &dense,
+                p.round,
+                &attn_grid,
+                &ffn_grid,
+                &attn_parts,
+                &ffn_parts,
+                p.expectation,
+            )?
+        } else {
+            let x = acts::read(ctx.input("x")?, "x")?;
+            let opts = BuildOptions {
+                expectation: p.expectation,
+                ffn_stats: p.ffn_stats,
+                attn_pruning: p.attn_pruning,
+                ffn_pruning: p.ffn_pruning,
+            };
+            build_layer(
+                cfg,
+                &dense,
+                &x,
+                p.round,
+                &attn_grid,
+                &ffn_grid,
+                &opts,
+                &mut Checkpoint(ctx),
+            )?
         };
-        let built = build_layer(
-            cfg,
-            &dense,
-            &x,
-            p.round,
-            &attn_grid,
-            &ffn_grid,
-            &opts,
-            &mut Checkpoint(ctx),
-        )?;
 
         let mut o = Outputs::new();
         for (kind, vs) in [
@@ -220,11 +251,16 @@ impl BuildCheckpoint for Checkpoint<'_, '_> {
     }
 }
 
-impl SupernetLayer {
+impl SupernetLayerParams {
+    /// Whether the grids come from input `previous` (a later round's or the re-fit's).
+    pub fn takes_previous(&self) -> bool {
+        self.around.is_some() || self.refit
+    }
+
     /// This layer's grids: from the params (round 1), around the previous round's choice, or
     /// (a re-fit) the one level the last search chose.
-    fn grids(&self, ctx: &StageContext<'_>) -> Result<(ModuleLevels, ModuleLevels)> {
-        let p = &self.0;
+    pub fn grids(&self, ctx: &StageContext<'_>) -> Result<(ModuleLevels, ModuleLevels)> {
+        let p = self;
         if p.refit {
             let chosen: RoundChoice = ctx.input("previous")?.record("choice")?;
             let [a, f] = *chosen.levels.get(p.layer).ok_or_else(|| Error::LayerDims {

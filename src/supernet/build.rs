@@ -195,14 +195,8 @@ pub fn build_layer(
         }
     };
     ck.report(2, 4);
-    let (o_bar, attn_w) = expected(
-        opts.expectation,
-        &attn,
-        attn_grid,
-        &o0,
-        dense.hidden,
-        attn_layout,
-    )?;
+    let (o_bar, attn_w) =
+        module_expectation(dense, ModuleKind::Attn, attn_grid, &attn, opts.expectation)?;
 
     let h_d = match h_d_dense {
         Some(h) => h,
@@ -219,42 +213,28 @@ pub fn build_layer(
             h.ok_or_else(|| missing_taps(layer))?
         }
     };
-    let d0 = dense.down_proj()?;
     let ffn = build_variants(
         PruneContext {
             layer,
             module: ModuleKind::Ffn,
         },
         &h_d,
-        &d0,
+        &dense.down_proj()?,
         dense.hidden,
         ffn_layout,
         &ffn_grid.levels,
         &opts.ffn_pruning,
     )?;
     ck.report(3, 4);
-    let (d_bar, ffn_w) = expected(
-        opts.expectation,
-        &ffn,
-        ffn_grid,
-        &d0,
-        dense.hidden,
-        ffn_layout,
-    )?;
+    let (d_bar, ffn_w) =
+        module_expectation(dense, ModuleKind::Ffn, ffn_grid, &ffn, opts.expectation)?;
     ck.report(4, 4);
 
-    let summary = |units: usize, vs: &[Variant], weights: Vec<f64>, h: &Hessian| ModuleSummary {
-        units,
-        levels: vs.iter().map(|v| v.level).collect(),
-        weights,
-        stats_digest: h.digest().to_hex().to_string(),
-        rel_errors: vs.iter().map(|v| v.metrics.rel_error).collect(),
-    };
     let summary = LayerSupernet {
         round,
         layer,
-        attn: summary(attn_layout.units, &attn, attn_w, &h_o),
-        ffn: summary(ffn_layout.units, &ffn, ffn_w, &h_d),
+        attn: module_summary(attn_layout.units, &attn, attn_w, digest_hex(&h_o)),
+        ffn: module_summary(ffn_layout.units, &ffn, ffn_w, digest_hex(&h_d)),
         tokens: h_o.tokens(),
     };
     Ok(LayerBuild {
@@ -306,21 +286,212 @@ fn build_variants(
     levels.par_iter().map(|&l| pruner.prune(l)).collect()
 }
 
-/// The weight the next layer is calibrated with (§7), and the expectation weights used.
-fn expected(
-    mode: Expectation,
-    variants: &[Variant],
+fn digest_hex(h: &Hessian) -> String {
+    h.digest().to_hex().to_string()
+}
+
+fn module_summary(
+    units: usize,
+    vs: &[Variant],
+    weights: Vec<f64>,
+    digest: String,
+) -> ModuleSummary {
+    ModuleSummary {
+        units,
+        levels: vs.iter().map(|v| v.level).collect(),
+        weights,
+        stats_digest: digest,
+        rel_errors: vs.iter().map(|v| v.metrics.rel_error).collect(),
+    }
+}
+
+/// The weight the next layer is calibrated with (§7) for one module — the expectation of its
+/// variants (`variants`, in `grid` order) or its dense weight — and the expectation weights used
+/// (empty for the dense weight).
+pub fn module_expectation(
+    dense: &DenseLayer,
+    module: ModuleKind,
     grid: &ModuleLevels,
-    dense: &[f32],
-    d_out: usize,
-    layout: UnitLayout,
+    variants: &[Variant],
+    mode: Expectation,
 ) -> Result<(Vec<f32>, Vec<f64>)> {
+    let (weight, layout) = match module {
+        ModuleKind::Attn => (dense.o_proj()?, dense.attn_layout()),
+        ModuleKind::Ffn => (dense.down_proj()?, dense.ffn_layout()),
+    };
     let centre = grid.centre.unwrap_or(grid.levels[0]);
     match expectation_weights(mode, &grid.levels, layout.units, centre)? {
-        ExpectationWeights::Dense => Ok((dense.to_vec(), Vec::new())),
+        ExpectationWeights::Dense => Ok((weight, Vec::new())),
         ExpectationWeights::Levels(w) => {
             let compact: Vec<_> = variants.iter().map(Variant::compact).collect();
-            Ok((averaged_weight(&compact, &w, d_out, layout)?, w))
+            Ok((averaged_weight(&compact, &w, dense.hidden, layout)?, w))
         }
     }
+}
+
+// ---- One layer built in parts (`supernet-split`, docs/ENGINE.md) ----
+//
+// A part builds one module's variants at a share of its levels, with its own statistics pass on
+// X_ℓ; `join_layer` puts the parts of both modules together into exactly what `build_layer`
+// returns. Each level's variant is a function of (H, dense weight, level) alone, and H of (the
+// block, X_ℓ) alone, so the parts repeat the pass and give the same bits.
+
+/// Share `g` (0-based) of `groups` of a grid's levels: contiguous and in grid order; the shares
+/// cover the grid exactly once, and some are empty when there are more shares than levels.
+pub fn level_share(levels: &[usize], g: usize, groups: usize) -> Result<&[usize]> {
+    if groups == 0 || g >= groups {
+        return Err(Error::msg(format!(
+            "level share {g} of {groups}: shares count from 0 below their number"
+        )));
+    }
+    let n = levels.len();
+    Ok(&levels[g * n / groups..(g + 1) * n / groups])
+}
+
+/// What a part's statistics pass saw: the BLAKE3 (hex) of its H and the tokens in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartStats {
+    pub digest: String,
+    pub tokens: u64,
+}
+
+/// One module's variants at a share of its levels (record `part` of a `supernet-part` stage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModulePart {
+    pub module: ModuleKind,
+    /// In grid order.
+    pub variants: Vec<Variant>,
+    /// `None` for an empty share, which runs no pass.
+    pub stats: Option<PartStats>,
+}
+
+/// Builds `module`'s variants at `levels` (a share of its grid) on `x`. The FFN's statistics
+/// pass runs with `o_proj` := `ffn_o_proj` when given (the attention's expectation, under
+/// `ffn-stats = expected-attention`), else with the dense `o_proj`; attention takes none.
+#[allow(clippy::too_many_arguments)]
+pub fn build_module_part(
+    cfg: &ModelConfig,
+    dense: &DenseLayer,
+    x: &Acts,
+    module: ModuleKind,
+    levels: &[usize],
+    ffn_o_proj: Option<&[f32]>,
+    opts: &LocalPruneOptions,
+) -> Result<ModulePart> {
+    let layer = dense.layer;
+    let (layout, weight) = match module {
+        ModuleKind::Attn => (dense.attn_layout(), dense.o_proj()?),
+        ModuleKind::Ffn => (dense.ffn_layout(), dense.down_proj()?),
+    };
+    check_levels(layer, module, levels, layout.units)?;
+    if module == ModuleKind::Attn && ffn_o_proj.is_some() {
+        return Err(Error::msg(
+            "an attention part's statistics run on the dense block: give no o_proj",
+        ));
+    }
+    if levels.is_empty() {
+        return Ok(ModulePart {
+            module,
+            variants: Vec::new(),
+            stats: None,
+        });
+    }
+    let block = dense.block_with(cfg, ffn_o_proj, None)?;
+    let what = Collect {
+        o_proj: module == ModuleKind::Attn,
+        down_proj: module == ModuleKind::Ffn,
+    };
+    let (h_o, h_d) = collect_stats(&block, x, what)?;
+    let h = match module {
+        ModuleKind::Attn => h_o,
+        ModuleKind::Ffn => h_d,
+    }
+    .ok_or_else(|| missing_taps(layer))?;
+    let variants = build_variants(
+        PruneContext { layer, module },
+        &h,
+        &weight,
+        dense.hidden,
+        layout,
+        levels,
+        opts,
+    )?;
+    Ok(ModulePart {
+        module,
+        variants,
+        stats: Some(PartStats {
+            digest: digest_hex(&h),
+            tokens: h.tokens(),
+        }),
+    })
+}
+
+/// One module's variants from its parts, in grid order, and the statistics they share. Refused
+/// unless the parts are of `module`, their levels are exactly the grid's in order, and every
+/// non-empty part saw the same H.
+pub fn join_parts(
+    layer: usize,
+    module: ModuleKind,
+    grid: &ModuleLevels,
+    parts: &[ModulePart],
+) -> Result<(Vec<Variant>, PartStats)> {
+    let bad = |reason: String| Error::PruneGrid {
+        module,
+        reason: format!("layer {layer}: joining its parts: {reason}"),
+    };
+    if let Some(p) = parts.iter().find(|p| p.module != module) {
+        return Err(bad(format!("a part holds {} variants", p.module)));
+    }
+    let variants: Vec<Variant> = parts.iter().flat_map(|p| p.variants.clone()).collect();
+    if !variants
+        .iter()
+        .map(|v| v.level)
+        .eq(grid.levels.iter().copied())
+    {
+        return Err(bad(format!(
+            "the parts hold levels {:?}, the grid is {:?}",
+            variants.iter().map(|v| v.level).collect::<Vec<_>>(),
+            grid.levels
+        )));
+    }
+    let mut stats = parts.iter().filter_map(|p| p.stats.as_ref());
+    let first = stats
+        .next()
+        .ok_or_else(|| bad("no part ran a statistics pass".into()))?;
+    if stats.any(|s| s != first) {
+        return Err(bad("the parts saw different statistics".into()));
+    }
+    Ok((variants, first.clone()))
+}
+
+/// `build_layer`'s result from the parts of both modules (each list in share order).
+pub fn join_layer(
+    dense: &DenseLayer,
+    round: usize,
+    attn_grid: &ModuleLevels,
+    ffn_grid: &ModuleLevels,
+    attn_parts: &[ModulePart],
+    ffn_parts: &[ModulePart],
+    expectation: Expectation,
+) -> Result<LayerBuild> {
+    let layer = dense.layer;
+    let (attn, sa) = join_parts(layer, ModuleKind::Attn, attn_grid, attn_parts)?;
+    let (ffn, sf) = join_parts(layer, ModuleKind::Ffn, ffn_grid, ffn_parts)?;
+    let (o_bar, attn_w) =
+        module_expectation(dense, ModuleKind::Attn, attn_grid, &attn, expectation)?;
+    let (d_bar, ffn_w) = module_expectation(dense, ModuleKind::Ffn, ffn_grid, &ffn, expectation)?;
+    let summary = LayerSupernet {
+        round,
+        layer,
+        attn: module_summary(dense.attn_layout().units, &attn, attn_w, sa.digest),
+        ffn: module_summary(dense.ffn_layout().units, &ffn, ffn_w, sf.digest),
+        tokens: sa.tokens,
+    };
+    Ok(LayerBuild {
+        attn,
+        ffn,
+        o_bar,
+        d_bar,
+        summary,
+    })
 }

@@ -18,6 +18,7 @@ use crate::prune::obs::FirstOrder;
 use crate::search::FitnessKind;
 use crate::stages::model_ref::ModelSpec;
 use crate::stages::supernet_layer::FfnStats;
+use crate::stages::supernet_part::MAX_SHARES;
 use crate::{Error, Result};
 
 /// A baseline run beside the main method.
@@ -134,6 +135,13 @@ pub struct PruneConfig {
     pub expectation: Expectation,
     #[serde(default)]
     pub ffn_stats: FfnStats,
+    /// One layer's supernet as several stages (`module`: attention and FFN apart; `level`:
+    /// each module's levels in `split-groups` shares), joined before the expectation [none].
+    #[serde(default)]
+    pub supernet_split: SupernetSplit,
+    /// Shares per module under `supernet-split = "level"` (1–64) [4].
+    #[serde(default)]
+    pub split_groups: Option<usize>,
     #[serde(default)]
     pub damping: Option<f64>,
     #[serde(default)]
@@ -192,7 +200,32 @@ pub struct PruneConfig {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// How one layer's supernet is split into stages (`[prune] supernet-split`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SupernetSplit {
+    /// One `supernet-layer` stage per layer.
+    #[default]
+    None,
+    /// A `supernet-part` stage per module, joined by the layer's `supernet-layer`.
+    Module,
+    /// `split-groups` parts per module, each a contiguous share of its levels.
+    Level,
+}
+
+/// Shares per module under `supernet-split = "level"` when `split-groups` is not given.
+pub const DEFAULT_SPLIT_GROUPS: usize = 4;
+
 impl PruneConfig {
+    /// Parts per module: `None` when the layer is built whole.
+    pub fn supernet_shares(&self) -> Option<usize> {
+        match self.supernet_split {
+            SupernetSplit::None => None,
+            SupernetSplit::Module => Some(1),
+            SupernetSplit::Level => Some(self.split_groups.unwrap_or(DEFAULT_SPLIT_GROUPS)),
+        }
+    }
+
     /// Parses and validates the section (field errors name `prune.<key>`).
     pub fn parse(table: &toml::Table) -> Result<Self> {
         let c: PruneConfig = serde_path_to_error::deserialize(toml::Value::Table(table.clone()))
@@ -247,6 +280,21 @@ impl PruneConfig {
                     ),
                 ));
             }
+        }
+        match (c.supernet_split, c.split_groups) {
+            (SupernetSplit::Level, Some(g)) if g == 0 || g > MAX_SHARES => {
+                return Err(field(
+                    "split-groups",
+                    format!("{g} is outside 1–{MAX_SHARES}"),
+                ));
+            }
+            (SupernetSplit::None | SupernetSplit::Module, Some(_)) => {
+                return Err(field(
+                    "split-groups",
+                    "only applies with `supernet-split = \"level\"`".into(),
+                ));
+            }
+            _ => {}
         }
         if c.eval_seq_len.is_some_and(|s| s < 2) {
             return Err(field("eval-seq-len", "must be at least 2".into()));

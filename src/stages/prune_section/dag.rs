@@ -27,10 +27,11 @@ use crate::stages::model::{ModelParams, ModelStage};
 use crate::stages::model_ref::ModelSpec;
 use crate::stages::report::{ReportParams, ReportStage};
 use crate::stages::search::{RoundGrids, SearchStage, SearchStageParams};
-use crate::stages::supernet_layer::{ModuleLevels, SupernetLayer, SupernetLayerParams};
+use crate::stages::supernet_layer::{FfnStats, ModuleLevels, SupernetLayer, SupernetLayerParams};
+use crate::stages::supernet_part::{SupernetPart, SupernetPartParams};
 use crate::stages::teacher::{TeacherParams, TeacherStage};
 use crate::supernet::rounds::AroundPrevious;
-use crate::vocab::LayerLevels;
+use crate::vocab::{LayerLevels, ModuleKind};
 use crate::{Error, Result};
 
 /// Every stage id the section generates.
@@ -54,6 +55,14 @@ pub mod ids {
     }
     pub fn search(t: usize) -> String {
         format!("r{t}-search")
+    }
+    /// A `supernet-part` of layer stage `layer`: `<layer>-attn`, or `<layer>-attn-<share>` when
+    /// the module's levels are split in shares.
+    pub fn part(layer: &str, module: crate::vocab::ModuleKind, share: Option<usize>) -> String {
+        match share {
+            Some(g) => format!("{layer}-{module}-{g}"),
+            None => format!("{layer}-{module}"),
+        }
     }
     /// Layer l of the final re-fit.
     pub fn refit_layer(l: usize) -> String {
@@ -423,19 +432,15 @@ impl Builder<'_> {
                 ffn_stats: c.ffn_stats,
                 attn_pruning: c.local(c.attn_removal),
                 ffn_pruning: c.local(c.ffn_removal),
+                joined: false,
             };
             let id = ids::layer(t, l);
-            let mut inputs = vec![(ids::MODEL, one(ids::MODEL)), ("x", one(&x))];
-            if let Some(s) = previous {
-                inputs.push(("previous", one(s)));
-            }
-            let (la, lf) = if t == 1 {
+            let levels = if t == 1 {
                 (ga.modules[l].levels.len(), gf.modules[l].levels.len())
             } else {
                 (self.later_levels(), self.later_levels())
             };
-            let mem = self.shapes.supernet_layer(l, la, lf);
-            self.push(&id, SupernetLayer::KIND, &p, &inputs, Some(mem))?;
+            self.supernet_layer(&id, p, &x, previous, levels)?;
             if l + 1 < self.n {
                 let fwd = ids::forward(t, l);
                 self.forward(&fwd, l, &x, &id)?;
@@ -465,15 +470,10 @@ impl Builder<'_> {
                 ffn_stats: c.ffn_stats,
                 attn_pruning: c.local(c.attn_removal),
                 ffn_pruning: c.local(c.ffn_removal),
+                joined: false,
             };
             let id = ids::refit_layer(l);
-            let inputs = [
-                (ids::MODEL, one(ids::MODEL)),
-                ("x", one(&x)),
-                ("previous", one(search)),
-            ];
-            let mem = self.shapes.supernet_layer(l, 1, 1);
-            self.push(&id, SupernetLayer::KIND, &p, &inputs, Some(mem))?;
+            self.supernet_layer(&id, p, &x, Some(search), (1, 1))?;
             if l + 1 < self.n {
                 let fwd = ids::refit_forward(l);
                 self.forward(&fwd, l, &x, &id)?;
@@ -482,6 +482,59 @@ impl Builder<'_> {
             layers.push(id);
         }
         Ok(layers)
+    }
+
+    /// Layer stage `id` (params `p`, X_ℓ from stage `x`, the grid from search `previous` where
+    /// given, `levels` per module for the estimate): one `supernet-layer` stage, or under
+    /// `supernet-split` the `supernet-part` stages of both modules (`<id>-attn`, `<id>-ffn`, with
+    /// `-<share>` under `level`) and a `supernet-layer` under the same id that joins them and
+    /// writes what the whole build would. Without a split the stage and its key are as before.
+    fn supernet_layer(
+        &mut self,
+        id: &str,
+        p: SupernetLayerParams,
+        x: &str,
+        previous: Option<&str>,
+        levels: (usize, usize),
+    ) -> Result<()> {
+        let l = p.layer;
+        let mut common = vec![(ids::MODEL, one(ids::MODEL))];
+        let Some(shares) = self.c.supernet_shares() else {
+            common.push(("x", one(x)));
+            common.extend(previous.map(|s| ("previous", one(s))));
+            let mem = self.shapes.supernet_layer(l, levels.0, levels.1);
+            self.push(id, SupernetLayer::KIND, &p, &common, Some(mem))?;
+            return Ok(());
+        };
+        let mut parts: [Vec<String>; 2] = Default::default();
+        for (m, module) in ModuleKind::ALL.into_iter().enumerate() {
+            let n = [levels.0, levels.1][m];
+            for share in 0..shares {
+                let part = SupernetPartParams {
+                    module,
+                    share,
+                    shares,
+                    build: p.clone(),
+                };
+                let pid = ids::part(id, module, (shares > 1).then_some(share));
+                let mut inputs = vec![(ids::MODEL, one(ids::MODEL)), ("x", one(x))];
+                inputs.extend(previous.map(|s| ("previous", one(s))));
+                if module == ModuleKind::Ffn && p.ffn_stats == FfnStats::ExpectedAttention {
+                    inputs.push(("attn-parts", InputRef::Many(parts[0].clone())));
+                }
+                let mem = self.shapes.supernet_part(l, module, n.div_ceil(shares));
+                self.push(&pid, SupernetPart::KIND, &part, &inputs, Some(mem))?;
+                parts[m].push(pid);
+            }
+        }
+        let [attn_parts, ffn_parts] = parts;
+        common.push(("attn-parts", InputRef::Many(attn_parts)));
+        common.push(("ffn-parts", InputRef::Many(ffn_parts)));
+        common.extend(previous.map(|s| ("previous", one(s))));
+        let joined = SupernetLayerParams { joined: true, ..p };
+        let mem = self.shapes.supernet_join(l, levels.0, levels.1);
+        self.push(id, SupernetLayer::KIND, &joined, &common, Some(mem))?;
+        Ok(())
     }
 
     /// The `layer-forward` stage computing X_{l+1} from `x` and the layer stage `weights`.
@@ -592,10 +645,9 @@ impl Builder<'_> {
                         ffn_stats: c.ffn_stats,
                         attn_pruning: c.local(c.attn_removal),
                         ffn_pruning: c.local(c.ffn_removal),
+                        joined: false,
                     };
-                    let mem = self.shapes.supernet_layer(l, 1, 1);
-                    let inputs = [(ids::MODEL, one(ids::MODEL)), ("x", one(&x))];
-                    self.push(&id, SupernetLayer::KIND, &p, &inputs, Some(mem))?;
+                    self.supernet_layer(&id, p, &x, None, (1, 1))?;
                 }
                 Baseline::Magnitude | Baseline::WandaSp => {
                     let method = if baseline == Baseline::Magnitude {

@@ -630,6 +630,30 @@ fn a_sweep_of_three_targets_shares_round1_and_the_teacher_and_each_value_is_its_
     }
     let o = tyr_in(w.path(), &["run"], &sweep, &[]);
     assert!(o.status.success(), "sweep failed:\n{}", text(&o));
+    // An output shared by every value (the dense model's perplexity) is published once: each
+    // value's folder holds a hard link to one file.
+    let inode = |v: &str| {
+        use std::os::unix::fs::MetadataExt;
+        let f = w
+            .path()
+            .join(format!("out/tiny/sweep/prune.target={v}/ppl/dense.json"));
+        std::fs::metadata(&f)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+            .ino()
+    };
+    assert_eq!(inode("0.25"), inode("0.5"));
+    assert_eq!(inode("0.25"), inode("0.625"));
+    assert_ne!(
+        inode("0.25"),
+        {
+            use std::os::unix::fs::MetadataExt;
+            let f = w
+                .path()
+                .join("out/tiny/sweep/prune.target=0.5/ppl/tyr.json");
+            std::fs::metadata(&f).unwrap().ino()
+        },
+        "each value's own outputs are its own files"
+    );
 
     // A plain run at one of the values finds every stage done: the same keys.
     let mut single = set.to_vec();

@@ -550,9 +550,12 @@ impl<'g> Coordinator<'g> {
                 State::Done {
                     manifest, outcome, ..
                 } => {
-                    for sub in &self.graph.nodes[i].out_dirs {
-                        published.extend(job::publish(&self.store, &manifest, &out_dir.join(sub))?);
-                    }
+                    let dirs: Vec<_> = self.graph.nodes[i]
+                        .out_dirs
+                        .iter()
+                        .map(|sub| out_dir.join(sub))
+                        .collect();
+                    published.extend(job::publish(&self.store, &manifest, &dirs)?);
                     outcome
                 }
                 State::Failed(e) => Outcome::Failed(e),

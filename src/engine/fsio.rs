@@ -67,14 +67,89 @@ pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8], kind: WriteKind) 
     f.sync_all().map_err(|e| Error::io(&tmp, e))?;
     drop(f);
     hit(after_fsync);
+    rename_into(&tmp, dest, after_rename, after_dir)
+}
+
+/// Copies file `src` to `dest` durably (temp → fsync → rename → fsync folder) in pieces, never
+/// holding it whole, if its BLAKE3 is `expect`; returns whether it was (a file whose bytes are
+/// not `expect` is left where it is and nothing is written).
+pub fn copy_verified(
+    tmp_dir: &Path,
+    src: &Path,
+    dest: &Path,
+    expect: &crate::engine::Digest,
+    kind: WriteKind,
+) -> Result<bool> {
+    let [after_write, after_fsync, after_rename, after_dir] = kind.points();
+    let mut from = File::open(src).map_err(|e| Error::io(src, e))?;
+    let tmp = temp_path(tmp_dir);
+    let mut to = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; COPY_PIECE];
+    loop {
+        let n = std::io::Read::read(&mut from, &mut buf).map_err(|e| Error::io(src, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n]).map_err(|e| Error::io(&tmp, e))?;
+    }
+    if hasher.finalize().as_bytes() != &expect.0 {
+        drop(to);
+        remove_if_exists(&tmp)?;
+        return Ok(false);
+    }
+    hit(after_write);
+    to.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    drop(to);
+    hit(after_fsync);
+    rename_into(&tmp, dest, after_rename, after_dir)?;
+    Ok(true)
+}
+
+/// Makes `dest` a hard link to `src` durably (link at a temp path → rename → fsync folder), so
+/// the two names share one copy of the bytes.
+pub fn link_atomic(tmp_dir: &Path, src: &Path, dest: &Path, kind: WriteKind) -> Result<()> {
+    let [_, _, after_rename, after_dir] = kind.points();
+    let tmp = temp_path(tmp_dir);
+    fs::hard_link(src, &tmp).map_err(|e| Error::io(&tmp, e))?;
+    rename_into(&tmp, dest, after_rename, after_dir)
+}
+
+fn rename_into(
+    tmp: &Path,
+    dest: &Path,
+    after_rename: Option<&'static str>,
+    after_dir: Option<&'static str>,
+) -> Result<()> {
     let parent = dest.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))?;
+    fs::rename(tmp, dest).map_err(|e| Error::io(dest, e))?;
     hit(after_rename);
     fsync_dir(parent)?;
     hit(after_dir);
     Ok(())
 }
+
+/// BLAKE3 of file `path`, read in pieces; `None` when it cannot be read (missing).
+pub fn file_digest(path: &Path) -> Option<crate::engine::Digest> {
+    let mut f = File::open(path).ok()?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; COPY_PIECE];
+    loop {
+        match std::io::Read::read(&mut f, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+            }
+            Err(_) => return None,
+        }
+    }
+    Some(crate::engine::Digest(*hasher.finalize().as_bytes()))
+}
+
+/// Bytes read at a time when copying or hashing a file.
+const COPY_PIECE: usize = 4 << 20;
 
 /// Fsyncs a folder so a rename or delete inside it is durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {

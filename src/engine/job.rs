@@ -190,33 +190,67 @@ fn check_publish_path(p: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// Copies every published output of `m` into `out_dir` (skipping files already identical).
+/// Publishes every published output of `m` into each of `out_dirs` (a sweep's stage shared by
+/// several values has one folder per value): the first copy is streamed from the blob and
+/// checked against its digest, the others are hard links to it (a copy where the filesystem
+/// cannot link), so shared outputs take their space once. A file already holding the right
+/// bytes is left as it is; a missing or corrupt blob is skipped with a warning.
 pub(crate) fn publish(
     store: &Store,
     m: &Manifest,
-    out_dir: &std::path::Path,
+    out_dirs: &[std::path::PathBuf],
 ) -> Result<Vec<std::path::PathBuf>> {
     let mut written = Vec::new();
     for (name, o) in &m.outputs {
         let Some(rel) = &o.publish else { continue };
-        let dest = out_dir.join(rel);
-        if std::fs::read(&dest)
-            .map(|b| Digest::of(&b) == o.digest)
-            .unwrap_or(false)
-        {
-            written.push(dest);
-            continue;
-        }
-        let src = store.blob_path(&o.digest);
-        let bytes = match std::fs::read(&src) {
-            Ok(b) if Digest::of(&b) == o.digest => b,
-            _ => {
-                tracing::warn!(stage = %m.stage, output = %name, "not published: blob missing or corrupt");
+        let mut first: Option<std::path::PathBuf> = None;
+        for dir in out_dirs {
+            let dest = dir.join(rel);
+            if let Some(f) = &first {
+                if !same_file(f, &dest) {
+                    let linked =
+                        fsio::link_atomic(&store.tmp_dir(), f, &dest, fsio::WriteKind::Publish);
+                    if let Err(e) = linked {
+                        tracing::debug!(dest = %dest.display(), "no hard link ({e}): copying");
+                        fsio::copy_verified(
+                            &store.tmp_dir(),
+                            f,
+                            &dest,
+                            &o.digest,
+                            fsio::WriteKind::Publish,
+                        )?;
+                    }
+                }
+                written.push(dest);
                 continue;
             }
-        };
-        fsio::write_atomic(&store.tmp_dir(), &dest, &bytes, fsio::WriteKind::Publish)?;
-        written.push(dest);
+            if fsio::file_digest(&dest) != Some(o.digest) {
+                let src = store.blob_path(&o.digest);
+                let copied = src.exists()
+                    && fsio::copy_verified(
+                        &store.tmp_dir(),
+                        &src,
+                        &dest,
+                        &o.digest,
+                        fsio::WriteKind::Publish,
+                    )?;
+                if !copied {
+                    tracing::warn!(stage = %m.stage, output = %name, "not published: blob missing or corrupt");
+                    break;
+                }
+            }
+            first = Some(dest.clone());
+            written.push(dest);
+        }
     }
     Ok(written)
+}
+
+/// Whether two paths name one file (the same inode on the same device).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
 }

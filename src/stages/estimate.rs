@@ -14,9 +14,9 @@ use crate::vocab::ModuleKind;
 
 /// The process itself: code, allocator pools, tokenizer, thread stacks.
 const BASE_BYTES: u64 = 256 << 20;
-/// Tokens per batch of the layer passes (`supernet::acts::BATCH_TOKENS`) and of the teacher.
-const PASS_TOKENS: u64 = 4096;
-const TEACHER_TOKENS: u64 = 1024;
+/// Most tokens per batch of the layer passes and of the teacher's forwards.
+const PASS_TOKENS: u64 = crate::supernet::acts::BATCH_TOKENS as u64;
+const TEACHER_TOKENS: u64 = crate::stages::teacher::BATCH_TOKENS as u64;
 
 /// The shapes an estimate needs.
 pub struct Shapes<'a> {

@@ -19,7 +19,7 @@ use crate::search::TeacherTopK;
 use crate::{Error, Result};
 
 /// Most tokens per teacher forward (the logits of a batch are `tokens × vocab` f32).
-const BATCH_TOKENS: usize = 1024;
+pub const BATCH_TOKENS: usize = 1024;
 
 fn d_top_k() -> usize {
     8192

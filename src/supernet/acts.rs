@@ -10,8 +10,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::Result;
 
-/// Most tokens one forward batch holds.
-const BATCH_TOKENS: usize = 4096;
+/// Most tokens one forward batch holds (the memory estimates count on it).
+pub const BATCH_TOKENS: usize = 4096;
 
 /// Batches of indices into `lengths`: equal lengths together, at most `BATCH_TOKENS` tokens each,
 /// in ascending (length, index) order — a fixed order, so statistics and fitness sums are

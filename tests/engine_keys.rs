@@ -105,6 +105,51 @@ fn blob_of(s: &Scratch, stage: &str, output: &str) -> std::path::PathBuf {
     store.blob_path(&m.outputs[output].digest)
 }
 
+/// A stage may return a file it wrote (an exported model) instead of bytes in memory: the
+/// engine moves it into the store, and its digest, its consumers and its published copy are
+/// exactly those of the same bytes returned in memory; the scratch folder is gone.
+#[test]
+fn a_file_output_is_stored_and_read_back_exactly_as_the_same_bytes() {
+    let body = |as_file: bool| {
+        format!(
+            r#"
+[[stage]]
+id = "greeting"
+kind = "text"
+params = {{ text = "hello" }}
+
+[[stage]]
+id = "summary"
+kind = "summary"
+params = {{ publish = "summary.txt", as_file = {as_file} }}
+inputs = {{ parts = ["greeting"] }}
+
+[[stage]]
+id = "digest"
+kind = "hash"
+inputs = {{ src = "summary" }}
+"#
+        )
+    };
+    let outcome = |as_file: bool| {
+        let s = Scratch::new();
+        s.write("p", &body(as_file));
+        let r = run_lib(&s, &[]);
+        assert_eq!(r.ran().len(), 3, "{:?}", r.stages);
+        let published = std::fs::read(s.workdir().join("out/p/summary.txt")).unwrap();
+        let tmp: Vec<_> = std::fs::read_dir(s.workdir().join("tmp"))
+            .unwrap()
+            .collect();
+        assert!(tmp.is_empty(), "left in tmp/: {tmp:?}");
+        let summary = std::fs::read(blob_of(&s, "summary", "bytes")).unwrap();
+        let digest = std::fs::read(blob_of(&s, "digest", "bytes")).unwrap();
+        (published, summary, digest)
+    };
+    let (in_memory, as_file) = (outcome(false), outcome(true));
+    assert!(!in_memory.0.is_empty());
+    assert_eq!(in_memory, as_file);
+}
+
 #[test]
 fn missing_blob_invalidates_its_stage() {
     let s = Scratch::new();

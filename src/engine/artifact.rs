@@ -43,6 +43,10 @@ pub enum Value {
     Record(Vec<u8>),
     /// Raw bytes, stored as they are.
     Bytes(Vec<u8>),
+    /// Raw bytes in a file the stage wrote under its scratch folder: at commit the engine moves
+    /// the file into the store (hashed in pieces), so a large file such as an exported model is
+    /// never held in memory. Consumers read it back as `Bytes`.
+    File(PathBuf),
 }
 
 impl Value {
@@ -50,7 +54,7 @@ impl Value {
         match self {
             Value::Tensors(_) => ArtifactKind::Tensors,
             Value::Record(_) => ArtifactKind::Record,
-            Value::Bytes(_) => ArtifactKind::Bytes,
+            Value::Bytes(_) | Value::File(_) => ArtifactKind::Bytes,
         }
     }
 
@@ -66,6 +70,7 @@ impl Value {
                     .map_err(|e| Error::msg(format!("encoding tensors as safetensors: {e}")))
             }
             Value::Record(b) | Value::Bytes(b) => Ok(b.clone()),
+            Value::File(p) => std::fs::read(p).map_err(|e| Error::io(p, e)),
         }
     }
 
@@ -155,6 +160,12 @@ impl Outputs {
 
     pub fn bytes(&mut self, name: impl Into<String>, b: Vec<u8>) -> &mut Output {
         self.put(name, Value::Bytes(b))
+    }
+
+    /// Raw bytes in file `path` (under the stage's scratch folder), moved into the store at
+    /// commit rather than read into memory; the stage must not touch the file afterwards.
+    pub fn file(&mut self, name: impl Into<String>, path: PathBuf) -> &mut Output {
+        self.put(name, Value::File(path))
     }
 
     pub fn metric(&mut self, name: impl Into<String>, v: f64) {

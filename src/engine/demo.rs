@@ -283,6 +283,9 @@ pub struct Summary(SummaryParams);
 pub struct SummaryParams {
     #[serde(default)]
     pub publish: Option<String>,
+    /// Write the text to a scratch file and return it as a file output [false].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub as_file: bool,
 }
 
 impl Stage for Summary {
@@ -309,7 +312,13 @@ impl Stage for Summary {
         }
         let text: String = lines.into_values().collect();
         let mut o = Outputs::new();
-        let out = o.bytes("bytes", text.into_bytes());
+        let out = if self.0.as_file {
+            let path = ctx.scratch_dir()?.join("summary.txt");
+            std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+            o.file("bytes", path)
+        } else {
+            o.bytes("bytes", text.into_bytes())
+        };
         if let Some(p) = &self.0.publish {
             out.publish(p.clone());
         }

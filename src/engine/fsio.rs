@@ -107,6 +107,43 @@ pub fn copy_verified(
     Ok(true)
 }
 
+/// Moves file `src` (whose BLAKE3 is `digest`) to `dest` durably: fsync → rename → fsync folder,
+/// or, where the two are on different filesystems, a verified copy and the source removed.
+pub fn move_durably(
+    tmp_dir: &Path,
+    src: &Path,
+    dest: &Path,
+    digest: &crate::engine::Digest,
+    kind: WriteKind,
+) -> Result<()> {
+    let [after_write, after_fsync, after_rename, after_dir] = kind.points();
+    File::open(src)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(src, e))?;
+    hit(after_write);
+    hit(after_fsync);
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    match fs::rename(src, dest) {
+        Ok(()) => {
+            hit(after_rename);
+            fsync_dir(parent)?;
+            hit(after_dir);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+            if !copy_verified(tmp_dir, src, dest, digest, kind)? {
+                return Err(Error::msg(format!(
+                    "{}: changed while it was moved into the store",
+                    src.display()
+                )));
+            }
+            remove_if_exists(src)
+        }
+        Err(e) => Err(Error::io(dest, e)),
+    }
+}
+
 /// Makes `dest` a hard link to `src` durably (link at a temp path → rename → fsync folder), so
 /// the two names share one copy of the bytes.
 pub fn link_atomic(tmp_dir: &Path, src: &Path, dest: &Path, kind: WriteKind) -> Result<()> {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use crate::engine::artifact::{ArtifactSet, Entry};
+use crate::engine::artifact::{ArtifactSet, Entry, Value};
 use crate::engine::fault;
 use crate::engine::fsio;
 use crate::engine::key::{Digest, KeyParts};
@@ -111,9 +111,10 @@ fn attempt_inner(job: &Job, key: Digest) -> Result<Committed> {
                 message: m,
             })?;
         }
-        let bytes = out.value.encode()?;
-        let (digest, size_bytes) = store.put_blob(&bytes)?;
-        drop(bytes);
+        let (digest, size_bytes) = match &out.value {
+            Value::File(path) => store.adopt_blob(path)?,
+            v => store.put_blob(&v.encode()?)?,
+        };
         let kind = out.value.kind();
         entries.insert(
             name.clone(),
@@ -125,8 +126,11 @@ fn attempt_inner(job: &Job, key: Digest) -> Result<Committed> {
                 publish: out.publish,
             },
         );
+        // Consumers get the value from memory, but a file's bytes are read from the store.
         let value = OnceLock::new();
-        let _ = value.set(Arc::new(out.value));
+        if !matches!(out.value, Value::File(_)) {
+            let _ = value.set(Arc::new(out.value));
+        }
         set.insert(
             name,
             Entry {
@@ -149,6 +153,11 @@ fn attempt_inner(job: &Job, key: Digest) -> Result<Committed> {
         duration_s: round_trip_safe(start.elapsed().as_secs_f64(), 1e6),
     };
     store.write_manifest(&manifest)?;
+    // Committed: the scratch folder's files have moved into the store; what is left goes.
+    let scratch = crate::engine::stage::scratch_path(&store.tmp_dir(), &job.id);
+    if let Err(e) = fsio::remove_dir_if_exists(&scratch) {
+        tracing::warn!("{e}");
+    }
     tracing::info!(key = %key.short(), duration_s = manifest.duration_s, "stage committed");
     Ok(Committed {
         manifest,

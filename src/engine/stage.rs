@@ -135,6 +135,21 @@ impl<S: Stage> DynStage for S {
     }
 }
 
+/// Stage `stage_id`'s scratch folder under `tmp_dir` (`StageContext::scratch_dir`).
+pub(crate) fn scratch_path(tmp_dir: &std::path::Path, stage_id: &str) -> PathBuf {
+    let name: String = stage_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    tmp_dir.join(format!("{name}.scratch"))
+}
+
 /// A callback the executor passes in to show progress (`done` of `total` units).
 pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
 
@@ -273,21 +288,11 @@ impl StageContext<'_> {
     }
 
     /// A fresh, empty directory under the store's `tmp/` for files a stage builds before it
-    /// returns them as outputs (e.g. an exported model). The stage removes it when done; a
-    /// crashed run's leftovers are replaced by the next attempt's.
+    /// returns them as outputs (e.g. an exported model, as `Outputs::file`). The engine removes
+    /// it once the stage has committed; a crashed run's leftovers are replaced by the next
+    /// attempt's.
     pub fn scratch_dir(&self) -> Result<PathBuf> {
-        let name: String = self
-            .stage_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let dir = self.tmp_dir.join(format!("{name}.scratch"));
+        let dir = scratch_path(&self.tmp_dir, self.stage_id);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }

@@ -5,7 +5,10 @@
 //!
 //! Inputs: `model`, `layers` (one stage per decoder layer with `attn-{level}` / `ffn-{level}`
 //! variant records) and, with `from-search`, `search` (whose choice picks the levels); otherwise
-//! `choice` in the params. Output: record `export` (`ExportRecord`) and the files as bytes.
+//! `choice` in the params. Output: record `export` (`ExportRecord`) and the files (`file:<name>`,
+//! raw bytes, moved from the scratch folder into the store at commit, never read back into
+//! memory). The writers slice each tensor as they read it, so the sliced model is not held
+//! whole for the saved format (the GGUF writer still gathers its tensors before writing).
 //! Invalidated by: params, the model, the layer stages' and the search's outputs.
 
 use candle_core::{Device, Tensor};
@@ -116,9 +119,9 @@ impl Stage for ExportStage {
                 ffn: module_choice(ffn)?,
             });
         }
+        // Sliced as the writers read each tensor: the sliced model is never held whole.
         let sliced = SlicedSource::new(cfg, model.source.as_ref(), &choices)?;
         let pruned = sliced.config().clone();
-        let mem = sliced.to_memory()?;
 
         let scratch = ctx.scratch_dir()?;
         let model_dir = scratch.join("model");
@@ -152,7 +155,7 @@ impl Stage for ExportStage {
                 .map(|d| ("source_model".to_string(), d))
                 .collect(),
         };
-        save_model(&model_dir, &pruned, &mem, &save)?;
+        save_model(&model_dir, &pruned, &sliced, &save)?;
 
         let mut o = Outputs::new();
         let (mut gguf, mut arch, mut written) = (None, None, None);
@@ -167,7 +170,7 @@ impl Stage for ExportStage {
                 }),
                 name: Some(format!("tyr-{}", p.label)),
             };
-            let r = write_gguf(&path, &pruned, &mem, &opts)?;
+            let r = write_gguf(&path, &pruned, &sliced, &opts)?;
             gguf = Some(format!("{}/model.gguf", p.dir));
             arch = Some(r.architecture.clone());
             written = Some([r.decoder_params_written, r.total_params_written]);
@@ -184,11 +187,10 @@ impl Stage for ExportStage {
                 .and_then(|n| n.to_str())
                 .ok_or_else(|| Error::msg(format!("export: odd file name {}", f.display())))?
                 .to_string();
-            let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
-            o.bytes(format!("file:{name}"), bytes)
+            // Moved into the store at commit, not read back into memory.
+            o.file(format!("file:{name}"), f.clone())
                 .publish(format!("{}/{name}", p.dir));
         }
-        std::fs::remove_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
         o.metric("decoder_params", pruned.decoder_params() as f64);
         o.metric("total_params", pruned.total_params() as f64);
         let rec = ExportRecord {

@@ -261,6 +261,28 @@ impl Store {
         Ok((d, bytes.len() as u64))
     }
 
+    /// Moves file `path` into the store as a blob, hashed in pieces and never read whole
+    /// (renamed into place on the store's filesystem, copied across filesystems); when an
+    /// intact copy exists the file is removed instead. Returns digest and size.
+    pub fn adopt_blob(&self, path: &Path) -> Result<(Digest, u64)> {
+        let size = fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+        let d = fsio::file_digest(path)
+            .ok_or_else(|| Error::msg(format!("{}: cannot be read back", path.display())))?;
+        if self.check_blob_uncached(&d) == BlobState::Ok {
+            fsio::remove_if_exists(path)?;
+        } else {
+            fsio::move_durably(
+                &self.tmp_dir(),
+                path,
+                &self.blob_path(&d),
+                &d,
+                WriteKind::Blob,
+            )?;
+        }
+        self.remember(d, BlobState::Ok);
+        Ok((d, size))
+    }
+
     fn remember(&self, d: Digest, s: BlobState) {
         if let Ok(mut c) = self.checked.lock() {
             c.insert(d, s);
@@ -291,10 +313,11 @@ impl Store {
     }
 
     fn check_blob_uncached(&self, d: &Digest) -> BlobState {
-        match fs::read(self.blob_path(d)) {
-            Ok(b) if Digest::of(&b) == *d => BlobState::Ok,
-            Ok(_) => BlobState::Corrupt,
-            Err(_) => BlobState::Missing,
+        // Hashed in pieces: a blob can be as large as an exported model.
+        match fsio::file_digest(&self.blob_path(d)) {
+            Some(x) if x == *d => BlobState::Ok,
+            Some(_) => BlobState::Corrupt,
+            None => BlobState::Missing,
         }
     }
 

@@ -3,7 +3,9 @@
 //! `attention.head_count`, `attention.head_count_kv` and `feed_forward_length` and explicit
 //! key/value lengths. Layer forms (K/V duplication, padding) come from `gguf_form`; Q/K rows get
 //! llama.cpp's per-head RoPE permutation with each layer's written counts. Tokenizer metadata is
-//! copied from a source GGUF. Large tensors are f32 or f16; norms and biases stay f32.
+//! copied from a source GGUF. Large tensors are f32 or f16; norms and biases stay f32. The file
+//! is written in two passes over the tensors (shapes for the header, then the data), one tensor
+//! in memory at a time, with exactly the bytes of candle's `gguf_file::write`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -80,63 +82,61 @@ pub fn write_gguf(
         .collect();
     let metadata = metadata(cfg, &written, arch, opts)?;
 
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    let mut put = |name: String, t: &Tensor, matrix: bool| -> Result<()> {
-        let dtype = match (matrix, opts.dtype) {
-            (true, GgufDtype::F16) => GgmlDType::F16,
-            _ => GgmlDType::F32,
-        };
-        let t = t.to_dtype(DType::F32)?.contiguous()?;
-        let q = QTensor::quantize(&t, dtype).map_err(|e| werr(format!("`{name}`: {e}")))?;
-        tensors.push((name, q));
-        Ok(())
+    // Two passes over the tensors, so none is held longer than it takes to write it: the first
+    // learns every tensor's name, shape and type for the header, the second writes the data.
+    let dtype_of = |matrix: bool| match (matrix, opts.dtype) {
+        (true, GgufDtype::F16) => GgmlDType::F16,
+        _ => GgmlDType::F32,
     };
-    let (h, v) = (cfg.hidden_size, cfg.vocab_size);
-    put(
-        "token_embd.weight".into(),
-        &read(src, "model.embed_tokens.weight", &[v, h])?,
-        true,
-    )?;
-    for (l, (d, form)) in cfg.layers.iter().zip(&forms).enumerate() {
-        let w = BlockWeights::load(cfg, l, d, src)?;
-        for (name, t, matrix) in layer_tensors(cfg, l, &w, form)? {
-            put(name, &t, matrix)?;
-        }
-    }
-    put(
-        "output_norm.weight".into(),
-        &read(src, "model.norm.weight", &[h])?,
-        false,
-    )?;
-    if !cfg.tie_word_embeddings {
-        put(
-            "output.weight".into(),
-            &read(src, "lm_head.weight", &[v, h])?,
-            true,
-        )?;
-    }
-    if let Some(s) = &cfg.rope_scaling {
-        let d: Vec<f32> = (0..cfg.head_dim / 2)
-            .map(|i| {
-                let freq = 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64);
-                llama3_divisor(s, freq) as f32
-            })
-            .collect();
-        let n = d.len();
-        put(
-            "rope_freqs.weight".into(),
-            &Tensor::from_vec(d, n, &Device::Cpu)?,
-            false,
-        )?;
-    }
+    let mut infos: Vec<TensorInfo> = Vec::new();
+    each_tensor(cfg, src, &forms, &mut |name, t, matrix| {
+        infos.push(TensorInfo {
+            name,
+            dims: t.dims().to_vec(),
+            dtype: dtype_of(matrix),
+        });
+        Ok(())
+    })?;
 
     let tmp = path.with_extension("gguf.tmp");
     let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut out = BufWriter::with_capacity(1 << 22, file);
-    let meta_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
-    gguf_file::write(&mut out, &meta_refs, &tensor_refs).map_err(|e| werr(e.to_string()))?;
-    out.flush().map_err(|e| Error::io(&tmp, e))?;
+    let io = |e| Error::io(&tmp, e);
+    out.write_all(&header(&metadata, &infos).map_err(|e| werr(e.to_string()))?)
+        .map_err(io)?;
+    let mut next = infos.iter();
+    each_tensor(cfg, src, &forms, &mut |name, t, matrix| {
+        let Some(info) = next.next() else {
+            return Err(werr(format!("`{name}` was not in the first pass")));
+        };
+        if info.name != name || info.dims != t.dims() || info.dtype != dtype_of(matrix) {
+            return Err(werr(format!(
+                "`{name}` {:?} differs from the first pass's `{}` {:?}",
+                t.dims(),
+                info.name,
+                info.dims
+            )));
+        }
+        let t = t.to_dtype(DType::F32)?.contiguous()?;
+        let q = QTensor::quantize(&t, info.dtype).map_err(|e| werr(format!("`{name}`: {e}")))?;
+        let data = q.data().map_err(|e| werr(format!("`{name}`: {e}")))?;
+        if data.len() != info.size() {
+            return Err(werr(format!(
+                "`{name}`: {} bytes of data, {} planned",
+                data.len(),
+                info.size()
+            )));
+        }
+        out.write_all(&data).map_err(io)?;
+        out.write_all(&[0u8; ALIGN][..pad(data.len())])
+            .map_err(io)?;
+        Ok(())
+    })?;
+    if next.next().is_some() {
+        return Err(werr(
+            "the second pass wrote fewer tensors than the first".into(),
+        ));
+    }
     let file = out
         .into_inner()
         .map_err(|e| Error::io(&tmp, e.into_error()))?;
@@ -152,6 +152,147 @@ pub fn write_gguf(
         decoder_params_written: written.decoder_params(),
         total_params_written: written.total_params(),
     })
+}
+
+/// Calls `f` with every tensor of the file in order, `(name, tensor, is a matrix)`, one layer's
+/// weights loaded at a time.
+fn each_tensor(
+    cfg: &ModelConfig,
+    src: &dyn TensorSource,
+    forms: &[GgufLayerForm],
+    f: &mut dyn FnMut(String, &Tensor, bool) -> Result<()>,
+) -> Result<()> {
+    let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+    f(
+        "token_embd.weight".into(),
+        &read(src, "model.embed_tokens.weight", &[v, h])?,
+        true,
+    )?;
+    for (l, (d, form)) in cfg.layers.iter().zip(forms).enumerate() {
+        let w = BlockWeights::load(cfg, l, d, src)?;
+        for (name, t, matrix) in layer_tensors(cfg, l, &w, form)? {
+            f(name, &t, matrix)?;
+        }
+    }
+    f(
+        "output_norm.weight".into(),
+        &read(src, "model.norm.weight", &[h])?,
+        false,
+    )?;
+    if !cfg.tie_word_embeddings {
+        f(
+            "output.weight".into(),
+            &read(src, "lm_head.weight", &[v, h])?,
+            true,
+        )?;
+    }
+    if let Some(s) = &cfg.rope_scaling {
+        let d: Vec<f32> = (0..cfg.head_dim / 2)
+            .map(|i| {
+                let freq = 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64);
+                llama3_divisor(s, freq) as f32
+            })
+            .collect();
+        let n = d.len();
+        f(
+            "rope_freqs.weight".into(),
+            &Tensor::from_vec(d, n, &Device::Cpu)?,
+            false,
+        )?;
+    }
+    Ok(())
+}
+
+/// GGUF aligns the tensor data, and each tensor in it, to 32 bytes.
+const ALIGN: usize = 32;
+
+/// Zero bytes that bring `n` to the alignment.
+fn pad(n: usize) -> usize {
+    (ALIGN - n % ALIGN) % ALIGN
+}
+
+/// One tensor's entry in the GGUF header.
+struct TensorInfo {
+    name: String,
+    dims: Vec<usize>,
+    dtype: GgmlDType,
+}
+
+impl TensorInfo {
+    /// Bytes of its data.
+    fn size(&self) -> usize {
+        let n: usize = self.dims.iter().product();
+        n / self.dtype.block_size() * self.dtype.type_size()
+    }
+
+    /// GGML's number for the type (the GGUF specification's; only the two written here).
+    fn type_id(&self) -> u32 {
+        match self.dtype {
+            GgmlDType::F16 => 1,
+            _ => 0,
+        }
+    }
+}
+
+/// Everything before the first tensor's data: candle's GGUF header and metadata (its writer,
+/// given no tensors, with the count put back), then each tensor's name, dimensions (innermost
+/// first), type and offset, then zeros to the alignment — the bytes `gguf_file::write` writes
+/// for the same tensors.
+fn header(metadata: &[(String, Value)], infos: &[TensorInfo]) -> candle_core::Result<Vec<u8>> {
+    let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut probe = MetadataEnd::default();
+    gguf_file::write(&mut probe, &meta, &[])?;
+    let end = probe.end.ok_or_else(|| {
+        candle_core::Error::Msg("the GGUF writer never asked its position".into())
+    })?;
+    let mut out = probe.bytes;
+    out.truncate(end);
+    // magic (4), version (4), tensor count (8), metadata count (8).
+    out[8..16].copy_from_slice(&(infos.len() as u64).to_le_bytes());
+    let mut offset = 0usize;
+    for info in infos {
+        out.extend((info.name.len() as u64).to_le_bytes());
+        out.extend(info.name.as_bytes());
+        out.extend((info.dims.len() as u32).to_le_bytes());
+        for &d in info.dims.iter().rev() {
+            out.extend((d as u64).to_le_bytes());
+        }
+        out.extend(info.type_id().to_le_bytes());
+        out.extend((offset as u64).to_le_bytes());
+        offset += info.size() + pad(info.size());
+    }
+    out.resize(out.len() + pad(out.len()), 0);
+    Ok(out)
+}
+
+/// A writer that keeps what is written and the position at which it was first asked where it
+/// is: with no tensors, `gguf_file::write` asks right after the metadata.
+#[derive(Default)]
+struct MetadataEnd {
+    bytes: Vec<u8>,
+    end: Option<usize>,
+}
+
+impl Write for MetadataEnd {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.bytes.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::io::Seek for MetadataEnd {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        match pos {
+            std::io::SeekFrom::Current(0) => {
+                self.end.get_or_insert(self.bytes.len());
+                Ok(self.bytes.len() as u64)
+            }
+            _ => Err(std::io::Error::other("only the position is asked")),
+        }
+    }
 }
 
 fn read(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Tensor> {
@@ -371,4 +512,83 @@ fn copied_metadata(p: &Path) -> Result<BTreeMap<String, Value>> {
         reason: format!("unreadable header: {e}"),
     })?;
     Ok(content.metadata.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::random::random_source;
+    use crate::model::{LayerDims, Llama3RopeScaling};
+
+    /// What candle's `gguf_file::write` makes of the same tensors gathered in memory (how this
+    /// file wrote GGUF before it streamed).
+    fn gathered(cfg: &ModelConfig, src: &dyn TensorSource, opts: &GgufExportOptions) -> Vec<u8> {
+        let written = written_config(cfg, opts.zero_width);
+        let arch = if is_uniform(&written) {
+            "llama"
+        } else {
+            "deci"
+        };
+        let forms: Vec<_> = (0..cfg.n_layers())
+            .map(|l| layer_form(cfg, l, opts.zero_width))
+            .collect();
+        let meta = metadata(cfg, &written, arch, opts).unwrap();
+        let mut tensors = Vec::new();
+        each_tensor(cfg, src, &forms, &mut |name, t, matrix| {
+            let dtype = match (matrix, opts.dtype) {
+                (true, GgufDtype::F16) => GgmlDType::F16,
+                _ => GgmlDType::F32,
+            };
+            let t = t.to_dtype(DType::F32)?.contiguous()?;
+            tensors.push((name, QTensor::quantize(&t, dtype)?));
+            Ok(())
+        })
+        .unwrap();
+        let m: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let t: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        let mut out = std::io::Cursor::new(Vec::new());
+        gguf_file::write(&mut out, &m, &t).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn the_streamed_file_is_the_bytes_of_candles_writer() {
+        // Uneven layers (a `deci` file), an untied head, llama3 RoPE scaling, both dtypes.
+        let mut layers = vec![LayerDims::dense(4, 2, 24), LayerDims::dense(2, 1, 8)];
+        layers[0].kv_map = vec![0, 0, 0, 1];
+        let cfg = ModelConfig {
+            hidden_size: 16,
+            head_dim: 4,
+            vocab_size: 40,
+            layers,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: Some(Llama3RopeScaling {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 64,
+            }),
+            max_position_embeddings: 256,
+            tie_word_embeddings: false,
+            attention_bias: false,
+            mlp_bias: false,
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+        };
+        let src = random_source(&cfg, 3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for dtype in [GgufDtype::F32, GgufDtype::F16] {
+            let opts = GgufExportOptions {
+                dtype,
+                name: Some("t".into()),
+                ..Default::default()
+            };
+            let path = dir.path().join("m.gguf");
+            let r = write_gguf(&path, &cfg, &src, &opts).unwrap();
+            assert_eq!(r.architecture, "deci");
+            let ours = std::fs::read(&path).unwrap();
+            assert!(ours == gathered(&cfg, &src, &opts), "{dtype:?}");
+        }
+    }
 }

@@ -163,11 +163,11 @@ impl Shapes<'_> {
             + 2 * self.logits(chunk)
     }
 
-    /// `export`: the GGUF writer's tensors (the sliced model, at most the dense model) and the
-    /// source or the chosen variants beside them (about the model again). The saved format is
-    /// written a tensor at a time, and both files move into the store without being read back.
+    /// `export`: the source or the chosen variants (about the model), and the largest tensor
+    /// (the embeddings) twice while it is converted and written. Both writers take one tensor
+    /// at a time, and the files move into the store without being read back.
     pub fn export(&self) -> u64 {
-        BASE_BYTES + 2 * self.model()
+        BASE_BYTES + self.model() + 2 * self.embeddings()
     }
 }
 

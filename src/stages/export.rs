@@ -7,8 +7,8 @@
 //! variant records) and, with `from-search`, `search` (whose choice picks the levels); otherwise
 //! `choice` in the params. Output: record `export` (`ExportRecord`) and the files (`file:<name>`,
 //! raw bytes, moved from the scratch folder into the store at commit, never read back into
-//! memory). The writers slice each tensor as they read it, so the sliced model is not held
-//! whole for the saved format (the GGUF writer still gathers its tensors before writing).
+//! memory). Both writers slice each tensor as they read it and write it before the next, so
+//! the sliced model is never held whole.
 //! Invalidated by: params, the model, the layer stages' and the search's outputs.
 
 use candle_core::{Device, Tensor};

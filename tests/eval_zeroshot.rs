@@ -26,7 +26,9 @@ use tyr::eval::perplexity::targets_nll;
 use tyr::eval::tasks::{
     Request, Task, TaskKind, TaskReadOptions, TaskSpec, parse_task_specs, read_task,
 };
-use tyr::eval::zeroshot::{TaskResult, ZeroShotOptions, encode_pair, request_tokens, score_task};
+use tyr::eval::zeroshot::{
+    LayerByLayer, TaskResult, ZeroShotOptions, encode_pair, request_tokens, score_task,
+};
 use tyr::model::llama::Llama;
 use tyr::model::open::open_model;
 use tyr::model::random::random_source;
@@ -541,6 +543,49 @@ fn accuracies_equal_a_direct_computation_from_the_logits() {
     assert_eq!(g["acc_norm"].as_f64(), Some(acc_norm));
     let ll0 = g["examples"][0]["loglikelihoods"][1].as_f64().unwrap();
     assert!((ll0 - want_lls[0][1]).abs() < 1e-4);
+}
+
+/// One layer at a time (the `eval-tasks` stage's way) gives the whole model's scores to the bit,
+/// whether every batch shares one group or each is its own.
+#[test]
+fn scoring_one_layer_at_a_time_equals_the_whole_model_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = tiny_model(dir.path());
+    let (model, tok) = load(&model_path);
+    let p = write(dir.path(), "g.jsonl", GENERIC);
+    let task = read(TaskKind::Generic, &p, &TaskReadOptions::default()).unwrap();
+    let whole = score(&model, &tok, &task, 8);
+    let lls = |r: &TaskResult| -> Vec<u64> {
+        r.examples
+            .iter()
+            .flat_map(|e| e.loglikelihoods.iter().map(|v| v.to_bits()))
+            .collect()
+    };
+    let opts = ZeroShotOptions {
+        batch_tokens: 8,
+        add_bos: false,
+    };
+    let built = std::cell::Cell::new(0);
+    for group_bytes in [0, 1 << 30] {
+        built.set(0);
+        let layered = LayerByLayer {
+            config: model.config(),
+            embeddings: model.embeddings(),
+            head: model.head(),
+            block: |l: usize| {
+                built.set(built.get() + 1);
+                Ok(model.blocks()[l].clone())
+            },
+            group_bytes,
+        };
+        let r = score_task(&layered, &tok, &task, &opts).unwrap();
+        assert_eq!(lls(&r), lls(&whole), "group_bytes {group_bytes}");
+        assert_eq!((r.acc, r.acc_norm), (whole.acc, whole.acc_norm));
+        assert_eq!(r.forwards, whole.forwards);
+        // Blocks are built once per group: per batch with no room, once with room for all.
+        let groups = if group_bytes == 0 { whole.forwards } else { 1 };
+        assert_eq!(built.get(), groups * model.config().n_layers());
+    }
 }
 
 #[test]

@@ -15,6 +15,7 @@ use super::perplexity::LOGIT_ROWS_PER_CHUNK;
 use super::tasks::{Request, Scoring, Task, TaskKind};
 use crate::model::llama::Llama;
 use crate::model::tokenizer::Encode;
+use crate::model::{Block, Embeddings, Head, ModelConfig};
 use crate::{Error, Result};
 
 /// Bumped whenever a change to the scoring changes a result (part of `eval-tasks`' key).
@@ -179,6 +180,69 @@ pub struct ForwardStats {
     pub tokens: usize,
 }
 
+/// A model as the zero-shot scorer runs it: its settings, its head, and the last block's hidden
+/// states of batches of token ids. `Llama` runs each batch through the whole model in memory;
+/// `LayerByLayer` holds one layer at a time and runs a group of batches through it.
+pub trait ScoringModel {
+    fn config(&self) -> &ModelConfig;
+    fn head(&self) -> &Head;
+    /// Bytes of hidden states one call of `hidden` may hold (0: one batch per call).
+    fn group_bytes(&self) -> usize {
+        0
+    }
+    /// The hidden states after the last block, `[rows, len, hidden]`, of each batch of ids.
+    fn hidden(&self, batches: &[Tensor]) -> Result<Vec<Tensor>>;
+}
+
+impl ScoringModel for Llama {
+    fn config(&self) -> &ModelConfig {
+        Llama::config(self)
+    }
+    fn head(&self) -> &Head {
+        Llama::head(self)
+    }
+    fn hidden(&self, batches: &[Tensor]) -> Result<Vec<Tensor>> {
+        batches.iter().map(|ids| Llama::hidden(self, ids)).collect()
+    }
+}
+
+/// A model read one decoder layer at a time (`block(l)` builds layer l's block, and is called
+/// once per group of batches): memory holds one layer, the embeddings, the head and a group's
+/// hidden states (at most `group_bytes`, at least one batch). Every batch runs through the same
+/// blocks in the same order as in the whole model, so the scores are the same to the bit.
+pub struct LayerByLayer<'a, F: Fn(usize) -> Result<Block>> {
+    pub config: &'a ModelConfig,
+    pub embeddings: &'a Embeddings,
+    pub head: &'a Head,
+    pub block: F,
+    pub group_bytes: usize,
+}
+
+impl<F: Fn(usize) -> Result<Block>> ScoringModel for LayerByLayer<'_, F> {
+    fn config(&self) -> &ModelConfig {
+        self.config
+    }
+    fn head(&self) -> &Head {
+        self.head
+    }
+    fn group_bytes(&self) -> usize {
+        self.group_bytes
+    }
+    fn hidden(&self, batches: &[Tensor]) -> Result<Vec<Tensor>> {
+        let mut xs = batches
+            .iter()
+            .map(|ids| self.embeddings.forward(ids))
+            .collect::<Result<Vec<_>>>()?;
+        for l in 0..self.config.n_layers() {
+            let b = (self.block)(l)?;
+            for x in xs.iter_mut() {
+                *x = b.forward(x)?;
+            }
+        }
+        Ok(xs)
+    }
+}
+
 /// For each `(context, continuation)` token pair, the summed log-likelihood of the continuation
 /// given the context and whether greedy decoding reproduces it. The model reads
 /// `context + continuation` without its last token, left-truncated to its context window as
@@ -186,7 +250,7 @@ pub struct ForwardStats {
 /// padded on the right (causal attention never looks at the padding); the `lm_head` and the
 /// log-softmax run only at the positions that predict continuation tokens.
 pub fn continuation_loglikelihoods(
-    model: &Llama,
+    model: &dyn ScoringModel,
     pairs: &[(Vec<u32>, Vec<u32>)],
     batch_tokens: usize,
 ) -> Result<(Vec<(f64, bool)>, ForwardStats)> {
@@ -213,54 +277,100 @@ pub fn continuation_loglikelihoods(
     order.sort_by_key(|&i| std::cmp::Reverse(inputs[i].len()));
     let mut out = vec![(0.0f64, false); pairs.len()];
     let mut stats = ForwardStats::default();
+    // The batches: rows of equal padded length, longest first.
+    let mut batches: Vec<(&[usize], usize)> = Vec::new();
     let mut at = 0;
     while at < order.len() {
         let len = inputs[order[at]].len();
         let rows = (batch_tokens / len.max(1)).clamp(1, order.len() - at);
-        let batch = &order[at..at + rows];
+        batches.push((&order[at..at + rows], len));
         at += rows;
-
-        let mut ids = vec![0u32; rows * len];
-        for (j, &r) in batch.iter().enumerate() {
-            ids[j * len..j * len + inputs[r].len()].copy_from_slice(&inputs[r]);
-        }
-        let ids = Tensor::from_vec(ids, (rows, len), &candle_core::Device::Cpu)?;
-        let hidden = model.hidden(&ids)?;
-        let h = hidden.dim(2)?;
-        let flat = hidden.reshape((rows * len, h))?;
-        stats.forwards += 1;
-        stats.tokens += rows * len;
-
-        // The positions that predict each continuation token, and whose they are.
-        let mut positions = Vec::new();
-        let mut targets = Vec::new();
-        let mut owners = Vec::new();
-        for (j, &r) in batch.iter().enumerate() {
-            let cont = &pairs[r].1;
-            let first = inputs[r].len() - cont.len();
-            for (k, &t) in cont.iter().enumerate() {
-                positions.push((j * len + first + k) as u32);
-                targets.push(t);
-                owners.push(r);
+    }
+    // Groups of batches whose hidden states fit the model's group (one batch when it has none).
+    let hidden_size = model.config().hidden_size;
+    let mut groups: Vec<&[(&[usize], usize)]> = Vec::new();
+    let mut start = 0;
+    while start < batches.len() {
+        let mut end = start + 1;
+        let mut bytes = batches[start].0.len() * batches[start].1 * hidden_size * 4;
+        while end < batches.len() {
+            let more = batches[end].0.len() * batches[end].1 * hidden_size * 4;
+            if bytes + more > model.group_bytes() {
+                break;
             }
+            bytes += more;
+            end += 1;
         }
-        for r in batch {
-            out[*r] = (0.0, true);
+        groups.push(&batches[start..end]);
+        start = end;
+    }
+    let mut done = 0;
+    for group in groups {
+        let ids = group
+            .iter()
+            .map(|&(batch, len)| {
+                let mut ids = vec![0u32; batch.len() * len];
+                for (j, &r) in batch.iter().enumerate() {
+                    ids[j * len..j * len + inputs[r].len()].copy_from_slice(&inputs[r]);
+                }
+                Tensor::from_vec(ids, (batch.len(), len), &candle_core::Device::Cpu)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let hiddens = model.hidden(&ids)?;
+        for (&(batch, len), hidden) in group.iter().zip(hiddens) {
+            let rows = batch.len();
+            done += rows;
+            score_batch(model.head(), &hidden, batch, len, &inputs, pairs, &mut out)?;
+            stats.forwards += 1;
+            stats.tokens += rows * len;
+            tracing::debug!(rows, len, done, of = order.len(), "zero-shot batch");
         }
-        for start in (0..positions.len()).step_by(LOGIT_ROWS_PER_CHUNK) {
-            let end = (start + LOGIT_ROWS_PER_CHUNK).min(positions.len());
-            let idx = Tensor::from_slice(&positions[start..end], end - start, flat.device())?;
-            let picked = flat.index_select(&idx, 0)?.unsqueeze(0)?;
-            let logits = model.head().logits(&picked)?.squeeze(0)?;
-            let (lps, greedy) = target_log_probs(&logits, &targets[start..end])?;
-            for ((&r, lp), g) in owners[start..end].iter().zip(lps).zip(greedy) {
-                out[r].0 += lp as f64;
-                out[r].1 &= g;
-            }
-        }
-        tracing::debug!(rows, len, done = at, of = order.len(), "zero-shot batch");
     }
     Ok((out, stats))
+}
+
+/// Scores one batch from its last hidden states `[rows, len, hidden]`: adds each row's
+/// continuation log-likelihood and greedy match into `out`.
+fn score_batch(
+    head: &Head,
+    hidden: &Tensor,
+    batch: &[usize],
+    len: usize,
+    inputs: &[Vec<u32>],
+    pairs: &[(Vec<u32>, Vec<u32>)],
+    out: &mut [(f64, bool)],
+) -> Result<()> {
+    let rows = batch.len();
+    let h = hidden.dim(2)?;
+    let flat = hidden.reshape((rows * len, h))?;
+    // The positions that predict each continuation token, and whose they are.
+    let mut positions = Vec::new();
+    let mut targets = Vec::new();
+    let mut owners = Vec::new();
+    for (j, &r) in batch.iter().enumerate() {
+        let cont = &pairs[r].1;
+        let first = inputs[r].len() - cont.len();
+        for (k, &t) in cont.iter().enumerate() {
+            positions.push((j * len + first + k) as u32);
+            targets.push(t);
+            owners.push(r);
+        }
+    }
+    for r in batch {
+        out[*r] = (0.0, true);
+    }
+    for start in (0..positions.len()).step_by(LOGIT_ROWS_PER_CHUNK) {
+        let end = (start + LOGIT_ROWS_PER_CHUNK).min(positions.len());
+        let idx = Tensor::from_slice(&positions[start..end], end - start, flat.device())?;
+        let picked = flat.index_select(&idx, 0)?.unsqueeze(0)?;
+        let logits = head.logits(&picked)?.squeeze(0)?;
+        let (lps, greedy) = target_log_probs(&logits, &targets[start..end])?;
+        for ((&r, lp), g) in owners[start..end].iter().zip(lps).zip(greedy) {
+            out[r].0 += lp as f64;
+            out[r].1 &= g;
+        }
+    }
+    Ok(())
 }
 
 /// The index of the largest value, the first of equals (numpy's `argmax`).
@@ -293,7 +403,7 @@ fn mean(xs: &[f64]) -> f64 {
 /// Score every example of `task` with `model` and return the task's metrics and per-example
 /// scores. This is the library entry point (`tyr eval --tasks` calls it once per task).
 pub fn score_task(
-    model: &Llama,
+    model: &dyn ScoringModel,
     tokenizer: &dyn Encode,
     task: &Task,
     opts: &ZeroShotOptions,

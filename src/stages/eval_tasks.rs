@@ -4,24 +4,26 @@
 //! Inputs: `model` and, when `choice` is given or `from-search` is set, `layers` (and `search`),
 //! exactly as `eval-ppl` takes them. Params: `label`, the tasks (`KIND` or `KIND:LABEL`, a file
 //! path), `limit` (first N examples of each), `batch-tokens`, `add-bos`, `target-delimiter`.
-//! The model is assembled whole (the scorer batches requests of any length through every
-//! layer), so this stage holds one model's weights, like `export`.
+//! The model is read one layer at a time (`eval::zeroshot::LayerByLayer`): each layer is built
+//! and run over a group of batches, so the stage holds one layer, the embeddings, the head and
+//! a group's hidden states (`eval_ppl::GROUP_BYTES`), with the scores of the whole model.
 //!
 //! Outputs: record `tasks` (`TasksRecord`), the same as JSON published at `tasks/{label}.json`,
 //! metrics `mean_acc` and `decoder_params`. Invalidated by: params, the task files' bytes
 //! (fingerprint), the model record and the chosen layer stages' outputs.
 
+use std::cell::RefCell;
+
 use serde::{Deserialize, Serialize};
 
-use super::eval_ppl::build_block;
+use super::eval_ppl::{GROUP_BYTES, build_block};
 use super::model_ref::{ModelRecord, open};
 use super::{Chosen, choice_slots};
 use crate::data::DataSource;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::eval::tasks::{TaskKind, TaskReadOptions, TaskSpec, read_task};
-use crate::eval::zeroshot::{TaskResult, ZeroShotOptions, score_task};
-use crate::model::llama::Llama;
-use crate::model::{Embeddings, Head};
+use crate::eval::zeroshot::{LayerByLayer, TaskResult, ZeroShotOptions, score_task};
+use crate::model::{Block, Embeddings, Head, LayerDims};
 use crate::vocab::LayerLevels;
 use crate::{Error, Result};
 
@@ -176,19 +178,28 @@ impl Stage for EvalTasks {
         let src = model.source.as_ref();
         let what = format!("eval-tasks `{}`", p.label);
         let chosen = Chosen::resolve(ctx, &what, &p.choice, p.from_search, cfg.n_layers())?;
-        let blocks = (0..cfg.n_layers())
-            .map(|l| build_block(cfg, src, chosen.as_ref(), l))
-            .collect::<Result<Vec<_>>>()?;
+        // One layer at a time, as eval-ppl does: never the whole model in memory.
+        let dims: RefCell<Vec<Option<LayerDims>>> = RefCell::new(vec![None; cfg.n_layers()]);
         let emb = Embeddings::load(cfg, src)?;
         let head = Head::load(cfg, src, &emb)?;
-        let llama = Llama::from_parts(cfg, emb, blocks, head);
+        let model_by_layer = LayerByLayer {
+            config: cfg,
+            embeddings: &emb,
+            head: &head,
+            block: |l: usize| -> Result<Block> {
+                let b = build_block(cfg, src, chosen.as_ref(), l)?;
+                dims.borrow_mut()[l] = Some(b.dims().clone());
+                Ok(b)
+            },
+            group_bytes: GROUP_BYTES,
+        };
         let opts = ZeroShotOptions {
             batch_tokens: p.batch_tokens,
             add_bos: p.add_bos,
         };
         let mut scores = Vec::with_capacity(tasks.len());
         for (i, task) in tasks.iter().enumerate() {
-            let r = score_task(&llama, &model.codec, task, &opts)?;
+            let r = score_task(&model_by_layer, &model.codec, task, &opts)?;
             tracing::info!(
                 label = %p.label,
                 task = %r.name,
@@ -199,7 +210,17 @@ impl Stage for EvalTasks {
             scores.push(TaskScore::of(&r));
             ctx.report((i + 1) as u64, tasks.len() as u64);
         }
-        let pruned = llama.config();
+        // The scored model's widths (a layer no batch reached is built for them).
+        let mut pruned = cfg.clone();
+        pruned.layers = dims
+            .into_inner()
+            .into_iter()
+            .enumerate()
+            .map(|(l, d)| match d {
+                Some(d) => Ok(d),
+                None => Ok(build_block(cfg, src, chosen.as_ref(), l)?.dims().clone()),
+            })
+            .collect::<Result<_>>()?;
         let rec = TasksRecord {
             label: p.label.clone(),
             mean_acc: scores.iter().map(|s| s.acc).sum::<f64>() / scores.len() as f64,

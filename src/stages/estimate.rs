@@ -147,9 +147,10 @@ impl Shapes<'_> {
             + self.logits(PASS_TOKENS)
     }
 
-    /// `eval-ppl`, layer by layer: embeddings and head, the largest layer three times (the
+    /// `eval-ppl` and `eval-tasks`, layer by layer: embeddings and head, the largest layer three times (the
     /// dense weights, its variants and the assembled block), one group of windows' hidden
-    /// states (`eval_ppl::GROUP_BYTES` at most) and one chunk of logits with its log-softmax.
+    /// states (`eval_ppl::GROUP_BYTES` at most) and one chunk of logits with its log-softmax
+    /// (zero-shot scoring takes its logits in the same chunks).
     pub fn eval(&self) -> u64 {
         let largest = (0..self.cfg.n_layers())
             .map(|l| self.layer(l))

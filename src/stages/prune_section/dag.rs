@@ -809,7 +809,7 @@ impl Builder<'_> {
                 target_delimiter: " ".into(),
             };
             let id = ids::eval_tasks(&e.label);
-            let mem = self.shapes.export();
+            let mem = self.shapes.eval();
             self.push(&id, EvalTasks::KIND, &p, &inputs, Some(mem))?;
             ids.push(id);
         }

@@ -223,7 +223,7 @@ fn a_layer_built_in_parts_and_joined_equals_one_build_bit_for_bit() {
             let o_bar = match stats {
                 FfnStats::DenseAttention => None,
                 FfnStats::ExpectedAttention => {
-                    let (v, _) = join_parts(1, ModuleKind::Attn, &a, &attn).unwrap();
+                    let (v, _) = join_parts(1, ModuleKind::Attn, &a, attn.clone()).unwrap();
                     let e = module_expectation(&dense, ModuleKind::Attn, &a, &v, opts.expectation);
                     Some(e.unwrap().0)
                 }
@@ -237,7 +237,7 @@ fn a_layer_built_in_parts_and_joined_equals_one_build_bit_for_bit() {
                 shares,
                 o_bar.as_deref(),
             );
-            let joined = join_layer(&dense, 1, &a, &f, &attn, &ffn, opts.expectation).unwrap();
+            let joined = join_layer(&dense, 1, &a, &f, attn, ffn, opts.expectation).unwrap();
             assert_eq!(bits(&joined), bits(&whole), "{stats:?}, {shares} shares");
         }
     }
@@ -253,7 +253,7 @@ fn parts_that_do_not_make_up_the_grid_are_refused() {
     let a = levels(&[0, 1, 2, 3]);
     let attn = parts(&cfg, &dense, &x, ModuleKind::Attn, &a, 2, None);
     let err = |parts: &[ModulePart], module| {
-        join_parts(0, module, &a, parts)
+        join_parts(0, module, &a, parts.to_vec())
             .expect_err("refused")
             .to_string()
     };

@@ -169,23 +169,13 @@ fn rename_into(
 }
 
 /// BLAKE3 of file `path`, read in pieces; `None` when it cannot be read (missing).
-pub fn file_digest(path: &Path) -> Option<crate::engine::Digest> {
-    let mut f = File::open(path).ok()?;
+pub fn digest_of_file(path: &Path) -> Option<crate::engine::Digest> {
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; COPY_PIECE];
-    loop {
-        match std::io::Read::read(&mut f, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-            }
-            Err(_) => return None,
-        }
-    }
+    hasher.update_reader(File::open(path).ok()?).ok()?;
     Some(crate::engine::Digest(*hasher.finalize().as_bytes()))
 }
 
-/// Bytes read at a time when copying or hashing a file.
+/// Bytes read at a time when copying a file.
 const COPY_PIECE: usize = 4 << 20;
 
 /// Fsyncs a folder so a rename or delete inside it is durable.

@@ -233,7 +233,7 @@ pub(crate) fn publish(
                 written.push(dest);
                 continue;
             }
-            if fsio::file_digest(&dest) != Some(o.digest) {
+            if fsio::digest_of_file(&dest) != Some(o.digest) {
                 let src = store.blob_path(&o.digest);
                 let copied = src.exists()
                     && fsio::copy_verified(

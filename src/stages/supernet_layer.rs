@@ -175,8 +175,8 @@ impl Stage for SupernetLayer {
                 p.round,
                 &attn_grid,
                 &ffn_grid,
-                &attn_parts,
-                &ffn_parts,
+                attn_parts,
+                ffn_parts,
                 p.expectation,
             )?
         } else {

@@ -113,7 +113,7 @@ impl Stage for SupernetPart {
                 .iter()
                 .map(|s| s.record("part"))
                 .collect::<Result<_>>()?;
-            let (attn, _) = join_parts(b.layer, ModuleKind::Attn, &attn_grid, &parts)?;
+            let (attn, _) = join_parts(b.layer, ModuleKind::Attn, &attn_grid, parts)?;
             Some(module_expectation(&dense, ModuleKind::Attn, &attn_grid, &attn, b.expectation)?.0)
         } else {
             None

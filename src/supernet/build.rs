@@ -433,7 +433,7 @@ pub fn join_parts(
     layer: usize,
     module: ModuleKind,
     grid: &ModuleLevels,
-    parts: &[ModulePart],
+    parts: Vec<ModulePart>,
 ) -> Result<(Vec<Variant>, PartStats)> {
     let bad = |reason: String| Error::PruneGrid {
         module,
@@ -442,26 +442,29 @@ pub fn join_parts(
     if let Some(p) = parts.iter().find(|p| p.module != module) {
         return Err(bad(format!("a part holds {} variants", p.module)));
     }
-    let variants: Vec<Variant> = parts.iter().flat_map(|p| p.variants.clone()).collect();
-    if !variants
-        .iter()
-        .map(|v| v.level)
-        .eq(grid.levels.iter().copied())
-    {
+    let levels = || {
+        parts
+            .iter()
+            .flat_map(|p| p.variants.iter().map(|v| v.level))
+    };
+    if !levels().eq(grid.levels.iter().copied()) {
         return Err(bad(format!(
             "the parts hold levels {:?}, the grid is {:?}",
-            variants.iter().map(|v| v.level).collect::<Vec<_>>(),
+            levels().collect::<Vec<_>>(),
             grid.levels
         )));
     }
     let mut stats = parts.iter().filter_map(|p| p.stats.as_ref());
     let first = stats
         .next()
-        .ok_or_else(|| bad("no part ran a statistics pass".into()))?;
-    if stats.any(|s| s != first) {
+        .ok_or_else(|| bad("no part ran a statistics pass".into()))?
+        .clone();
+    if stats.any(|s| *s != first) {
         return Err(bad("the parts saw different statistics".into()));
     }
-    Ok((variants, first.clone()))
+    // Moved out of the parts, not copied: one module's variants can be gigabytes.
+    let variants = parts.into_iter().flat_map(|p| p.variants).collect();
+    Ok((variants, first))
 }
 
 /// `build_layer`'s result from the parts of both modules (each list in share order).
@@ -470,8 +473,8 @@ pub fn join_layer(
     round: usize,
     attn_grid: &ModuleLevels,
     ffn_grid: &ModuleLevels,
-    attn_parts: &[ModulePart],
-    ffn_parts: &[ModulePart],
+    attn_parts: Vec<ModulePart>,
+    ffn_parts: Vec<ModulePart>,
     expectation: Expectation,
 ) -> Result<LayerBuild> {
     let layer = dense.layer;

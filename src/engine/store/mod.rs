@@ -266,7 +266,7 @@ impl Store {
     /// intact copy exists the file is removed instead. Returns digest and size.
     pub fn adopt_blob(&self, path: &Path) -> Result<(Digest, u64)> {
         let size = fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-        let d = fsio::file_digest(path)
+        let d = fsio::digest_of_file(path)
             .ok_or_else(|| Error::msg(format!("{}: cannot be read back", path.display())))?;
         if self.check_blob_uncached(&d) == BlobState::Ok {
             fsio::remove_if_exists(path)?;
@@ -314,7 +314,7 @@ impl Store {
 
     fn check_blob_uncached(&self, d: &Digest) -> BlobState {
         // Hashed in pieces: a blob can be as large as an exported model.
-        match fsio::file_digest(&self.blob_path(d)) {
+        match fsio::digest_of_file(&self.blob_path(d)) {
             Some(x) if x == *d => BlobState::Ok,
             Some(_) => BlobState::Corrupt,
             None => BlobState::Missing,

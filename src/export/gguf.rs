@@ -71,23 +71,16 @@ pub fn write_gguf(
     for (l, d) in cfg.layers.iter().enumerate() {
         validate_dims(l, d)?;
     }
-    let written = written_config(cfg, opts.zero_width);
-    let arch = if is_uniform(&written) {
-        "llama"
-    } else {
-        "deci"
-    };
-    let forms: Vec<GgufLayerForm> = (0..cfg.n_layers())
-        .map(|l| layer_form(cfg, l, opts.zero_width))
-        .collect();
-    let metadata = metadata(cfg, &written, arch, opts)?;
+    let Layout {
+        written,
+        arch,
+        forms,
+        metadata,
+    } = layout(cfg, opts)?;
 
     // Two passes over the tensors, so none is held longer than it takes to write it: the first
     // learns every tensor's name, shape and type for the header, the second writes the data.
-    let dtype_of = |matrix: bool| match (matrix, opts.dtype) {
-        (true, GgufDtype::F16) => GgmlDType::F16,
-        _ => GgmlDType::F32,
-    };
+    let dtype_of = |matrix: bool| element_type(matrix, opts.dtype);
     let mut infos: Vec<TensorInfo> = Vec::new();
     each_tensor(cfg, src, &forms, &mut |name, t, matrix| {
         infos.push(TensorInfo {
@@ -152,6 +145,42 @@ pub fn write_gguf(
         decoder_params_written: written.decoder_params(),
         total_params_written: written.total_params(),
     })
+}
+
+/// What the file holds besides the tensors' data: the written counts, the architecture, each
+/// layer's form and the metadata.
+struct Layout {
+    written: ModelConfig,
+    arch: &'static str,
+    forms: Vec<GgufLayerForm>,
+    metadata: Vec<(String, Value)>,
+}
+
+fn layout(cfg: &ModelConfig, opts: &GgufExportOptions) -> Result<Layout> {
+    let written = written_config(cfg, opts.zero_width);
+    let arch = if is_uniform(&written) {
+        "llama"
+    } else {
+        "deci"
+    };
+    let forms = (0..cfg.n_layers())
+        .map(|l| layer_form(cfg, l, opts.zero_width))
+        .collect();
+    let metadata = metadata(cfg, &written, arch, opts)?;
+    Ok(Layout {
+        written,
+        arch,
+        forms,
+        metadata,
+    })
+}
+
+/// The element type of a tensor in the file: matrices as asked, everything else f32.
+fn element_type(matrix: bool, dtype: GgufDtype) -> GgmlDType {
+    match (matrix, dtype) {
+        (true, GgufDtype::F16) => GgmlDType::F16,
+        _ => GgmlDType::F32,
+    }
 }
 
 /// Calls `f` with every tensor of the file in order, `(name, tensor, is a matrix)`, one layer's
@@ -523,27 +552,18 @@ mod tests {
     /// What candle's `gguf_file::write` makes of the same tensors gathered in memory (how this
     /// file wrote GGUF before it streamed).
     fn gathered(cfg: &ModelConfig, src: &dyn TensorSource, opts: &GgufExportOptions) -> Vec<u8> {
-        let written = written_config(cfg, opts.zero_width);
-        let arch = if is_uniform(&written) {
-            "llama"
-        } else {
-            "deci"
-        };
-        let forms: Vec<_> = (0..cfg.n_layers())
-            .map(|l| layer_form(cfg, l, opts.zero_width))
-            .collect();
-        let meta = metadata(cfg, &written, arch, opts).unwrap();
+        let l = layout(cfg, opts).unwrap();
         let mut tensors = Vec::new();
-        each_tensor(cfg, src, &forms, &mut |name, t, matrix| {
-            let dtype = match (matrix, opts.dtype) {
-                (true, GgufDtype::F16) => GgmlDType::F16,
-                _ => GgmlDType::F32,
-            };
+        each_tensor(cfg, src, &l.forms, &mut |name, t, matrix| {
             let t = t.to_dtype(DType::F32)?.contiguous()?;
-            tensors.push((name, QTensor::quantize(&t, dtype)?));
+            tensors.push((
+                name,
+                QTensor::quantize(&t, element_type(matrix, opts.dtype))?,
+            ));
             Ok(())
         })
         .unwrap();
+        let meta = l.metadata;
         let m: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let t: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
         let mut out = std::io::Cursor::new(Vec::new());

@@ -205,11 +205,14 @@ fn a_cancelled_stage_job_is_retried_to_identical_outputs() {
     if !slurm_up("a_cancelled_stage_job_is_retried_to_identical_outputs") {
         return;
     }
+    // The counter runs 10 s (200 steps of 50 ms), so the cancel lands while it works even when
+    // the other Slurm tests keep the node and this thread busy; with 3 s it once landed after
+    // the stage had committed, and nothing was left to retry.
     let reference = Scratch::new();
-    demo(&reference, 60, 50, false);
+    demo(&reference, 200, 50, false);
     assert!(run(&reference).status.success());
     let s = Scratch::new();
-    demo(&s, 60, 50, true);
+    demo(&s, 200, 50, true);
     let child = spawn_run(&s);
     let job = running_job(&s.workdir(), "count");
     let c = Command::new("scancel").arg(&job).status().unwrap();

@@ -99,6 +99,7 @@ fn averaged_weight_forward_equals_the_density_weighted_average_of_variant_output
         weights,
         hidden: dense.hidden,
         head_dim: dense.head_dim,
+        compute: dense.compute.clone(),
     };
     let xb = x.x.i(0..7).unwrap().unsqueeze(0).unwrap();
     let one_pass = dense

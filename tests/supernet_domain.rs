@@ -401,6 +401,7 @@ fn scores(s: &Supernet, fitness: FitnessKind, incremental: bool) -> Vec<u64> {
             fitness,
             incremental,
             cache_limit_bytes: 1 << 30,
+            compute: tyr::model::Compute::Packed,
         },
     )
     .unwrap();
@@ -456,6 +457,7 @@ fn a_source_missing_a_layer_is_refused() {
             fitness: FitnessKind::TopKKl,
             incremental: true,
             cache_limit_bytes: 1 << 30,
+            compute: tyr::model::Compute::Packed,
         },
     )
     .err()

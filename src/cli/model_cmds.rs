@@ -27,6 +27,8 @@ pub struct InspectArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
+    #[command(flatten)]
+    pub on: super::DeviceArgs,
     /// A GGUF file, a Hugging Face directory, or a model saved by tyr.
     #[arg(long)]
     pub model: PathBuf,
@@ -70,6 +72,8 @@ pub struct EvalArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
+    #[command(flatten)]
+    pub on: super::DeviceArgs,
     /// A GGUF file, a Hugging Face directory, or a model saved by tyr.
     #[arg(long)]
     pub model: PathBuf,
@@ -215,7 +219,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
             m.config.max_position_embeddings
         );
     }
-    let model = Llama::load(&m.config, m.source.as_ref())
+    let model = Llama::load_on(&m.config, m.source.as_ref(), &args.on.compute()?)
         .with_context(|| format!("loading weights of {}", args.model.display()))?;
     let report = perplexity(&model, &tokens, &opts)?;
     let seconds = started.elapsed().as_secs_f64();
@@ -268,7 +272,7 @@ fn eval_tasks(args: &EvalArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut m = open(&args.model)?;
     let tokenizer = tokenizer_for(&mut m, args.tokenizer.as_deref())?;
-    let model = Llama::load(&m.config, m.source.as_ref())
+    let model = Llama::load_on(&m.config, m.source.as_ref(), &args.on.compute()?)
         .with_context(|| format!("loading weights of {}", args.model.display()))?;
     let opts = ZeroShotOptions {
         batch_tokens: args.batch_tokens,
@@ -324,7 +328,7 @@ fn eval_tasks(args: &EvalArgs) -> anyhow::Result<()> {
 pub fn generate_cmd(args: &GenerateArgs) -> anyhow::Result<()> {
     let mut m = open(&args.model)?;
     let tokenizer = tokenizer_for(&mut m, args.tokenizer.as_deref())?;
-    let model = Llama::load(&m.config, m.source.as_ref())
+    let model = Llama::load_on(&m.config, m.source.as_ref(), &args.on.compute()?)
         .with_context(|| format!("loading weights of {}", args.model.display()))?;
     let sampling = match args.temperature {
         None => Sampling::Greedy,

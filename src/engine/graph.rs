@@ -189,6 +189,14 @@ impl Graph {
             }
             let mut resources = b.stage.resources();
             resources.mem_bytes = resources.mem_bytes.max(s.mem_bytes.unwrap_or(0));
+            // A stage that runs the model (it keys on the forward's version) holds one GPU
+            // while it runs when the pipeline's device is one: the local executor runs at most
+            // `gpu_tokens` of them at once, and a Slurm job asks for `--gres=gpu:1`.
+            if header.device.starts_with("cuda")
+                && b.stage.code_versions().iter().any(|(n, _)| *n == "forward")
+            {
+                resources.gpu = resources.gpu.max(1);
+            }
             built.push(Node {
                 id: s.id.clone(),
                 kind: s.kind.clone(),

@@ -93,6 +93,8 @@ fn attempt_inner(job: &Job, key: Digest) -> Result<Committed> {
     let mut ctx = StageContext {
         stage_id: &job.id,
         seed: job.parts.seed,
+        device: &job.parts.device_class,
+        dtype: &job.parts.dtype,
         inputs: &job.inputs,
         progress_path: store.progress_path(&key),
         tmp_dir: store.tmp_dir(),

@@ -157,6 +157,9 @@ pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
 pub struct StageContext<'a> {
     pub(crate) stage_id: &'a str,
     pub(crate) seed: u64,
+    /// `[pipeline] device` and `dtype` (key parts).
+    pub(crate) device: &'a str,
+    pub(crate) dtype: &'a str,
     pub(crate) inputs: &'a BTreeMap<String, Vec<Arc<ArtifactSet>>>,
     pub(crate) progress_path: PathBuf,
     pub(crate) tmp_dir: PathBuf,
@@ -173,6 +176,12 @@ impl StageContext<'_> {
     /// The pipeline seed (part of the key). Draw randomness with `crate::rng::Stream::new(seed, …)`.
     pub fn seed(&self) -> u64 {
         self.seed
+    }
+
+    /// Where and in what precision this stage runs the model: the pipeline's `device` and
+    /// `dtype`, which are part of every key. Opens the GPU on first use.
+    pub fn compute(&self) -> Result<crate::model::Compute> {
+        crate::model::Compute::parse(self.device, self.dtype)
     }
 
     /// The artifacts of the one stage bound to input slot `slot`.

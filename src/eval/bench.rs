@@ -30,6 +30,32 @@ pub fn smollm2_135m_config() -> ModelConfig {
     }
 }
 
+/// Llama-3.1-8B's shape (hidden 4096, 32 query / 8 K/V heads of 128, FFN 14336, llama3 RoPE)
+/// with `layers` decoder layers and a vocabulary of `vocab` (128256 in the real model): random
+/// weights of this shape time the forward of real 8B layers without the checkpoint.
+pub fn llama31_8b_config(layers: usize, vocab: usize) -> ModelConfig {
+    ModelConfig {
+        hidden_size: 4096,
+        head_dim: 128,
+        vocab_size: vocab,
+        layers: vec![LayerDims::dense(32, 8, 14336); layers],
+        rms_norm_eps: 1e-5,
+        rope_theta: 500_000.0,
+        rope_scaling: Some(crate::model::Llama3RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        }),
+        max_position_embeddings: 131_072,
+        tie_word_embeddings: false,
+        attention_bias: false,
+        mlp_bias: false,
+        bos_token_id: Some(128_000),
+        eos_token_id: Some(128_001),
+    }
+}
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchSpec {
@@ -57,6 +83,10 @@ pub struct BenchResult {
     /// measures the work where wall time mostly measures the other tenants. Linux only.
     pub median_cpu_s: Option<f64>,
     pub tokens_per_cpu_s: Option<f64>,
+    /// Matrix-product rate of the decoder's projections alone, 2 · decoder weights · tokens /
+    /// median time, in TFLOP/s (attention scores, `lm_head` and element-wise work not counted:
+    /// a lower bound on the work done).
+    pub proj_tflops: f64,
 }
 
 /// User + system CPU seconds of this process so far, from `/proc/self/stat` (Linux).
@@ -79,12 +109,14 @@ pub fn bench_forward(model: &Llama, spec: &BenchSpec) -> Result<Vec<BenchResult>
             .map(|i| ((i * 2_654_435_761) % vocab) as u32)
             .collect();
         let ids = Tensor::from_vec(ids, (b, spec.seq_len), &Device::Cpu)?;
+        // GPU work is queued: the timer stops when the device has finished it.
         let run = || -> Result<()> {
-            if spec.logits {
-                model.forward(&ids)?;
+            let out = if spec.logits {
+                model.forward(&ids)?
             } else {
-                model.hidden(&ids)?;
-            }
+                model.hidden(&ids)?
+            };
+            out.device().synchronize()?;
             Ok(())
         };
         for _ in 0..spec.warmup {
@@ -118,6 +150,7 @@ pub fn bench_forward(model: &Llama, spec: &BenchSpec) -> Result<Vec<BenchResult>
             tokens_per_s: n as f64 / med,
             median_cpu_s: median_cpu,
             tokens_per_cpu_s: median_cpu.map(|c| n as f64 / c),
+            proj_tflops: 2.0 * model.config().decoder_params() as f64 * n as f64 / med / 1e12,
         });
     }
     Ok(out)
@@ -157,6 +190,7 @@ pub fn bench_decode(
         let mut cache = KvCache::new(model.blocks().len());
         let t0 = std::time::Instant::now();
         let mut logits = model.forward_step(&prompt, &mut cache)?;
+        logits.device().synchronize()?;
         let t1 = std::time::Instant::now();
         for _ in 0..new_tokens {
             let next = logits
@@ -164,6 +198,7 @@ pub fn bench_decode(
                 .to_dtype(candle_core::DType::U32)?;
             logits = model.forward_step(&next.reshape((1, 1))?, &mut cache)?;
         }
+        logits.device().synchronize()?;
         let t2 = std::time::Instant::now();
         if it > 0 {
             pre.push((t1 - t0).as_secs_f64());

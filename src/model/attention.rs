@@ -36,6 +36,9 @@ pub struct LayerKv {
     pub len: usize,
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    /// The device path's cache instead (`device_block.rs`): rotated keys and values
+    /// `[batch, n_kv, len, head_dim]` on the block's device.
+    pub(crate) device: Option<(candle_core::Tensor, candle_core::Tensor)>,
 }
 
 /// Causal attention for `sh.seq` new positions following `past.len` cached ones (0 without a

@@ -7,6 +7,7 @@
 use candle_core::{DType, IndexOp, Tensor};
 
 use super::attention::LayerKv;
+use super::compute::Compute;
 use super::llama_block::{Block, validate_dims};
 use super::sgemm::PackedWeight;
 use super::source::read_checked;
@@ -40,12 +41,22 @@ impl Embeddings {
         &self.weight
     }
 
+    /// The table on `compute`'s device in its dtype (the same table for the packed path).
+    pub fn on(&self, compute: &Compute) -> Result<Self> {
+        Ok(Embeddings {
+            weight: compute.place(&self.weight)?.contiguous()?,
+        })
+    }
+
     /// Token ids `[batch, seq]` (u32) → hidden states `[batch, seq, hidden]`. An id outside the
     /// vocabulary is an error.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let (vocab, h) = self.weight.dims2()?;
-        let flat = ids.to_dtype(DType::U32)?.flatten_all()?;
+        let flat = ids
+            .to_device(&candle_core::Device::Cpu)?
+            .to_dtype(DType::U32)?
+            .flatten_all()?;
         if let Some(&bad) = flat
             .to_vec1::<u32>()?
             .iter()
@@ -55,6 +66,7 @@ impl Embeddings {
                 "token id {bad} is outside the vocabulary of {vocab}"
             )));
         }
+        let flat = flat.to_device(self.weight.device())?;
         Ok(self.weight.index_select(&flat, 0)?.reshape((b, s, h))?)
     }
 
@@ -79,10 +91,11 @@ impl Embeddings {
 #[derive(Debug, Clone)]
 pub struct Head {
     norm: Tensor,
-    /// HF `lm_head.weight` `[vocab, hidden]`.
+    /// HF `lm_head.weight` `[vocab, hidden]`, on the head's device in its dtype.
     lm_head: Tensor,
-    /// The same, packed for `sgemm`: the operand of full logits.
-    lm_head_packed: PackedWeight,
+    /// The same, packed for `sgemm`: the operand of full logits on the packed path; `None` on
+    /// the device path, where logits are one matmul on the device.
+    lm_head_packed: Option<PackedWeight>,
     eps: f32,
 }
 
@@ -101,7 +114,7 @@ impl Head {
         } else {
             read_checked(src, "lm_head.weight", &[v, h])?
         };
-        let lm_head_packed = PackedWeight::from_out_in(&[&lm_head])?;
+        let lm_head_packed = Some(PackedWeight::from_out_in(&[&lm_head])?);
         Ok(Head {
             norm,
             lm_head,
@@ -110,8 +123,22 @@ impl Head {
         })
     }
 
+    /// The head for `compute`: itself for the packed path; otherwise norm and `lm_head` on the
+    /// device in its dtype, without the packed copy.
+    pub fn on(&self, compute: &Compute) -> Result<Self> {
+        if compute.is_packed() {
+            return Ok(self.clone());
+        }
+        Ok(Head {
+            norm: compute.place(&self.norm)?.contiguous()?,
+            lm_head: compute.place(&self.lm_head)?.contiguous()?,
+            lm_head_packed: None,
+            eps: self.eps,
+        })
+    }
+
     pub fn new(cfg: &ModelConfig, norm: Tensor, lm_head: Tensor) -> Result<Self> {
-        let lm_head_packed = PackedWeight::from_out_in(&[&lm_head])?;
+        let lm_head_packed = Some(PackedWeight::from_out_in(&[&lm_head])?);
         Ok(Head {
             norm: norm.contiguous()?,
             lm_head: lm_head.contiguous()?,
@@ -128,8 +155,12 @@ impl Head {
         &self.lm_head
     }
 
-    /// The final RMSNorm of hidden states `[batch, seq, hidden]`.
+    /// The final RMSNorm of hidden states `[batch, seq, hidden]` (moved to the head's device and
+    /// dtype first).
     pub fn normed(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x
+            .to_device(self.norm.device())?
+            .to_dtype(self.norm.dtype())?;
         Ok(candle_nn::ops::rms_norm(
             &x.contiguous()?,
             &self.norm,
@@ -137,21 +168,29 @@ impl Head {
         )?)
     }
 
-    /// Logits `[batch, seq, vocab]`.
+    /// Logits `[batch, seq, vocab]` in f32, on the head's device.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let n = self.normed(x)?.reshape((b * s, h))?;
-        Ok(self.lm_head_packed.apply(&n)?.reshape((b, s, ()))?)
+        let logits = match &self.lm_head_packed {
+            Some(p) => p.apply(&n)?,
+            None => n.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?,
+        };
+        Ok(logits.reshape((b, s, ()))?)
     }
 
-    /// Logits of only the vocabulary rows `rows` (u32 ids), `[batch, seq, rows.len()]`.
+    /// Logits of only the vocabulary rows `rows` (u32 ids), `[batch, seq, rows.len()]`, f32.
     pub fn logits_rows(&self, x: &Tensor, rows: &Tensor) -> Result<Tensor> {
         let (b, s, h) = x.dims3()?;
-        let w = self
-            .lm_head
-            .index_select(&rows.to_dtype(DType::U32)?.flatten_all()?, 0)?;
+        let rows = rows
+            .to_dtype(DType::U32)?
+            .flatten_all()?
+            .to_device(self.lm_head.device())?;
+        let w = self.lm_head.index_select(&rows, 0)?;
         let n = self.normed(x)?.reshape((b * s, h))?;
-        Ok(n.matmul(&w.t()?)?.reshape((b, s, ()))?)
+        Ok(n.matmul(&w.t()?)?
+            .to_dtype(DType::F32)?
+            .reshape((b, s, ()))?)
     }
 
     /// Logits of the last position only, `[batch, vocab]` (generation).
@@ -197,16 +236,22 @@ pub struct Llama {
 }
 
 impl Llama {
-    /// Reads every layer of `cfg` from `src`.
+    /// Reads every layer of `cfg` from `src`, for the packed CPU path.
     pub fn load(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Self> {
+        Self::load_on(cfg, src, &Compute::Packed)
+    }
+
+    /// Reads every layer of `cfg` from `src`, for `compute`.
+    pub fn load_on(cfg: &ModelConfig, src: &dyn TensorSource, compute: &Compute) -> Result<Self> {
         for (l, d) in cfg.layers.iter().enumerate() {
             validate_dims(l, d)?;
         }
-        let embeddings = Embeddings::load(cfg, src)?;
+        let host_embeddings = Embeddings::load(cfg, src)?;
         let blocks = (0..cfg.n_layers())
-            .map(|l| Block::load(cfg, l, src))
+            .map(|l| Block::load_on(cfg, l, src, compute))
             .collect::<Result<Vec<_>>>()?;
-        let head = Head::load(cfg, src, &embeddings)?;
+        let head = Head::load(cfg, src, &host_embeddings)?.on(compute)?;
+        let embeddings = host_embeddings.on(compute)?;
         Ok(Llama {
             cfg: cfg.clone(),
             embeddings,

@@ -7,6 +7,8 @@
 use candle_core::Tensor;
 
 use super::attention::{AttnShape, LayerKv, causal_attention};
+use super::compute::Compute;
+use super::device_block::{DeviceBlock, Geometry};
 use super::llama_kernels::{swiglu, tensor_from, with_f32};
 use super::rope::Rope;
 use super::sgemm::PackedWeight;
@@ -67,7 +69,8 @@ pub struct BlockTaps {
     pub down_proj_input: Option<Tensor>,
 }
 
-/// A decoder layer ready to run. Q/K/V and gate/up are stored fused (one matmul each).
+/// A decoder layer ready to run. Q/K/V and gate/up are stored fused (one matmul each), packed
+/// for the CPU kernels or as candle tensors on a device (`Compute`).
 #[derive(Debug, Clone)]
 pub struct Block {
     dims: LayerDims,
@@ -75,10 +78,19 @@ pub struct Block {
     head_dim: usize,
     eps: f32,
     rope: Rope,
-    ln1: Tensor,
-    ln2: Tensor,
-    attn: Option<FusedAttn>,
-    mlp: Option<FusedMlp>,
+    exec: Exec,
+}
+
+/// The weights in the form the chosen compute path runs.
+#[derive(Debug, Clone)]
+enum Exec {
+    Packed {
+        ln1: Tensor,
+        ln2: Tensor,
+        attn: Option<FusedAttn>,
+        mlp: Option<FusedMlp>,
+    },
+    Device(DeviceBlock),
 }
 
 /// Projection weights are stored packed for `sgemm` (the layout its kernel reads).
@@ -234,16 +246,131 @@ pub fn validate_dims(layer: usize, dims: &LayerDims) -> Result<()> {
     Ok(())
 }
 
+/// Checks every weight of `w` against `dims` (hidden size `h`, head size `dh`), including that
+/// a removed branch has no weights and a present one has all of them.
+fn check_weights(
+    layer: usize,
+    dims: &LayerDims,
+    h: usize,
+    dh: usize,
+    w: &BlockWeights,
+) -> Result<()> {
+    check(layer, "input_layernorm", &w.input_layernorm, &[h])?;
+    check(
+        layer,
+        "post_attention_layernorm",
+        &w.post_attention_layernorm,
+        &[h],
+    )?;
+    let err = |msg: &str| {
+        Err(Error::LayerDims {
+            layer,
+            msg: msg.into(),
+        })
+    };
+    match (dims.n_q, &w.attn) {
+        (0, None) => {}
+        (0, Some(_)) => return err("attention weights given for a removed attention"),
+        (_, None) => return err("attention weights missing"),
+        (nq, Some(a)) => {
+            let (q, kv) = (nq * dh, dims.n_kv * dh);
+            check(layer, "q_proj", &a.q_proj, &[q, h])?;
+            check(layer, "k_proj", &a.k_proj, &[kv, h])?;
+            check(layer, "v_proj", &a.v_proj, &[kv, h])?;
+            check(layer, "o_proj", &a.o_proj, &[h, q])?;
+            check_opt(layer, "q_proj.bias", &a.q_bias, &[q])?;
+            check_opt(layer, "k_proj.bias", &a.k_bias, &[kv])?;
+            check_opt(layer, "v_proj.bias", &a.v_bias, &[kv])?;
+            check_opt(layer, "o_proj.bias", &a.o_bias, &[h])?;
+        }
+    }
+    match (dims.d_ff, &w.mlp) {
+        (0, None) => {}
+        (0, Some(_)) => return err("FFN weights given for a removed FFN"),
+        (_, None) => return err("FFN weights missing"),
+        (f, Some(m)) => {
+            check(layer, "gate_proj", &m.gate_proj, &[f, h])?;
+            check(layer, "up_proj", &m.up_proj, &[f, h])?;
+            check(layer, "down_proj", &m.down_proj, &[h, f])?;
+            check_opt(layer, "gate_proj.bias", &m.gate_bias, &[f])?;
+            check_opt(layer, "up_proj.bias", &m.up_bias, &[f])?;
+            check_opt(layer, "down_proj.bias", &m.down_bias, &[h])?;
+        }
+    }
+    Ok(())
+}
+
+/// Concatenates optional biases along their axis, zeros where one is missing; `None` when all
+/// are.
+pub(super) fn fused_bias(parts: &[(&Option<Tensor>, usize)]) -> Result<Option<Tensor>> {
+    if parts.iter().all(|(b, _)| b.is_none()) {
+        return Ok(None);
+    }
+    let ts = parts
+        .iter()
+        .map(|(b, n)| match b {
+            Some(t) => Ok(t.clone()),
+            None => Ok(Tensor::zeros(
+                *n,
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )?),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(Tensor::cat(&ts, 0)?))
+}
+
+/// Checked weights packed for the CPU kernels.
+fn pack(w: BlockWeights, d_ff: usize) -> Result<Exec> {
+    let attn = match w.attn {
+        None => None,
+        Some(a) => {
+            let (q, kv) = (a.q_proj.dim(0)?, a.k_proj.dim(0)?);
+            Some(FusedAttn {
+                qkv: PackedWeight::from_out_in(&[&a.q_proj, &a.k_proj, &a.v_proj])?,
+                qkv_bias: fused_bias(&[(&a.q_bias, q), (&a.k_bias, kv), (&a.v_bias, kv)])?,
+                o_proj: PackedWeight::from_out_in(&[&a.o_proj])?,
+                o_bias: a.o_bias,
+            })
+        }
+    };
+    let mlp = match w.mlp {
+        None => None,
+        Some(m) => Some(FusedMlp {
+            gate_up: PackedWeight::from_out_in(&[&m.gate_proj, &m.up_proj])?,
+            gate_up_bias: fused_bias(&[(&m.gate_bias, d_ff), (&m.up_bias, d_ff)])?,
+            down_proj: PackedWeight::from_out_in(&[&m.down_proj])?,
+            down_bias: m.down_bias,
+        }),
+    };
+    Ok(Exec::Packed {
+        ln1: w.input_layernorm.contiguous()?,
+        ln2: w.post_attention_layernorm.contiguous()?,
+        attn,
+        mlp,
+    })
+}
+
 impl Block {
-    /// Reads and builds layer `l` of `cfg` from `src`.
+    /// Reads and builds layer `l` of `cfg` from `src` for the packed CPU path.
     pub fn load(cfg: &ModelConfig, l: usize, src: &dyn TensorSource) -> Result<Self> {
+        Self::load_on(cfg, l, src, &Compute::Packed)
+    }
+
+    /// Reads and builds layer `l` of `cfg` from `src` for `compute`.
+    pub fn load_on(
+        cfg: &ModelConfig,
+        l: usize,
+        src: &dyn TensorSource,
+        compute: &Compute,
+    ) -> Result<Self> {
         let dims = cfg.layers.get(l).ok_or_else(|| Error::LayerDims {
             layer: l,
             msg: format!("the model has {} layers", cfg.n_layers()),
         })?;
         validate_dims(l, dims)?;
         let w = BlockWeights::load(cfg, l, dims, src)?;
-        Self::from_weights(cfg, l, dims.clone(), w)
+        Self::from_weights_on(cfg, l, dims.clone(), w, compute)
     }
 
     /// Builds a block with widths `dims` from explicit weights; `cfg` supplies hidden size,
@@ -254,109 +381,24 @@ impl Block {
         dims: LayerDims,
         w: BlockWeights,
     ) -> Result<Self> {
+        Self::from_weights_on(cfg, layer, dims, w, &Compute::Packed)
+    }
+
+    /// Like `from_weights`, for `compute`.
+    pub fn from_weights_on(
+        cfg: &ModelConfig,
+        layer: usize,
+        dims: LayerDims,
+        w: BlockWeights,
+        compute: &Compute,
+    ) -> Result<Self> {
         validate_dims(layer, &dims)?;
         let (h, dh) = (cfg.hidden_size, cfg.head_dim);
-        check(layer, "input_layernorm", &w.input_layernorm, &[h])?;
-        check(
-            layer,
-            "post_attention_layernorm",
-            &w.post_attention_layernorm,
-            &[h],
-        )?;
-        let attn = match (dims.n_q, w.attn) {
-            (0, None) => None,
-            (0, Some(_)) => {
-                return Err(Error::LayerDims {
-                    layer,
-                    msg: "attention weights given for a removed attention".into(),
-                });
-            }
-            (_, None) => {
-                return Err(Error::LayerDims {
-                    layer,
-                    msg: "attention weights missing".into(),
-                });
-            }
-            (nq, Some(a)) => {
-                let (q, kv) = (nq * dh, dims.n_kv * dh);
-                check(layer, "q_proj", &a.q_proj, &[q, h])?;
-                check(layer, "k_proj", &a.k_proj, &[kv, h])?;
-                check(layer, "v_proj", &a.v_proj, &[kv, h])?;
-                check(layer, "o_proj", &a.o_proj, &[h, q])?;
-                check_opt(layer, "q_proj.bias", &a.q_bias, &[q])?;
-                check_opt(layer, "k_proj.bias", &a.k_bias, &[kv])?;
-                check_opt(layer, "v_proj.bias", &a.v_bias, &[kv])?;
-                check_opt(layer, "o_proj.bias", &a.o_bias, &[h])?;
-                let qkv_bias = match (&a.q_bias, &a.k_bias, &a.v_bias) {
-                    (None, None, None) => None,
-                    _ => {
-                        let z = |t: &Option<Tensor>, n: usize| -> Result<Tensor> {
-                            Ok(match t {
-                                Some(t) => t.clone(),
-                                None => Tensor::zeros(
-                                    n,
-                                    candle_core::DType::F32,
-                                    &candle_core::Device::Cpu,
-                                )?,
-                            })
-                        };
-                        Some(Tensor::cat(
-                            &[z(&a.q_bias, q)?, z(&a.k_bias, kv)?, z(&a.v_bias, kv)?],
-                            0,
-                        )?)
-                    }
-                };
-                Some(FusedAttn {
-                    qkv: PackedWeight::from_out_in(&[&a.q_proj, &a.k_proj, &a.v_proj])?,
-                    qkv_bias,
-                    o_proj: PackedWeight::from_out_in(&[&a.o_proj])?,
-                    o_bias: a.o_bias,
-                })
-            }
-        };
-        let mlp = match (dims.d_ff, w.mlp) {
-            (0, None) => None,
-            (0, Some(_)) => {
-                return Err(Error::LayerDims {
-                    layer,
-                    msg: "FFN weights given for a removed FFN".into(),
-                });
-            }
-            (_, None) => {
-                return Err(Error::LayerDims {
-                    layer,
-                    msg: "FFN weights missing".into(),
-                });
-            }
-            (f, Some(m)) => {
-                check(layer, "gate_proj", &m.gate_proj, &[f, h])?;
-                check(layer, "up_proj", &m.up_proj, &[f, h])?;
-                check(layer, "down_proj", &m.down_proj, &[h, f])?;
-                check_opt(layer, "gate_proj.bias", &m.gate_bias, &[f])?;
-                check_opt(layer, "up_proj.bias", &m.up_bias, &[f])?;
-                check_opt(layer, "down_proj.bias", &m.down_bias, &[h])?;
-                let gate_up_bias = match (&m.gate_bias, &m.up_bias) {
-                    (None, None) => None,
-                    (g, u) => {
-                        let z = |t: &Option<Tensor>| -> Result<Tensor> {
-                            Ok(match t {
-                                Some(t) => t.clone(),
-                                None => Tensor::zeros(
-                                    f,
-                                    candle_core::DType::F32,
-                                    &candle_core::Device::Cpu,
-                                )?,
-                            })
-                        };
-                        Some(Tensor::cat(&[z(g)?, z(u)?], 0)?)
-                    }
-                };
-                Some(FusedMlp {
-                    gate_up: PackedWeight::from_out_in(&[&m.gate_proj, &m.up_proj])?,
-                    gate_up_bias,
-                    down_proj: PackedWeight::from_out_in(&[&m.down_proj])?,
-                    down_bias: m.down_bias,
-                })
+        check_weights(layer, &dims, h, dh, &w)?;
+        let exec = match compute {
+            Compute::Packed => pack(w, dims.d_ff)?,
+            Compute::Device { device, dtype } => {
+                Exec::Device(DeviceBlock::new(&w, &dims.kv_map, device, *dtype)?)
             }
         };
         Ok(Block {
@@ -365,10 +407,7 @@ impl Block {
             head_dim: dh,
             eps: cfg.rms_norm_eps as f32,
             rope: Rope::new(cfg),
-            ln1: w.input_layernorm.contiguous()?,
-            ln2: w.post_attention_layernorm.contiguous()?,
-            attn,
-            mlp,
+            exec,
         })
     }
 
@@ -378,8 +417,17 @@ impl Block {
 
     /// The block's weights in HF layout (`[out, in]`, unpacked copies of the stored weights).
     pub fn weights(&self) -> Result<BlockWeights> {
+        let (ln1, ln2, attn, mlp) = match &self.exec {
+            Exec::Device(d) => return d.weights(&self.geometry()),
+            Exec::Packed {
+                ln1,
+                ln2,
+                attn,
+                mlp,
+            } => (ln1, ln2, attn, mlp),
+        };
         let dh = self.head_dim;
-        let attn = match &self.attn {
+        let attn = match attn {
             None => None,
             Some(a) => {
                 let (q, kv) = (self.dims.n_q * dh, self.dims.n_kv * dh);
@@ -401,7 +449,7 @@ impl Block {
                 })
             }
         };
-        let mlp = match &self.mlp {
+        let mlp = match mlp {
             None => None,
             Some(m) => {
                 let f = self.dims.d_ff;
@@ -422,11 +470,30 @@ impl Block {
             }
         };
         Ok(BlockWeights {
-            input_layernorm: self.ln1.clone(),
-            post_attention_layernorm: self.ln2.clone(),
+            input_layernorm: ln1.clone(),
+            post_attention_layernorm: ln2.clone(),
             attn,
             mlp,
         })
+    }
+
+    /// The device and dtype this block runs on (`Device::Cpu`/f32 for the packed path).
+    pub fn placement(&self) -> (candle_core::Device, candle_core::DType) {
+        match &self.exec {
+            Exec::Device(d) => (d.device().clone(), d.dtype()),
+            Exec::Packed { .. } => (candle_core::Device::Cpu, candle_core::DType::F32),
+        }
+    }
+
+    fn geometry(&self) -> Geometry<'_> {
+        Geometry {
+            n_q: self.dims.n_q,
+            n_kv: self.dims.n_kv,
+            d_ff: self.dims.d_ff,
+            head_dim: self.head_dim,
+            eps: self.eps,
+            rope: &self.rope,
+        }
     }
 
     /// Runs the block on hidden states `[batch, seq, hidden]` (positions from 0).
@@ -457,6 +524,15 @@ impl Block {
                 self.hidden
             )));
         }
+        let (ln1, ln2, attn, mlp) = match &self.exec {
+            Exec::Device(d) => return d.run(&self.geometry(), x, cache, observe),
+            Exec::Packed {
+                ln1,
+                ln2,
+                attn,
+                mlp,
+            } => (ln1, ln2, attn, mlp),
+        };
         let t = b * s;
         // [b, s, h] → [b·s, h]: every projection is then one plain matmul.
         let mut xs = x.reshape((t, h))?;
@@ -464,8 +540,8 @@ impl Block {
             o_proj_input: None,
             down_proj_input: None,
         };
-        if let Some(a) = &self.attn {
-            let n = candle_nn::ops::rms_norm(&xs, &self.ln1, self.eps)?;
+        if let Some(a) = attn {
+            let n = candle_nn::ops::rms_norm(&xs, ln1, self.eps)?;
             let mut qkv = a.qkv.apply(&n)?;
             if let Some(bias) = &a.qkv_bias {
                 qkv = qkv.broadcast_add(bias)?;
@@ -493,8 +569,8 @@ impl Block {
                 taps.o_proj_input = Some(y.reshape((b, s, ()))?);
             }
         }
-        if let Some(m) = &self.mlp {
-            let n = candle_nn::ops::rms_norm(&xs, &self.ln2, self.eps)?;
+        if let Some(m) = mlp {
+            let n = candle_nn::ops::rms_norm(&xs, ln2, self.eps)?;
             let mut gu = m.gate_up.apply(&n)?;
             if let Some(bias) = &m.gate_up_bias {
                 gu = gu.broadcast_add(bias)?;

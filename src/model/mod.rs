@@ -2,8 +2,10 @@
 //! our saved format, and the f32 CPU forward built from candle ops.
 
 pub mod attention;
+pub mod compute;
 pub mod config;
 pub mod cpu_kernel;
+mod device_block;
 pub mod gguf;
 pub mod hf;
 pub mod llama;
@@ -43,8 +45,10 @@ pub fn forward_code_versions() -> Vec<(&'static str, u32)> {
 }
 
 pub use attention::LayerKv;
+pub use compute::Compute;
 pub use config::{LayerDims, Llama3RopeScaling, ModelConfig};
 pub use cpu_kernel::KernelClass;
+pub use device_block::to_host_f32;
 pub use hf::{HfConfig, SafetensorsSource, open_hf_dir};
 pub use llama::{Embeddings, Head, KvCache, Llama};
 pub use llama_block::{AttnWeights, Block, BlockTaps, BlockWeights, MlpWeights};

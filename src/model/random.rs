@@ -2,6 +2,7 @@
 //! model source of tiny pipelines and the builder behind every test model.
 
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 
 use super::{MemorySource, ModelConfig};
 use crate::Result;
@@ -12,12 +13,11 @@ use crate::rng::Stream;
 /// change the others.
 pub fn random_source(cfg: &ModelConfig, seed: u64) -> Result<MemorySource> {
     let (h, dh, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
-    let mut src = MemorySource::new();
+    // Tensors are listed first and drawn in parallel: each has its own stream, so the bits do
+    // not depend on the order or the thread count (a Llama-3.1-8B shape is ~8 G draws).
+    let mut specs: Vec<(String, Vec<usize>, f32, f32)> = Vec::new();
     let mut put = |name: String, shape: &[usize], base: f32, std: f32| -> Result<()> {
-        let n: usize = shape.iter().product();
-        let mut s = Stream::new(seed, &format!("random-model/{name}"), &[]);
-        let data: Vec<f32> = (0..n).map(|_| base + std * s.normal() as f32).collect();
-        src.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
+        specs.push((name, shape.to_vec(), base, std));
         Ok(())
     };
     put("model.embed_tokens.weight".into(), &[v, h], 0.0, 0.5)?;
@@ -97,6 +97,19 @@ pub fn random_source(cfg: &ModelConfig, seed: u64) -> Result<MemorySource> {
             0.0,
             1.0 / (h as f32).sqrt(),
         )?;
+    }
+    let tensors = specs
+        .into_par_iter()
+        .map(|(name, shape, base, std)| {
+            let n: usize = shape.iter().product();
+            let mut s = Stream::new(seed, &format!("random-model/{name}"), &[]);
+            let data: Vec<f32> = (0..n).map(|_| base + std * s.normal() as f32).collect();
+            Ok((name, Tensor::from_vec(data, shape, &Device::Cpu)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut src = MemorySource::new();
+    for (name, t) in tensors {
+        src.insert(name, t);
     }
     Ok(src)
 }

@@ -7,10 +7,12 @@
 //! name = "demo"          # required; names the output folder and the run's pins
 //! seed = 7               # default 0; part of every key
 //! workdir = ".tyr"       # default `.tyr` beside this file; relative to this file
-//! dtype = "f32"          # default "f32"; part of every key
-//! device = "cpu"         # default "cpu"; part of every key
+//! dtype = "f32"          # "f32" | "bf16"; default "f32"; part of every key
+//! device = "cpu"         # "cpu" (packed f32 kernels) | "cpu-candle" | "cuda" | "cuda:N"
+//!                        # (a `--features cuda` build); default "cpu"; part of every key
 //! cpu_tokens = 4         # heavy CPU tokens; default: number of cores
-//! gpu_tokens = 0         # default 0
+//! gpu_tokens = 1         # model stages run at once on the GPU; default 1 with a cuda
+//!                        # device, else 0
 //! mem_budget_bytes = 0   # memory budget for concurrent stages, bytes (`tyr run --mem-budget
 //!                        # 20G` sets it too); default (or 0): 80% of RAM or of the cgroup limit
 //!

@@ -139,6 +139,14 @@ fn resolve_header(
             "must be non-empty letters, digits, `-`, `_` or `.` (it names a folder)",
         ));
     }
+    if let Err(e) = crate::model::compute::parse_dtype(&h.dtype) {
+        return Err(bad("dtype", &e.to_string()));
+    }
+    // Syntax only: the GPU is opened by the stages that run the model, which under Slurm run on
+    // other nodes than the one planning.
+    if let Err(e) = crate::model::compute::check_device_name(&h.device) {
+        return Err(bad("device", &e.to_string()));
+    }
     let workdir: PathBuf = match (workdir, &h.workdir) {
         (Some(w), _) => w.to_path_buf(),
         (None, Some(w)) => base.join(w),
@@ -155,7 +163,12 @@ fn resolve_header(
         dtype: h.dtype.clone(),
         device: h.device.clone(),
         cpu_tokens: h.cpu_tokens.unwrap_or(cores).max(1),
-        gpu_tokens: h.gpu_tokens,
+        // A pipeline on a GPU runs one model stage on it at a time unless told otherwise.
+        gpu_tokens: if h.gpu_tokens == 0 && h.device.starts_with("cuda") {
+            1
+        } else {
+            h.gpu_tokens
+        },
         mem_budget_bytes: h
             .mem_budget_bytes
             .filter(|&m| m > 0)

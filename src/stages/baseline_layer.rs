@@ -93,7 +93,7 @@ impl Stage for BaselineLayer {
         let record: ModelRecord = ctx.input("model")?.record("model")?;
         let model = open(&record)?;
         let cfg = &model.config;
-        let dense = DenseLayer::load(cfg, p.layer, model.source.as_ref())?;
+        let dense = DenseLayer::load_on(cfg, p.layer, model.source.as_ref(), &ctx.compute()?)?;
         let (al, fl, h) = (dense.attn_layout(), dense.ffn_layout(), dense.hidden);
         for (module, level, units) in [
             (ModuleKind::Attn, p.attn_level, al.units),

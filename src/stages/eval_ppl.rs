@@ -20,23 +20,30 @@ use super::{Chosen, choice_slots};
 use crate::data::EvalWindows;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::eval::perplexity::{PerplexityOptions, perplexity_layer_by_layer};
-use crate::model::{Block, Embeddings, Head, LayerDims, ModelConfig, TensorSource};
+use crate::model::{Block, Compute, Embeddings, Head, LayerDims, ModelConfig, TensorSource};
 use crate::supernet::layer::{DenseLayer, assemble_block};
 use crate::vocab::LayerLevels;
 use crate::{Error, Result};
 
-/// Decoder layer `l` as evaluated: dense, or sliced to the chosen variants of its layer stage.
+/// Decoder layer `l` as evaluated, for `compute`: dense, or sliced to the chosen variants of its
+/// layer stage.
 pub(crate) fn build_block(
     cfg: &ModelConfig,
     src: &dyn TensorSource,
     chosen: Option<&Chosen>,
     l: usize,
+    compute: &Compute,
 ) -> Result<Block> {
     match chosen {
-        None => Block::load(cfg, l, src),
+        None => Block::load_on(cfg, l, src, compute),
         Some(c) => {
             let (attn, ffn) = c.layer(l)?;
-            assemble_block(cfg, &DenseLayer::load(cfg, l, src)?, &attn, &ffn)
+            assemble_block(
+                cfg,
+                &DenseLayer::load_on(cfg, l, src, compute)?,
+                &attn,
+                &ffn,
+            )
         }
     }
 }
@@ -144,13 +151,15 @@ impl Stage for EvalPpl {
         )?;
         // One decoder layer at a time: the model is never held whole.
         let mut dims: Vec<Option<LayerDims>> = vec![None; cfg.n_layers()];
+        let compute = ctx.compute()?;
         let block = |l: usize| -> Result<Block> {
-            let b = build_block(cfg, src, chosen.as_ref(), l)?;
+            let b = build_block(cfg, src, chosen.as_ref(), l, &compute)?;
             dims[l] = Some(b.dims().clone());
             Ok(b)
         };
         let emb = Embeddings::load(cfg, src)?;
-        let head = Head::load(cfg, src, &emb)?;
+        let head = Head::load(cfg, src, &emb)?.on(&compute)?;
+        let emb = emb.on(&compute)?;
         let stream: Vec<u32> = windows.windows.iter().flatten().copied().collect();
         let opts = PerplexityOptions {
             seq_len: windows.seq_len,

@@ -23,6 +23,7 @@ use crate::data::DataSource;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::eval::tasks::{TaskKind, TaskReadOptions, TaskSpec, read_task};
 use crate::eval::zeroshot::{LayerByLayer, TaskResult, ZeroShotOptions, score_task};
+use crate::model::Compute;
 use crate::model::{Block, Embeddings, Head, LayerDims};
 use crate::vocab::LayerLevels;
 use crate::{Error, Result};
@@ -180,14 +181,16 @@ impl Stage for EvalTasks {
         let chosen = Chosen::resolve(ctx, &what, &p.choice, p.from_search, cfg.n_layers())?;
         // One layer at a time, as eval-ppl does: never the whole model in memory.
         let dims: RefCell<Vec<Option<LayerDims>>> = RefCell::new(vec![None; cfg.n_layers()]);
+        let compute = ctx.compute()?;
         let emb = Embeddings::load(cfg, src)?;
-        let head = Head::load(cfg, src, &emb)?;
+        let head = Head::load(cfg, src, &emb)?.on(&compute)?;
+        let emb = emb.on(&compute)?;
         let model_by_layer = LayerByLayer {
             config: cfg,
             embeddings: &emb,
             head: &head,
             block: |l: usize| -> Result<Block> {
-                let b = build_block(cfg, src, chosen.as_ref(), l)?;
+                let b = build_block(cfg, src, chosen.as_ref(), l, &compute)?;
                 dims.borrow_mut()[l] = Some(b.dims().clone());
                 Ok(b)
             },
@@ -218,7 +221,9 @@ impl Stage for EvalTasks {
             .enumerate()
             .map(|(l, d)| match d {
                 Some(d) => Ok(d),
-                None => Ok(build_block(cfg, src, chosen.as_ref(), l)?.dims().clone()),
+                None => Ok(build_block(cfg, src, chosen.as_ref(), l, &Compute::Packed)?
+                    .dims()
+                    .clone()),
             })
             .collect::<Result<_>>()?;
         let rec = TasksRecord {

@@ -54,7 +54,12 @@ impl Stage for LayerForward {
         };
         let (o_bar, d_bar) = (get("o_proj")?, get("down_proj")?);
         let model = open(&record)?;
-        let dense = DenseLayer::load(&model.config, self.0.layer, model.source.as_ref())?;
+        let dense = DenseLayer::load_on(
+            &model.config,
+            self.0.layer,
+            model.source.as_ref(),
+            &ctx.compute()?,
+        )?;
         let block = dense.block_with(&model.config, Some(&o_bar), Some(&d_bar))?;
         let next = x.map_batches(|xb| block.forward(xb))?;
         let mut o = Outputs::new();

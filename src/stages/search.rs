@@ -184,6 +184,7 @@ impl Stage for SearchStage {
                 fitness: p.fitness,
                 incremental: p.incremental,
                 cache_limit_bytes: p.cache_mib << 20,
+                compute: ctx.compute()?,
             },
         )?;
         let resume: Option<SearchProgress> = ctx.load_progress()?;

@@ -162,7 +162,7 @@ impl Stage for SupernetLayer {
         let record: ModelRecord = ctx.input("model")?.record("model")?;
         let model = open(&record)?;
         let cfg = &model.config;
-        let dense = DenseLayer::load(cfg, p.layer, model.source.as_ref())?;
+        let dense = DenseLayer::load_on(cfg, p.layer, model.source.as_ref(), &ctx.compute()?)?;
         let span = tracing::info_span!("supernet-layer", round = p.round, layer = p.layer);
         let _g = span.enter();
         let built = if p.joined {

@@ -106,7 +106,7 @@ impl Stage for SupernetPart {
         let record: ModelRecord = ctx.input("model")?.record("model")?;
         let model = open(&record)?;
         let cfg = &model.config;
-        let dense = DenseLayer::load(cfg, b.layer, model.source.as_ref())?;
+        let dense = DenseLayer::load_on(cfg, b.layer, model.source.as_ref(), &ctx.compute()?)?;
         let o_bar = if self.reads_attention() {
             let parts: Vec<ModulePart> = ctx
                 .inputs("attn-parts")?

@@ -79,7 +79,7 @@ impl Stage for TeacherStage {
         let record: ModelRecord = ctx.input("model")?.record("model")?;
         let pool: Pool = ctx.input("pool")?.record("pool")?;
         let model = open(&record)?;
-        let llama = Llama::load(&model.config, model.source.as_ref())?;
+        let llama = Llama::load_on(&model.config, model.source.as_ref(), &ctx.compute()?)?;
         let vocab = model.config.vocab_size;
         let saved: Vec<Part> = ctx.load_progress_parts()?;
         let (mut done, mut teacher, mut parts) = resume(saved, &pool, self.0.top_k, vocab)?;

@@ -74,7 +74,8 @@ impl Acts {
                 .x
                 .index_select(&idx, 0)?
                 .reshape((batch.len(), s, hidden))?;
-            let yb = f(&xb)?.to_dtype(DType::F32)?;
+            // Outputs of a device block come back to the host in f32.
+            let yb = f(&xb)?.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
             for (k, &p) in batch.iter().enumerate() {
                 parts[p] = Some(yb.get(k)?);
             }

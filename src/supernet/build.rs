@@ -154,6 +154,8 @@ pub fn build_layer(
     )?;
     check_levels(layer, ModuleKind::Ffn, &ffn_grid.levels, ffn_layout.units)?;
 
+    // Phase times, logged at the end (device runs report statistics and OBS separately).
+    let t0 = std::time::Instant::now();
     let dense_block = dense.block_with(cfg, None, None)?;
     let early_ffn = opts.ffn_stats == FfnStats::DenseAttention;
     let (h_o, h_d_dense) = collect_stats(
@@ -166,7 +168,9 @@ pub fn build_layer(
     )?;
     let h_o = h_o.ok_or_else(|| missing_taps(layer))?;
     ck.report(1, 4);
+    let stats_s = t0.elapsed().as_secs_f64();
 
+    let t1 = std::time::Instant::now();
     let o0 = dense.o_proj()?;
     let attn = match ck.resumed_attn()? {
         Some(v)
@@ -197,7 +201,9 @@ pub fn build_layer(
     ck.report(2, 4);
     let (o_bar, attn_w) =
         module_expectation(dense, ModuleKind::Attn, attn_grid, &attn, opts.expectation)?;
+    let attn_obs_s = t1.elapsed().as_secs_f64();
 
+    let t2 = std::time::Instant::now();
     let h_d = match h_d_dense {
         Some(h) => h,
         None => {
@@ -213,6 +219,8 @@ pub fn build_layer(
             h.ok_or_else(|| missing_taps(layer))?
         }
     };
+    let ffn_stats_s = t2.elapsed().as_secs_f64();
+    let t3 = std::time::Instant::now();
     let ffn = build_variants(
         PruneContext {
             layer,
@@ -229,6 +237,14 @@ pub fn build_layer(
     let (d_bar, ffn_w) =
         module_expectation(dense, ModuleKind::Ffn, ffn_grid, &ffn, opts.expectation)?;
     ck.report(4, 4);
+    tracing::info!(
+        layer,
+        stats_s,
+        attn_obs_s,
+        ffn_stats_s,
+        ffn_obs_s = t3.elapsed().as_secs_f64(),
+        "supernet layer phases (seconds)"
+    );
 
     let summary = LayerSupernet {
         round,

@@ -6,7 +6,7 @@
 use candle_core::{Device, Tensor};
 
 use super::acts::Acts;
-use crate::model::{Block, BlockWeights, LayerDims, ModelConfig};
+use crate::model::{Block, BlockWeights, Compute, LayerDims, ModelConfig};
 use crate::prune::UnitLayout;
 use crate::prune::local::{Variant, VariantMetrics};
 use crate::prune::slice::{AttnDims, AttnWeights as SliceAttn, select_row_units, slice_attention};
@@ -22,13 +22,27 @@ pub fn flat(t: &Tensor) -> Result<Vec<f32>> {
 pub struct DenseLayer {
     pub layer: usize,
     pub dims: LayerDims,
+    /// Host f32 weights (the pruning math reads them as flat vectors).
     pub weights: BlockWeights,
     pub hidden: usize,
     pub head_dim: usize,
+    /// Where the blocks made from this layer run (`block_with`, `assemble_block`).
+    pub compute: Compute,
 }
 
 impl DenseLayer {
+    /// Layer `l` for the packed CPU path.
     pub fn load(cfg: &ModelConfig, l: usize, src: &dyn crate::model::TensorSource) -> Result<Self> {
+        Self::load_on(cfg, l, src, &Compute::Packed)
+    }
+
+    /// Layer `l`, whose blocks run on `compute`.
+    pub fn load_on(
+        cfg: &ModelConfig,
+        l: usize,
+        src: &dyn crate::model::TensorSource,
+        compute: &Compute,
+    ) -> Result<Self> {
         let block = Block::load(cfg, l, src)?;
         let dims = block.dims().clone();
         if dims.n_q == 0 || dims.d_ff == 0 {
@@ -43,6 +57,7 @@ impl DenseLayer {
             weights: block.weights()?,
             hidden: cfg.hidden_size,
             head_dim: cfg.head_dim,
+            compute: compute.clone(),
         })
     }
 
@@ -103,7 +118,7 @@ impl DenseLayer {
         if let (Some(d), Some(m)) = (down_proj, w.mlp.as_mut()) {
             m.down_proj = Tensor::from_vec(d.to_vec(), (h, self.dims.d_ff), &Device::Cpu)?;
         }
-        Block::from_weights(cfg, self.layer, self.dims.clone(), w)
+        Block::from_weights_on(cfg, self.layer, self.dims.clone(), w, &self.compute)
     }
 }
 
@@ -114,33 +129,71 @@ pub struct Collect {
     pub down_proj: bool,
 }
 
-/// `H_o` / `H_d` of `block` on `x` (the batches in their fixed order).
+/// `H_o` / `H_d` of `block` on `x` (the batches in their fixed order). On the packed path each
+/// batch's taps are added on the host (`Hessian::accumulate_tensor`); on a device the products
+/// `XᵀX` are summed there in f32 and copied to the host once, at the end.
 pub fn collect_stats(
     block: &Block,
     x: &Acts,
     what: Collect,
 ) -> Result<(Option<Hessian>, Option<Hessian>)> {
-    let d = block.dims().clone();
-    let mut h_o: Option<Hessian> = None;
-    let mut h_d: Option<Hessian> = None;
+    let on_host = block.placement().0.is_cpu();
+    let mut h_o = Gram::default();
+    let mut h_d = Gram::default();
     x.for_batches(|xb| {
         let (_, taps) = block.forward_observed(xb)?;
         if what.o_proj
             && let Some(t) = &taps.o_proj_input
         {
-            let dim = t.dim(2)?;
-            h_o.get_or_insert_with(|| Hessian::zeros(dim))
-                .accumulate_tensor(t)?;
+            h_o.add(t, on_host)?;
         }
         if what.down_proj
             && let Some(t) = &taps.down_proj_input
         {
-            h_d.get_or_insert_with(|| Hessian::zeros(d.d_ff))
-                .accumulate_tensor(t)?;
+            h_d.add(t, on_host)?;
         }
         Ok(())
     })?;
-    Ok((h_o, h_d))
+    Ok((h_o.finish()?, h_d.finish()?))
+}
+
+/// One Hessian being accumulated: on the host, or as a device f32 sum with its row count.
+#[derive(Default)]
+struct Gram {
+    host: Option<Hessian>,
+    device: Option<(Tensor, u64)>,
+}
+
+impl Gram {
+    fn add(&mut self, t: &Tensor, on_host: bool) -> Result<()> {
+        let dim = t.dim(candle_core::D::Minus1)?;
+        if on_host {
+            return self
+                .host
+                .get_or_insert_with(|| Hessian::zeros(dim))
+                .accumulate_tensor(t);
+        }
+        let x = t.to_dtype(candle_core::DType::F32)?.reshape(((), dim))?;
+        let rows = x.dim(0)? as u64;
+        let g = x.t()?.matmul(&x)?;
+        self.device = Some(match self.device.take() {
+            None => (g, rows),
+            Some((acc, n)) => ((acc + g)?, n + rows),
+        });
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Option<Hessian>> {
+        match (self.host, self.device) {
+            (Some(h), _) => Ok(Some(h)),
+            (None, Some((g, rows))) => {
+                let dim = g.dim(0)?;
+                let data = g.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
+                Ok(Some(Hessian::from_parts(dim, data, rows)?))
+            }
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 /// Metrics of a variant made without local pruning (a baseline: no refit, error not measured).
@@ -258,5 +311,5 @@ pub fn assemble_block(
         });
         dims.d_ff = f;
     }
-    Block::from_weights(cfg, dense.layer, dims, w)
+    Block::from_weights_on(cfg, dense.layer, dims, w, &dense.compute)
 }

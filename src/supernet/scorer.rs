@@ -15,12 +15,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{D, DType, Device, Tensor};
 
 use super::acts::batches_by_length;
 use super::layer::{DenseLayer, assemble_block};
 use super::rounds::levels_at;
-use crate::model::{Block, Embeddings, Head, ModelConfig, TensorSource};
+use crate::model::{Block, Compute, Embeddings, Head, ModelConfig, TensorSource};
 use crate::prune::ModuleKind;
 use crate::prune::local::Variant;
 use crate::search::TeacherTopK;
@@ -67,6 +67,8 @@ pub struct ScorerInputs<'a> {
     pub incremental: bool,
     /// Largest parent cache; bigger minibatches run every candidate from layer 0.
     pub cache_limit_bytes: usize,
+    /// Where the candidates run (and the KL is taken).
+    pub compute: Compute,
 }
 
 pub struct ModelScorer<'a> {
@@ -104,9 +106,10 @@ impl<'a> ModelScorer<'a> {
             )));
         }
         let emb = Embeddings::load(cfg, src)?;
-        let head = Head::load(cfg, src, &emb)?;
+        let head = Head::load(cfg, src, &emb)?.on(&inp.compute)?;
+        let emb = emb.on(&inp.compute)?;
         let dense = (0..n)
-            .map(|l| DenseLayer::load(cfg, l, src))
+            .map(|l| DenseLayer::load_on(cfg, l, src, &inp.compute))
             .collect::<Result<Vec<_>>>()?;
         let dense_blocks = if inp.fitness == FitnessKind::FullKl {
             dense
@@ -203,7 +206,7 @@ impl<'a> ModelScorer<'a> {
     /// The student's logits at the teacher's top-k ids of rows `row..row + n`: `[n, k]`.
     fn student_at_ids(&self, hidden: &Tensor, row: usize, n: usize) -> Result<(Tensor, Tensor)> {
         let t = self.inp.teacher;
-        let (ids, values) = t.tensors(row, n, &Device::Cpu)?;
+        let (ids, values) = t.tensors(row, n, self.head.lm_head_weight().device())?;
         let h = hidden.narrow(0, 0, n)?;
         if t.k() * 8 > self.cfg.vocab_size {
             let logits = self.head.logits(&h.unsqueeze(0)?)?.squeeze(0)?;
@@ -221,7 +224,7 @@ impl<'a> ModelScorer<'a> {
             parts.push(wc.matmul(&xc)?.squeeze(D::Minus1)?);
             at += c;
         }
-        Ok((Tensor::cat(&parts, 0)?, values))
+        Ok((Tensor::cat(&parts, 0)?.to_dtype(DType::F32)?, values))
     }
 
     /// Mean KL of final hidden states `finals` (one per group) against the teacher.

@@ -42,7 +42,7 @@ impl Embeddings {
     }
 
     /// The table on `compute`'s device in its dtype (the same table for the packed path).
-    pub fn on(&self, compute: &Compute) -> Result<Self> {
+    pub fn on(self, compute: &Compute) -> Result<Self> {
         Ok(Embeddings {
             weight: compute.place(&self.weight)?.contiguous()?,
         })
@@ -124,10 +124,11 @@ impl Head {
     }
 
     /// The head for `compute`: itself for the packed path; otherwise norm and `lm_head` on the
-    /// device in its dtype, without the packed copy.
-    pub fn on(&self, compute: &Compute) -> Result<Self> {
+    /// device in its dtype, without the packed copy (taken by value: the packed `lm_head` is
+    /// gigabytes for a large vocabulary, and is never copied).
+    pub fn on(self, compute: &Compute) -> Result<Self> {
         if compute.is_packed() {
-            return Ok(self.clone());
+            return Ok(self);
         }
         Ok(Head {
             norm: compute.place(&self.norm)?.contiguous()?,

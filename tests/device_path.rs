@@ -348,3 +348,68 @@ fn bad_devices_and_dtypes_are_refused_naming_the_key() {
         );
     }
 }
+
+/// A pruned block assembled on the device (rows selected there) has exactly the weights of the
+/// block sliced on the host and then placed, for kept sets that empty a K/V group, remove a
+/// branch or keep everything, with biases, in f32 and bf16.
+#[test]
+fn blocks_assembled_on_the_device_equal_blocks_sliced_on_the_host() {
+    use tyr::prune::local::{Variant, VariantMetrics};
+    use tyr::supernet::layer::{DenseLayer, assemble_block};
+    let cfg = with_biases(hetero_config());
+    let src = random_source(&cfg, 21).unwrap();
+    let (h, dh) = (cfg.hidden_size, cfg.head_dim);
+    let variant = |kept: Vec<u32>, width: usize, seed: u32| Variant {
+        level: 0,
+        d_out: h,
+        weight: (0..h * kept.len() * width)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 1999)
+            .map(|x| x as f32 / 999.0 - 1.0)
+            .collect(),
+        kept,
+        metrics: VariantMetrics {
+            rel_error: 0.0,
+            damping: 0.0,
+            lambda: 0.0,
+            retries: 0,
+            passes: 0,
+            free_units: 0,
+        },
+    };
+    // Layer 0: 5 query heads on K/V heads [0, 0, 0, 1, 2], d_ff 40.
+    let cases = [
+        (vec![1, 3], vec![0, 5, 39]),
+        (vec![4], vec![]),
+        (vec![], (0..40).collect()),
+        ((0..5).collect(), (0..40).step_by(3).collect()),
+    ];
+    for dtype in [DType::F32, DType::BF16] {
+        for (cname, compute) in computes(dtype) {
+            let host = DenseLayer::load(&cfg, 0, &src).unwrap();
+            let dev = DenseLayer::load_on(&cfg, 0, &src, &compute).unwrap();
+            for (i, (heads, chans)) in cases.iter().enumerate() {
+                let (a, f) = (variant(heads.clone(), dh, 1), variant(chans.clone(), 1, 2));
+                let sliced = assemble_block(&cfg, &host, &a, &f).unwrap();
+                let placed = Block::from_weights_on(
+                    &cfg,
+                    0,
+                    sliced.dims().clone(),
+                    sliced.weights().unwrap(),
+                    &compute,
+                )
+                .unwrap();
+                let assembled = assemble_block(&cfg, &dev, &a, &f).unwrap();
+                assert_eq!(assembled.dims(), placed.dims(), "{cname} case {i}");
+                let (x, y) = (
+                    placed.weights().unwrap().named_tensors(0),
+                    assembled.weights().unwrap().named_tensors(0),
+                );
+                assert_eq!(x.len(), y.len(), "{cname} case {i}");
+                for ((n0, t0), (n1, t1)) in x.iter().zip(&y) {
+                    assert_eq!(n0, n1);
+                    assert_eq!(max_abs_diff(t0, t1), 0.0, "{cname} case {i}: {n1}");
+                }
+            }
+        }
+    }
+}

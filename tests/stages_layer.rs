@@ -100,6 +100,7 @@ fn averaged_weight_forward_equals_the_density_weighted_average_of_variant_output
         hidden: dense.hidden,
         head_dim: dense.head_dim,
         compute: dense.compute.clone(),
+        device_rows: Default::default(),
     };
     let xb = x.x.i(0..7).unwrap().unsqueeze(0).unwrap();
     let one_pass = dense

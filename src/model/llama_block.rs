@@ -303,18 +303,15 @@ fn check_weights(
 /// Concatenates optional biases along their axis, zeros where one is missing; `None` when all
 /// are.
 pub(super) fn fused_bias(parts: &[(&Option<Tensor>, usize)]) -> Result<Option<Tensor>> {
-    if parts.iter().all(|(b, _)| b.is_none()) {
+    // Zeros where a bias is missing, on the device and in the dtype of those present.
+    let Some(like) = parts.iter().find_map(|(b, _)| b.as_ref()) else {
         return Ok(None);
-    }
+    };
     let ts = parts
         .iter()
         .map(|(b, n)| match b {
             Some(t) => Ok(t.clone()),
-            None => Ok(Tensor::zeros(
-                *n,
-                candle_core::DType::F32,
-                &candle_core::Device::Cpu,
-            )?),
+            None => Ok(Tensor::zeros(*n, like.dtype(), like.device())?),
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Some(Tensor::cat(&ts, 0)?))

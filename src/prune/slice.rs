@@ -146,6 +146,22 @@ pub struct SlicedAttn {
     pub kv_map: Vec<usize>,
 }
 
+/// The K/V heads that `kept_heads` (checked, ascending query heads) still read, ascending, and
+/// each kept query head's index into them: a K/V head goes when its last query head does.
+pub fn kept_kv_heads(kv_map: &[usize], n_kv: usize, kept_heads: &[u32]) -> (Vec<u32>, Vec<usize>) {
+    let mut used = vec![false; n_kv];
+    kept_heads
+        .iter()
+        .for_each(|&h| used[kv_map[h as usize]] = true);
+    let kept_kv: Vec<u32> = (0..n_kv as u32).filter(|&j| used[j as usize]).collect();
+    let new_index = |j: usize| kept_kv.iter().position(|&x| x as usize == j).unwrap_or(0);
+    let new_map = kept_heads
+        .iter()
+        .map(|&h| new_index(kv_map[h as usize]))
+        .collect();
+    (kept_kv, new_map)
+}
+
 /// Slices attention to `kept_heads` (ascending query-head indices). `kv_map[h]` is the K/V head
 /// of query head h. A K/V head is kept while any kept query head reads it.
 pub fn slice_attention(
@@ -169,17 +185,8 @@ pub fn slice_attention(
     }
     let q_units = UnitLayout::heads(n_q, head_dim);
     let kv_units = UnitLayout::heads(n_kv, head_dim);
-    let mut used = vec![false; n_kv];
     check_kept(kept_heads, n_q)?;
-    kept_heads
-        .iter()
-        .for_each(|&h| used[kv_map[h as usize]] = true);
-    let kept_kv: Vec<u32> = (0..n_kv as u32).filter(|&j| used[j as usize]).collect();
-    let new_index = |j: usize| kept_kv.iter().position(|&x| x as usize == j).unwrap_or(0);
-    let new_map = kept_heads
-        .iter()
-        .map(|&h| new_index(kv_map[h as usize]))
-        .collect();
+    let (kept_kv, new_map) = kept_kv_heads(kv_map, n_kv, kept_heads);
     let bias = |b: Option<&[f32]>, l: UnitLayout, kept: &[u32]| {
         b.map(|b| select_row_units(b, 1, l, kept)).transpose()
     };

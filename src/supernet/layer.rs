@@ -9,7 +9,10 @@ use super::acts::Acts;
 use crate::model::{Block, BlockWeights, Compute, LayerDims, ModelConfig};
 use crate::prune::UnitLayout;
 use crate::prune::local::{Variant, VariantMetrics};
-use crate::prune::slice::{AttnDims, AttnWeights as SliceAttn, select_row_units, slice_attention};
+use crate::prune::slice::{
+    AttnDims, AttnWeights as SliceAttn, check_kept, kept_kv_heads, select_row_units,
+    slice_attention,
+};
 use crate::prune::stats::Hessian;
 use crate::{Error, Result};
 
@@ -28,6 +31,39 @@ pub struct DenseLayer {
     pub head_dim: usize,
     /// Where the blocks made from this layer run (`block_with`, `assemble_block`).
     pub compute: Compute,
+    /// On a device: the dense rows pruned blocks select from, placed there on first use.
+    pub device_rows: DeviceRows,
+}
+
+/// The dense weights a pruned block keeps rows of (q/k/v, gate/up and their biases), on the
+/// layer's device in its dtype. Made once per layer, so assembling a candidate's block there
+/// selects rows on the device and moves only the variants' `o_proj` / `down_proj` over, instead
+/// of slicing the whole layer on the host and uploading it (a search assembles hundreds).
+#[derive(Debug, Default)]
+pub struct DeviceRows(std::sync::OnceLock<DenseRows>);
+
+#[derive(Debug)]
+pub struct DenseRows {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    q_bias: Option<Tensor>,
+    k_bias: Option<Tensor>,
+    v_bias: Option<Tensor>,
+    gate_bias: Option<Tensor>,
+    up_bias: Option<Tensor>,
+}
+
+impl DeviceRows {
+    fn get_or_make(&self, make: impl FnOnce() -> Result<DenseRows>) -> Result<&DenseRows> {
+        if let Some(r) = self.0.get() {
+            return Ok(r);
+        }
+        let r = make()?;
+        Ok(self.0.get_or_init(|| r))
+    }
 }
 
 impl DenseLayer {
@@ -58,6 +94,7 @@ impl DenseLayer {
             hidden: cfg.hidden_size,
             head_dim: cfg.head_dim,
             compute: compute.clone(),
+            device_rows: DeviceRows::default(),
         })
     }
 
@@ -217,6 +254,10 @@ pub fn assemble_block(
     attn: &Variant,
     ffn: &Variant,
 ) -> Result<Block> {
+    check_variant_sizes(dense, attn, ffn)?;
+    if !dense.compute.is_packed() {
+        return assemble_on_device(cfg, dense, attn, ffn);
+    }
     let (h, dh) = (dense.hidden, dense.head_dim);
     let mut w = dense.weights.clone();
     let mut dims = LayerDims {
@@ -255,13 +296,6 @@ pub fn assemble_block(
             &attn.kept,
         )?;
         let (nq, nkv) = (attn.kept.len(), s.kept_kv.len());
-        if attn.weight.len() != h * nq * dh {
-            return Err(Error::PruneShape {
-                what: format!("layer {} attention variant weight", dense.layer),
-                expected: (h * nq * dh).to_string(),
-                got: attn.weight.len().to_string(),
-            });
-        }
         let t = |v: Vec<f32>, r: usize, c: usize| Tensor::from_vec(v, (r, c), &Device::Cpu);
         let tb = |v: Option<Vec<f32>>| v.map(|v| Tensor::new(v, &Device::Cpu)).transpose();
         w.attn = Some(crate::model::AttnWeights {
@@ -285,13 +319,6 @@ pub fn assemble_block(
         let (gate, up) = dense.gate_up()?;
         let layout = dense.ffn_layout();
         let f = ffn.kept.len();
-        if ffn.weight.len() != h * f {
-            return Err(Error::PruneShape {
-                what: format!("layer {} FFN variant weight", dense.layer),
-                expected: (h * f).to_string(),
-                got: ffn.weight.len().to_string(),
-            });
-        }
         let rows = |v: &[f32]| select_row_units(v, h, layout, &ffn.kept);
         let bias = |b: &Option<Tensor>| -> Result<Option<Tensor>> {
             b.as_ref()
@@ -307,6 +334,116 @@ pub fn assemble_block(
             down_proj: Tensor::from_vec(ffn.weight.clone(), (h, f), &Device::Cpu)?,
             gate_bias: bias(&m.gate_bias)?,
             up_bias: bias(&m.up_bias)?,
+            down_bias: m.down_bias.clone(),
+        });
+        dims.d_ff = f;
+    }
+    Block::from_weights_on(cfg, dense.layer, dims, w, &dense.compute)
+}
+
+/// The variants' kept units are valid for `dense` and their weights have the sliced shapes.
+fn check_variant_sizes(dense: &DenseLayer, attn: &Variant, ffn: &Variant) -> Result<()> {
+    let (h, dh) = (dense.hidden, dense.head_dim);
+    check_kept(&attn.kept, dense.dims.n_q)?;
+    check_kept(&ffn.kept, dense.dims.d_ff)?;
+    for (what, v, want) in [
+        ("attention", attn, h * attn.kept.len() * dh),
+        ("FFN", ffn, h * ffn.kept.len()),
+    ] {
+        if !v.kept.is_empty() && v.weight.len() != want {
+            return Err(Error::PruneShape {
+                what: format!("layer {} {what} variant weight", dense.layer),
+                expected: want.to_string(),
+                got: v.weight.len().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `assemble_block` on a device: the kept rows of q/k/v and gate/up are selected from the layer's
+/// `DeviceRows` there; the same values as slicing on the host and converting, since selecting
+/// rows and converting the dtype commute.
+fn assemble_on_device(
+    cfg: &ModelConfig,
+    dense: &DenseLayer,
+    attn: &Variant,
+    ffn: &Variant,
+) -> Result<Block> {
+    let (h, dh) = (dense.hidden, dense.head_dim);
+    let rows = dense.device_rows.get_or_make(|| {
+        let c = &dense.compute;
+        let a = dense.attn()?;
+        let m = dense.mlp()?;
+        let opt = |t: &Option<Tensor>| t.as_ref().map(|t| c.place(t)).transpose();
+        Ok(DenseRows {
+            q: c.place(&a.q_proj)?,
+            k: c.place(&a.k_proj)?,
+            v: c.place(&a.v_proj)?,
+            gate: c.place(&m.gate_proj)?,
+            up: c.place(&m.up_proj)?,
+            q_bias: opt(&a.q_bias)?,
+            k_bias: opt(&a.k_bias)?,
+            v_bias: opt(&a.v_bias)?,
+            gate_bias: opt(&m.gate_bias)?,
+            up_bias: opt(&m.up_bias)?,
+        })
+    })?;
+    let device = dense.compute.candle_device();
+    // Row indices of whole units (heads of `dh` rows, or single channels), on the device.
+    let unit_rows = |units: &[u32], width: usize| -> Result<Tensor> {
+        let idx: Vec<u32> = units
+            .iter()
+            .flat_map(|&u| u * width as u32..(u + 1) * width as u32)
+            .collect();
+        let n = idx.len();
+        Ok(Tensor::from_vec(idx, n, &device)?)
+    };
+    let pick = |t: &Tensor, idx: &Tensor| -> Result<Tensor> { Ok(t.index_select(idx, 0)?) };
+    let pick_opt = |t: &Option<Tensor>, idx: &Tensor| -> Result<Option<Tensor>> {
+        t.as_ref().map(|t| pick(t, idx)).transpose()
+    };
+    let mut dims = LayerDims {
+        n_q: 0,
+        n_kv: 0,
+        kv_map: vec![],
+        d_ff: 0,
+    };
+    let mut w = BlockWeights {
+        input_layernorm: dense.weights.input_layernorm.clone(),
+        post_attention_layernorm: dense.weights.post_attention_layernorm.clone(),
+        attn: None,
+        mlp: None,
+    };
+    if !attn.kept.is_empty() {
+        let a = dense.attn()?;
+        let (kept_kv, kv_map) = kept_kv_heads(&dense.dims.kv_map, dense.dims.n_kv, &attn.kept);
+        let (qi, kvi) = (unit_rows(&attn.kept, dh)?, unit_rows(&kept_kv, dh)?);
+        let nq = attn.kept.len();
+        w.attn = Some(crate::model::AttnWeights {
+            q_proj: pick(&rows.q, &qi)?,
+            k_proj: pick(&rows.k, &kvi)?,
+            v_proj: pick(&rows.v, &kvi)?,
+            o_proj: Tensor::from_vec(attn.weight.clone(), (h, nq * dh), &Device::Cpu)?,
+            q_bias: pick_opt(&rows.q_bias, &qi)?,
+            k_bias: pick_opt(&rows.k_bias, &kvi)?,
+            v_bias: pick_opt(&rows.v_bias, &kvi)?,
+            o_bias: a.o_bias.clone(),
+        });
+        dims.n_q = nq;
+        dims.n_kv = kept_kv.len();
+        dims.kv_map = kv_map;
+    }
+    if !ffn.kept.is_empty() {
+        let m = dense.mlp()?;
+        let fi = unit_rows(&ffn.kept, 1)?;
+        let f = ffn.kept.len();
+        w.mlp = Some(crate::model::MlpWeights {
+            gate_proj: pick(&rows.gate, &fi)?,
+            up_proj: pick(&rows.up, &fi)?,
+            down_proj: Tensor::from_vec(ffn.weight.clone(), (h, f), &Device::Cpu)?,
+            gate_bias: pick_opt(&rows.gate_bias, &fi)?,
+            up_bias: pick_opt(&rows.up_bias, &fi)?,
             down_bias: m.down_bias.clone(),
         });
         dims.d_ff = f;

@@ -13,8 +13,11 @@
 #   tests     the device-path tests on cuda:0 (TYR_REQUIRE_CUDA=1): f32 parity with the packed
 #             CPU path on tiny uniform and heterogeneous models, bf16 within its bound, taps,
 #             weights, KV-cache decoding, the tiny pipeline end to end on cuda:0, and SmolLM2's
-#             perplexity in f32 and bf16 when the model file is there (SMOLLM2=path or
-#             .devbin/smollm2.gguf, assembled from .devbin/smollm2.part*)
+#             perplexity in f32 and bf16 when the model file is there (SMOLLM2=path, or
+#             smollm2.part1, .part2, … with smollm2.sha256 in .devbin)
+#   smollm2   that SmolLM2 test alone. The model (98 MB) is larger than one call of the device
+#             tool carries (64 MiB): carry part1 with the binaries in one call, part2 in the next
+#             while the machine is still up; the parts are gathered in /tmp/device-check-work
 #   fwd-*     `tyr bench forward` on random weights: SmolLM2-135M's shape, f32 and bf16, and
 #             Llama-3.1-8B's layer shape with 4 layers (vocab 32000), bf16 and f32
 #   decode    `tyr bench decode`, SmolLM2 shape, bf16
@@ -29,8 +32,7 @@ BIN=.devbin
 
 if [ "${1:-}" = "--stage" ]; then
   set -e
-  mkdir -p "$BIN"
-  grep -qx "/$BIN/" .git/info/exclude 2>/dev/null || echo "/$BIN/" >> .git/info/exclude
+  mkdir -p "$BIN"   # git-ignored
   tyr=target-cuda/release/tyr
   test=$(ls -t target-cuda/release/deps/device_path-* 2>/dev/null | grep -v '\.d$' | head -1)
   [ -x "$tyr" ] && [ -n "$test" ] || { echo "build first: scripts/build-cuda.sh --tests" >&2; exit 1; }

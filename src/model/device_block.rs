@@ -6,7 +6,8 @@
 //! projections, rotate-half RoPE (llama3 scaling in the tables), causal softmax attention where
 //! each query head reads the K/V head its `kv_map` names (groups may be uneven), SwiGLU, the
 //! residual adds — in another order of summation, so the two agree to rounding, not bit for bit.
-//! In bf16 the scores and the softmax run in f32, as transformers does.
+//! In bf16 the score products run in bf16 and are scaled, masked and softmaxed in f32, as
+//! transformers' eager attention does.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -286,7 +287,7 @@ fn causal_mask(s: usize, past: usize, device: &Device) -> Result<Tensor> {
     Ok(visible.where_cond(&zero, &hidden)?)
 }
 
-/// Rows of a `[.., vocab]` tensor's last axis as host f32, whatever device and dtype it is in.
+/// `t` on the host in f32, whatever device and dtype it is in.
 pub fn to_host_f32(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?)
 }

@@ -106,6 +106,17 @@ impl Head {
         src: &dyn TensorSource,
         embeddings: &Embeddings,
     ) -> Result<Self> {
+        Self::load_on(cfg, src, embeddings, &Compute::Packed)
+    }
+
+    /// Like `load`, for `compute`: on a device the head is placed there and never packed for the
+    /// CPU kernels (`embeddings` are the host table the head may be tied to).
+    pub fn load_on(
+        cfg: &ModelConfig,
+        src: &dyn TensorSource,
+        embeddings: &Embeddings,
+        compute: &Compute,
+    ) -> Result<Self> {
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
         let norm = read_checked(src, "model.norm.weight", &[h])?;
         // Some tied checkpoints also store `lm_head.weight`; it is the same matrix, so ignore it.
@@ -114,27 +125,20 @@ impl Head {
         } else {
             read_checked(src, "lm_head.weight", &[v, h])?
         };
+        if !compute.is_packed() {
+            return Ok(Head {
+                norm: compute.place(&norm)?.contiguous()?,
+                lm_head: compute.place(&lm_head)?.contiguous()?,
+                lm_head_packed: None,
+                eps: cfg.rms_norm_eps as f32,
+            });
+        }
         let lm_head_packed = Some(PackedWeight::from_out_in(&[&lm_head])?);
         Ok(Head {
             norm,
             lm_head,
             lm_head_packed,
             eps: cfg.rms_norm_eps as f32,
-        })
-    }
-
-    /// The head for `compute`: itself for the packed path; otherwise norm and `lm_head` on the
-    /// device in its dtype, without the packed copy (taken by value: the packed `lm_head` is
-    /// gigabytes for a large vocabulary, and is never copied).
-    pub fn on(self, compute: &Compute) -> Result<Self> {
-        if compute.is_packed() {
-            return Ok(self);
-        }
-        Ok(Head {
-            norm: compute.place(&self.norm)?.contiguous()?,
-            lm_head: compute.place(&self.lm_head)?.contiguous()?,
-            lm_head_packed: None,
-            eps: self.eps,
         })
     }
 
@@ -251,7 +255,7 @@ impl Llama {
         let blocks = (0..cfg.n_layers())
             .map(|l| Block::load_on(cfg, l, src, compute))
             .collect::<Result<Vec<_>>>()?;
-        let head = Head::load(cfg, src, &host_embeddings)?.on(compute)?;
+        let head = Head::load_on(cfg, src, &host_embeddings, compute)?;
         let embeddings = host_embeddings.on(compute)?;
         Ok(Llama {
             cfg: cfg.clone(),

@@ -158,7 +158,7 @@ impl Stage for EvalPpl {
             Ok(b)
         };
         let emb = Embeddings::load(cfg, src)?;
-        let head = Head::load(cfg, src, &emb)?.on(&compute)?;
+        let head = Head::load_on(cfg, src, &emb, &compute)?;
         let emb = emb.on(&compute)?;
         let stream: Vec<u32> = windows.windows.iter().flatten().copied().collect();
         let opts = PerplexityOptions {

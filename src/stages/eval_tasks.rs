@@ -183,7 +183,7 @@ impl Stage for EvalTasks {
         let dims: RefCell<Vec<Option<LayerDims>>> = RefCell::new(vec![None; cfg.n_layers()]);
         let compute = ctx.compute()?;
         let emb = Embeddings::load(cfg, src)?;
-        let head = Head::load(cfg, src, &emb)?.on(&compute)?;
+        let head = Head::load_on(cfg, src, &emb, &compute)?;
         let emb = emb.on(&compute)?;
         let model_by_layer = LayerByLayer {
             config: cfg,

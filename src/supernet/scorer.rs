@@ -106,7 +106,7 @@ impl<'a> ModelScorer<'a> {
             )));
         }
         let emb = Embeddings::load(cfg, src)?;
-        let head = Head::load(cfg, src, &emb)?.on(&inp.compute)?;
+        let head = Head::load_on(cfg, src, &emb, &inp.compute)?;
         let emb = emb.on(&inp.compute)?;
         let dense = (0..n)
             .map(|l| DenseLayer::load_on(cfg, l, src, &inp.compute))

@@ -11,8 +11,8 @@ use candle_core::{DType, Device};
 use tyr::eval::bench::llama31_8b_config;
 use tyr::model::random::random_source;
 use tyr::model::{Block, Compute};
-use tyr::prune::local::{Variant, VariantMetrics};
-use tyr::supernet::layer::{DenseLayer, assemble_block};
+use tyr::prune::local::Variant;
+use tyr::supernet::layer::{DenseLayer, assemble_block, unmeasured_metrics};
 
 fn main() -> tyr::Result<()> {
     let cfg = llama31_8b_config(1, 8);
@@ -23,14 +23,7 @@ fn main() -> tyr::Result<()> {
         d_out: h,
         weight: vec![0.01; h * kept.len() * width],
         kept,
-        metrics: VariantMetrics {
-            rel_error: 0.0,
-            damping: 0.0,
-            lambda: 0.0,
-            retries: 0,
-            passes: 0,
-            free_units: 0,
-        },
+        metrics: unmeasured_metrics(),
     };
     let attn = variant((0..d.n_q as u32).step_by(2).collect(), dh);
     let ffn = variant((0..d.d_ff as u32).step_by(2).collect(), 1);

@@ -41,10 +41,11 @@ impl Embeddings {
         &self.weight
     }
 
-    /// The table on `compute`'s device in its dtype (the same table for the packed path).
-    pub fn on(self, compute: &Compute) -> Result<Self> {
+    /// The table, on `compute`'s device in its dtype (on the host in f32 for the packed path).
+    pub fn load_on(cfg: &ModelConfig, src: &dyn TensorSource, compute: &Compute) -> Result<Self> {
+        let host = Self::load(cfg, src)?;
         Ok(Embeddings {
-            weight: compute.place(&self.weight)?.contiguous()?,
+            weight: compute.place(&host.weight)?.contiguous()?,
         })
     }
 
@@ -110,7 +111,7 @@ impl Head {
     }
 
     /// Like `load`, for `compute`: on a device the head is placed there and never packed for the
-    /// CPU kernels (`embeddings` are the host table the head may be tied to).
+    /// CPU kernels. Tied to `embeddings` loaded for the same `compute`, it shares their table.
     pub fn load_on(
         cfg: &ModelConfig,
         src: &dyn TensorSource,
@@ -251,12 +252,11 @@ impl Llama {
         for (l, d) in cfg.layers.iter().enumerate() {
             validate_dims(l, d)?;
         }
-        let host_embeddings = Embeddings::load(cfg, src)?;
+        let embeddings = Embeddings::load_on(cfg, src, compute)?;
         let blocks = (0..cfg.n_layers())
             .map(|l| Block::load_on(cfg, l, src, compute))
             .collect::<Result<Vec<_>>>()?;
-        let head = Head::load_on(cfg, src, &host_embeddings, compute)?;
-        let embeddings = host_embeddings.on(compute)?;
+        let head = Head::load_on(cfg, src, &embeddings, compute)?;
         Ok(Llama {
             cfg: cfg.clone(),
             embeddings,

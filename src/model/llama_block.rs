@@ -170,6 +170,21 @@ impl BlockWeights {
         })
     }
 
+    /// Layer `l` of `cfg`: its dims (checked) and its weights read from `src` with the shapes they
+    /// imply, as host tensors — without building a block (nothing packed).
+    pub fn load_layer(
+        cfg: &ModelConfig,
+        l: usize,
+        src: &dyn TensorSource,
+    ) -> Result<(LayerDims, Self)> {
+        let dims = cfg.layers.get(l).ok_or_else(|| Error::LayerDims {
+            layer: l,
+            msg: format!("the model has {} layers", cfg.n_layers()),
+        })?;
+        validate_dims(l, dims)?;
+        Ok((dims.clone(), Self::load(cfg, l, dims, src)?))
+    }
+
     /// Every tensor with its HF name for layer `l`, in a fixed order (norms, attention, FFN).
     pub fn named_tensors(&self, l: usize) -> Vec<(String, Tensor)> {
         let p = format!("model.layers.{l}");
@@ -361,13 +376,8 @@ impl Block {
         src: &dyn TensorSource,
         compute: &Compute,
     ) -> Result<Self> {
-        let dims = cfg.layers.get(l).ok_or_else(|| Error::LayerDims {
-            layer: l,
-            msg: format!("the model has {} layers", cfg.n_layers()),
-        })?;
-        validate_dims(l, dims)?;
-        let w = BlockWeights::load(cfg, l, dims, src)?;
-        Self::from_weights_on(cfg, l, dims.clone(), w, compute)
+        let (dims, w) = BlockWeights::load_layer(cfg, l, src)?;
+        Self::from_weights_on(cfg, l, dims, w, compute)
     }
 
     /// Builds a block with widths `dims` from explicit weights; `cfg` supplies hidden size,

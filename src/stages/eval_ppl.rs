@@ -157,9 +157,8 @@ impl Stage for EvalPpl {
             dims[l] = Some(b.dims().clone());
             Ok(b)
         };
-        let emb = Embeddings::load(cfg, src)?;
+        let emb = Embeddings::load_on(cfg, src, &compute)?;
         let head = Head::load_on(cfg, src, &emb, &compute)?;
-        let emb = emb.on(&compute)?;
         let stream: Vec<u32> = windows.windows.iter().flatten().copied().collect();
         let opts = PerplexityOptions {
             seq_len: windows.seq_len,

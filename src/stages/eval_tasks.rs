@@ -182,9 +182,8 @@ impl Stage for EvalTasks {
         // One layer at a time, as eval-ppl does: never the whole model in memory.
         let dims: RefCell<Vec<Option<LayerDims>>> = RefCell::new(vec![None; cfg.n_layers()]);
         let compute = ctx.compute()?;
-        let emb = Embeddings::load(cfg, src)?;
+        let emb = Embeddings::load_on(cfg, src, &compute)?;
         let head = Head::load_on(cfg, src, &emb, &compute)?;
-        let emb = emb.on(&compute)?;
         let model_by_layer = LayerByLayer {
             config: cfg,
             embeddings: &emb,

@@ -79,8 +79,9 @@ impl DenseLayer {
         src: &dyn crate::model::TensorSource,
         compute: &Compute,
     ) -> Result<Self> {
-        let block = Block::load(cfg, l, src)?;
-        let dims = block.dims().clone();
+        // The host weights as read: the pruning math and the blocks made from them take them
+        // from here, so no block is built (and packed) only to be read back.
+        let (dims, weights) = BlockWeights::load_layer(cfg, l, src)?;
         if dims.n_q == 0 || dims.d_ff == 0 {
             return Err(Error::LayerDims {
                 layer: l,
@@ -90,7 +91,7 @@ impl DenseLayer {
         Ok(DenseLayer {
             layer: l,
             dims,
-            weights: block.weights()?,
+            weights,
             hidden: cfg.hidden_size,
             head_dim: cfg.head_dim,
             compute: compute.clone(),

@@ -105,9 +105,8 @@ impl<'a> ModelScorer<'a> {
                 inp.teacher.rows()
             )));
         }
-        let emb = Embeddings::load(cfg, src)?;
+        let emb = Embeddings::load_on(cfg, src, &inp.compute)?;
         let head = Head::load_on(cfg, src, &emb, &inp.compute)?;
-        let emb = emb.on(&inp.compute)?;
         let dense = (0..n)
             .map(|l| DenseLayer::load_on(cfg, l, src, &inp.compute))
             .collect::<Result<Vec<_>>>()?;

@@ -96,6 +96,75 @@ fn killed_supernet_build_resumes_to_identical_variants() {
     }
 }
 
+/// The tiny pipeline on a model wide enough that X comes in several 1 MiB chunks.
+const WIDE_MODEL: &str = "prune.model={ source = \"random\", layers = 3, hidden = 512, \
+     head-dim = 64, heads = 8, kv-heads = 2, d-ff = 256, vocab = 96, seed = 1 }";
+
+/// Published files of the tiny pipeline except the report (which holds timings).
+fn published(work: &Path) -> Vec<(String, Vec<u8>)> {
+    let root = work.join("out/tiny");
+    let mut files = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+            if p.is_dir() {
+                stack.push(p);
+            } else if !rel.starts_with("report") {
+                files.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn activations_in_many_chunks_give_the_results_of_one_and_a_killed_stream_resumes() {
+    // One chunk per X (256 MiB) against 1 MiB chunks: same variants, choice, models, scores.
+    let one = tempfile::tempdir().unwrap();
+    let o = tyr_in(one.path(), &["run"], &["--set", WIDE_MODEL], &[]);
+    assert!(o.status.success(), "run failed:\n{}", text(&o));
+    let want = published(one.path());
+    assert!(want.iter().any(|(f, _)| f == "ppl/tyr.json"), "{want:?}");
+    let small = ["--set", WIDE_MODEL, "--set", "prune.chunk-mib=1"];
+    let many = tempfile::tempdir().unwrap();
+    let o = tyr_in(many.path(), &["run"], &small, &[]);
+    assert!(o.status.success(), "run failed:\n{}", text(&o));
+    assert!(published(many.path()) == want, "1 MiB chunks changed a result");
+    let chunks = |work: &Path| -> Vec<usize> {
+        let mut n = Vec::new();
+        for e in std::fs::read_dir(work.join("manifests")).unwrap().flatten() {
+            let m: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+            if m["stage"] == "embed" {
+                n.push(m["outputs"]["x"]["chunks"].as_array().unwrap().len());
+            }
+        }
+        n
+    };
+    assert_eq!(chunks(one.path()), vec![1]);
+    let split = chunks(many.path());
+    assert!(split.len() == 1 && split[0] >= 2, "X_0 in {split:?} chunks");
+
+    // Killed after the third chunk written (X_0 has two, so mid-way through a layer's X), the
+    // run resumes after the chunks on disk and ends with the same results.
+    let w = tempfile::tempdir().unwrap();
+    let killed = tyr_in(w.path(), &["run"], &small, &[("TYR_FAULT", "chunk-after-write:3")]);
+    assert!(!killed.status.success(), "the fault was not reached");
+    let resumed = tyr_in(w.path(), &["run"], &small, &[("RUST_LOG", "info")]);
+    assert!(resumed.status.success(), "resume failed:\n{}", text(&resumed));
+    assert!(
+        text(&resumed).contains("resuming after the chunks already written"),
+        "no stage resumed mid-stream:\n{}",
+        text(&resumed)
+    );
+    assert!(published(w.path()) == want, "the resumed run's results differ");
+    let v = common::tyr_env(&["verify", "--workdir", w.path().to_str().unwrap()], &[]);
+    assert!(v.status.success(), "verify:\n{}", text(&v));
+}
+
 #[test]
 fn a_new_forward_version_reruns_every_forward_stage_and_nothing_else() {
     let w = tempfile::tempdir().unwrap();

@@ -1,8 +1,10 @@
 //! What stages produce and consume. A stage returns `Outputs`: named artifacts, each a set of
-//! tensors (stored as safetensors), a record (any serde type, stored as bincode) or raw bytes
-//! (a JSON report, a config file), with a retention class and optionally a path to publish it
-//! under in the run's output folder. Consumers read them back through `ArtifactSet`, either
-//! straight from memory (handed over by the executor) or lazily from the store.
+//! tensors (stored as safetensors), a record (any serde type, stored as bincode), raw bytes
+//! (a JSON report, a config file) or a stream of tensor-set chunks (written to the store while
+//! the stage runs, `engine::chunks`), with a retention class and optionally a path to publish
+//! it under in the run's output folder. Consumers read them back through `ArtifactSet`, either
+//! straight from memory (handed over by the executor) or lazily from the store; chunks are read
+//! one at a time and never cached.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::engine::key::Digest;
+use crate::engine::store::manifest::ChunkRef;
 use crate::{Error, Result};
 
 /// How long an artifact lives in the store.
@@ -32,6 +35,8 @@ pub enum ArtifactKind {
     Tensors,
     Record,
     Bytes,
+    /// Tensor sets, one blob per chunk (`Value::Chunks`).
+    Chunks,
 }
 
 /// An artifact's content in memory.
@@ -47,6 +52,9 @@ pub enum Value {
     /// the file into the store (hashed in pieces), so a large file such as an exported model is
     /// never held in memory. Consumers read it back as `Bytes`.
     File(PathBuf),
+    /// Chunks a stage already wrote to the store with a `ChunkWriter`, in order: each is one
+    /// safetensors blob. Consumers read them one at a time (`ArtifactSet::chunk`).
+    Chunks(Vec<ChunkRef>),
 }
 
 impl Value {
@@ -55,6 +63,7 @@ impl Value {
             Value::Tensors(_) => ArtifactKind::Tensors,
             Value::Record(_) => ArtifactKind::Record,
             Value::Bytes(_) | Value::File(_) => ArtifactKind::Bytes,
+            Value::Chunks(_) => ArtifactKind::Chunks,
         }
     }
 
@@ -71,6 +80,9 @@ impl Value {
             }
             Value::Record(b) | Value::Bytes(b) => Ok(b.clone()),
             Value::File(p) => std::fs::read(p).map_err(|e| Error::io(p, e)),
+            Value::Chunks(_) => Err(Error::msg(
+                "a chunked output is in the store already and has no single blob",
+            )),
         }
     }
 
@@ -82,6 +94,9 @@ impl Value {
             }
             ArtifactKind::Record => Value::Record(bytes),
             ArtifactKind::Bytes => Value::Bytes(bytes),
+            ArtifactKind::Chunks => {
+                return Err(Error::msg("a chunked output is read chunk by chunk"));
+            }
         })
     }
 }
@@ -168,6 +183,11 @@ impl Outputs {
         self.put(name, Value::File(path))
     }
 
+    /// A chunked output whose chunks a `ChunkWriter` wrote (`ChunkWriter::finish`).
+    pub fn chunks(&mut self, name: impl Into<String>, chunks: Vec<ChunkRef>) -> &mut Output {
+        self.put(name, Value::Chunks(chunks))
+    }
+
     pub fn metric(&mut self, name: impl Into<String>, v: f64) {
         self.metrics.insert(name.into(), v);
     }
@@ -180,6 +200,8 @@ pub(crate) struct Entry {
     pub digest: Digest,
     pub path: PathBuf,
     pub value: OnceLock<Arc<Value>>,
+    /// A chunked output's chunks, each with its blob's path.
+    pub chunks: Vec<(ChunkRef, PathBuf)>,
 }
 
 /// The outputs of one upstream stage, read by name.
@@ -238,6 +260,46 @@ impl ArtifactSet {
             output: name.to_string(),
             message: format!("is not {want}"),
         }
+    }
+
+    fn chunk_list(&self, name: &str) -> Result<&[(ChunkRef, PathBuf)]> {
+        match self.entries.get(name) {
+            Some(e) if e.kind == ArtifactKind::Chunks => Ok(&e.chunks),
+            Some(_) => Err(self.wrong_kind(name, "chunked")),
+            None => self.value(name).and(Err(self.wrong_kind(name, "chunked"))),
+        }
+    }
+
+    /// How many chunks chunked output `name` has.
+    pub fn chunk_count(&self, name: &str) -> Result<usize> {
+        Ok(self.chunk_list(name)?.len())
+    }
+
+    /// Chunk `i` of chunked output `name` as tensors (written with `ChunkWriter::push`).
+    pub fn chunk(&self, name: &str, i: usize) -> Result<BTreeMap<String, Tensor>> {
+        let bytes = self.chunk_bytes(name, i)?;
+        let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+        Ok(map.into_iter().collect())
+    }
+
+    /// The bytes of chunk `i` of chunked output `name`, read from the store and checked against
+    /// its digest (never cached: a consumer holds one chunk at a time).
+    pub fn chunk_bytes(&self, name: &str, i: usize) -> Result<Vec<u8>> {
+        let list = self.chunk_list(name)?;
+        let (c, path) = list.get(i).ok_or_else(|| Error::EngineArtifact {
+            stage: self.stage.clone(),
+            output: name.to_string(),
+            message: format!("has {} chunks, chunk {i} asked for", list.len()),
+        })?;
+        let bytes = std::fs::read(path).map_err(|err| Error::io(path, err))?;
+        if Digest::of(&bytes) != c.digest {
+            return Err(Error::EngineArtifact {
+                stage: self.stage.clone(),
+                output: name.to_string(),
+                message: format!("chunk {i}: blob {} does not match its digest", path.display()),
+            });
+        }
+        Ok(bytes)
     }
 
     /// The named tensors of output `name`.

@@ -132,7 +132,8 @@ impl<'g> Coordinator<'g> {
             .values()
             .flat_map(|m| m.outputs.values())
             .filter(|o| o.retention == Retention::Keep)
-            .map(|o| o.digest)
+            .flat_map(|o| o.blobs())
+            .map(|b| b.digest)
             .collect();
         let mut pins = store.pins(&h.name);
         pins.retain(|id, _| graph.index_of(id).is_some());
@@ -287,7 +288,8 @@ impl<'g> Coordinator<'g> {
                         .outputs
                         .values()
                         .filter(|o| o.retention == Retention::Keep)
-                        .map(|o| o.digest),
+                        .flat_map(|o| o.blobs())
+                        .map(|b| b.digest),
                 );
                 self.pin(i, c.manifest.key)?;
                 self.states[i] = State::Done {
@@ -526,10 +528,12 @@ impl<'g> Coordinator<'g> {
                 .values()
                 .filter(|o| o.retention == Retention::Transient)
             {
-                if !self.kept.contains(&o.digest) && self.store.blob_path(&o.digest).exists() {
-                    fault::hit("transient-before-delete");
-                    self.store.remove_blob(&o.digest)?;
-                    deleted = true;
+                for b in o.blobs() {
+                    if !self.kept.contains(&b.digest) && self.store.blob_path(&b.digest).exists() {
+                        fault::hit("transient-before-delete");
+                        self.store.remove_blob(&b.digest)?;
+                        deleted = true;
+                    }
                 }
             }
             if deleted {

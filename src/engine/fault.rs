@@ -21,6 +21,7 @@ pub const FAULT_POINTS: &[&str] = &[
     "index-before-commit",
     "index-after-commit",
     "progress-after-rename",
+    "chunk-after-write",
     "transient-before-delete",
     "publish-after-rename",
 ];

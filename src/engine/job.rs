@@ -15,7 +15,7 @@ use crate::engine::key::{Digest, KeyParts};
 use crate::engine::stage::{DynStage, StageContext};
 use crate::engine::store::Store;
 use crate::engine::store::manifest::{
-    Manifest, OutputEntry, now_s, output_digest, round_trip_safe,
+    ChunkRef, Manifest, OutputEntry, chunk_list_digest, now_s, output_digest, round_trip_safe,
 };
 use crate::{Error, Result};
 
@@ -79,6 +79,7 @@ pub(crate) fn run(job: Job) -> Result<Committed> {
     let progress = job.store.progress_path(&key);
     fsio::remove_if_exists(&progress)?;
     fsio::remove_dir_if_exists(&crate::engine::stage::parts_dir(&progress))?;
+    fsio::remove_dir_if_exists(&crate::engine::chunks::chunks_dir(&progress))?;
     Ok(committed)
 }
 
@@ -99,6 +100,7 @@ fn attempt_inner(job: &Job, key: Digest) -> Result<Committed> {
         progress_path: store.progress_path(&key),
         tmp_dir: store.tmp_dir(),
         on_progress: &on_progress,
+        store,
     };
     let outs = job.stage.run(&mut ctx)?;
     // From here to the durable manifest, an interrupted run waits for this attempt.
@@ -113,11 +115,35 @@ fn attempt_inner(job: &Job, key: Digest) -> Result<Committed> {
                 message: m,
             })?;
         }
+        let mut chunks = Vec::new();
         let (digest, size_bytes) = match &out.value {
             Value::File(path) => store.adopt_blob(path)?,
+            Value::Chunks(list) => {
+                if out.publish.is_some() {
+                    return Err(Error::EngineArtifact {
+                        stage: job.id.clone(),
+                        output: name.clone(),
+                        message: "a chunked output cannot be published".into(),
+                    });
+                }
+                if let Some((i, _)) = list
+                    .iter()
+                    .enumerate()
+                    .find(|(_, c)| !store.blob_has_size(&c.digest, c.size_bytes))
+                {
+                    return Err(Error::EngineArtifact {
+                        stage: job.id.clone(),
+                        output: name.clone(),
+                        message: format!("chunk {i} is not in the store"),
+                    });
+                }
+                chunks.clone_from(list);
+                (chunk_list_digest(list), list.iter().map(|c| c.size_bytes).sum())
+            }
             v => store.put_blob(&v.encode()?)?,
         };
         let kind = out.value.kind();
+        let chunk_paths = with_paths(store, &chunks);
         entries.insert(
             name.clone(),
             OutputEntry {
@@ -126,11 +152,13 @@ fn attempt_inner(job: &Job, key: Digest) -> Result<Committed> {
                 size_bytes,
                 retention: out.retention,
                 publish: out.publish,
+                chunks,
             },
         );
-        // Consumers get the value from memory, but a file's bytes are read from the store.
+        // Consumers get the value from memory, but a file's bytes and chunks are read from
+        // the store.
         let value = OnceLock::new();
-        if !matches!(out.value, Value::File(_)) {
+        if !matches!(out.value, Value::File(_) | Value::Chunks(_)) {
             let _ = value.set(Arc::new(out.value));
         }
         set.insert(
@@ -140,6 +168,7 @@ fn attempt_inner(job: &Job, key: Digest) -> Result<Committed> {
                 digest,
                 path: store.blob_path(&digest),
                 value,
+                chunks: chunk_paths,
             },
         );
     }
@@ -180,11 +209,19 @@ pub(crate) fn lazy_set(store: &Store, m: &Manifest, id: &str) -> Arc<ArtifactSet
                     digest: o.digest,
                     path: store.blob_path(&o.digest),
                     value: OnceLock::new(),
+                    chunks: with_paths(store, &o.chunks),
                 },
             )
         })
         .collect();
     Arc::new(ArtifactSet::new(id.to_string(), entries))
+}
+
+fn with_paths(store: &Store, chunks: &[ChunkRef]) -> Vec<(ChunkRef, std::path::PathBuf)> {
+    chunks
+        .iter()
+        .map(|c| (*c, store.blob_path(&c.digest)))
+        .collect()
 }
 
 /// Publish paths are relative and stay inside the output folder.

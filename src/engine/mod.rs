@@ -6,6 +6,7 @@
 //! repairs the store and collects garbage.
 
 pub mod artifact;
+pub mod chunks;
 pub mod demo;
 pub mod executor;
 pub mod fault;
@@ -23,6 +24,7 @@ pub mod store;
 pub mod verify;
 pub mod worker;
 
+pub use chunks::ChunkWriter;
 pub use artifact::{ArtifactKind, ArtifactSet, Output, Outputs, Retention, Value};
 pub use executor::{RunReport, human_bytes, run};
 pub use graph::{Graph, Header, Node};

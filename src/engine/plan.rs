@@ -92,7 +92,8 @@ pub fn lookup(store: &Store, parts: &KeyParts, previous: Option<Digest>) -> Look
         Ok(Some(m)) => {
             let mut available = true;
             for (name, o) in &m.outputs {
-                match (store.check_blob_sized(&o.digest, o.size_bytes), o.retention) {
+                let state = store.output_state(o);
+                match (state, o.retention) {
                     (BlobState::Ok, _) => {}
                     (BlobState::Missing, Retention::Transient) => available = false,
                     (BlobState::Missing, Retention::Keep) => {

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::engine::artifact::{ArtifactSet, Outputs};
+use crate::engine::chunks::ChunkWriter;
 use crate::engine::fsio::{self, WriteKind};
+use crate::engine::store::Store;
 use crate::{Error, Result};
 
 /// One declared input slot of a stage.
@@ -164,9 +166,10 @@ pub struct StageContext<'a> {
     pub(crate) progress_path: PathBuf,
     pub(crate) tmp_dir: PathBuf,
     pub(crate) on_progress: &'a ProgressFn,
+    pub(crate) store: &'a Store,
 }
 
-impl StageContext<'_> {
+impl<'a> StageContext<'a> {
     /// The stage id in the pipeline (for messages only: it is not part of the key, so results
     /// must not depend on it).
     pub fn stage_id(&self) -> &str {
@@ -185,7 +188,7 @@ impl StageContext<'_> {
     }
 
     /// The artifacts of the one stage bound to input slot `slot`.
-    pub fn input(&self, slot: &str) -> Result<&ArtifactSet> {
+    pub fn input(&self, slot: &str) -> Result<&'a ArtifactSet> {
         match self.inputs(slot)? {
             [one] => Ok(one),
             many => Err(self.slot_error(
@@ -196,8 +199,9 @@ impl StageContext<'_> {
     }
 
     /// The artifacts of every stage bound to input slot `slot`, in declared order.
-    pub fn inputs(&self, slot: &str) -> Result<&[Arc<ArtifactSet>]> {
-        self.inputs
+    pub fn inputs(&self, slot: &str) -> Result<&'a [Arc<ArtifactSet>]> {
+        let inputs: &'a BTreeMap<String, Vec<Arc<ArtifactSet>>> = self.inputs;
+        inputs
             .get(slot)
             .map(Vec::as_slice)
             .ok_or_else(|| self.slot_error(slot, "is not a declared input".to_string()))
@@ -294,6 +298,13 @@ impl StageContext<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A writer for chunked output `name` (`engine::chunks`): each chunk pushed is durable at
+    /// once, and a later attempt of this key continues after the chunks already written
+    /// (`ChunkWriter::written`). Return the chunks with `Outputs::chunks`.
+    pub fn chunk_writer(&self, name: &str) -> Result<ChunkWriter<'_>> {
+        ChunkWriter::open(self.store, self.tmp_dir.clone(), &self.progress_path, name)
     }
 
     /// A fresh, empty directory under the store's `tmp/` for files a stage builds before it

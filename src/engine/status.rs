@@ -44,7 +44,7 @@ pub fn status(
             let size_bytes = manifest
                 .iter()
                 .flat_map(|m| m.outputs.values())
-                .filter(|o| store.check_blob(&o.digest) == BlobState::Ok)
+                .filter(|o| store.output_state(o) == BlobState::Ok)
                 .map(|o| o.size_bytes)
                 .sum();
             let last = attempts.and_then(|a| {

@@ -63,20 +63,26 @@ pub fn verify(store: &Store) -> VerifyReport {
     let mut collected = 0;
     for m in disk.values() {
         for (name, o) in &m.outputs {
-            referenced.insert(o.digest);
-            match (store.check_blob(&o.digest), o.retention) {
-                (BlobState::Ok, _) => {}
-                (BlobState::Missing, Retention::Transient) => collected += 1,
-                (BlobState::Missing, Retention::Keep) => r.problems.push(format!(
-                    "stage `{}` output `{name}`: blob {} is missing",
-                    m.stage,
-                    o.digest.short()
-                )),
-                (BlobState::Corrupt, _) => r.problems.push(format!(
-                    "stage `{}` output `{name}`: blob {} is corrupt",
-                    m.stage,
-                    o.digest.short()
-                )),
+            let mut missing = false;
+            for b in o.blobs() {
+                referenced.insert(b.digest);
+                match (store.check_blob(&b.digest), o.retention) {
+                    (BlobState::Ok, _) => {}
+                    (BlobState::Missing, Retention::Transient) => missing = true,
+                    (BlobState::Missing, Retention::Keep) => r.problems.push(format!(
+                        "stage `{}` output `{name}`: blob {} is missing",
+                        m.stage,
+                        b.digest.short()
+                    )),
+                    (BlobState::Corrupt, _) => r.problems.push(format!(
+                        "stage `{}` output `{name}`: blob {} is corrupt",
+                        m.stage,
+                        b.digest.short()
+                    )),
+                }
+            }
+            if missing {
+                collected += 1;
             }
         }
     }
@@ -169,7 +175,11 @@ pub fn repair(store: &Store, opened_notes: Vec<String>) -> Result<VerifyReport> 
     }
     for m in disk.values() {
         let broken = m.outputs.iter().find(|(_, o)| {
-            o.retention == Retention::Keep && store.check_blob(&o.digest) != BlobState::Ok
+            o.retention == Retention::Keep
+                && o
+                    .blobs()
+                    .iter()
+                    .any(|b| store.check_blob(&b.digest) != BlobState::Ok)
         });
         if let Some((name, _)) = broken {
             fsio::remove_if_exists(&store.manifest_path(&m.key))?;
@@ -212,7 +222,12 @@ pub fn gc(store: &Store) -> Result<GcReport> {
     let mut live = BTreeSet::new();
     for m in disk.values() {
         if pinned.contains(&m.key) {
-            live.extend(m.outputs.values().map(|o| o.digest));
+            live.extend(
+                m.outputs
+                    .values()
+                    .flat_map(|o| o.blobs())
+                    .map(|b| b.digest),
+            );
         } else {
             let p = store.manifest_path(&m.key);
             r.bytes_freed += fs::metadata(&p).map(|x| x.len()).unwrap_or(0);

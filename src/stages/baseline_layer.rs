@@ -132,7 +132,7 @@ impl Stage for BaselineLayer {
                 )
             }
             BaselineMethod::WandaSp => {
-                let x = acts::read(ctx.input("x")?, "x")?;
+                let x = acts::Reader::open(ctx.input("x")?, "x")?;
                 let full = Collect {
                     o_proj: true,
                     down_proj: false,
@@ -165,7 +165,7 @@ impl Stage for BaselineLayer {
                 )?;
                 let d_masked = pad_columns(&ffn.weight, &ffn.kept, h, fl)?;
                 let pruned = dense.block_with(cfg, Some(&o_masked), Some(&d_masked))?;
-                acts::write(&x.map_batches(|xb| pruned.forward(xb))?, &mut o, "x")?;
+                acts::map_to_output(ctx, &x, &mut o, "x", |xb| pruned.forward(xb))?;
                 (attn, ffn)
             }
         };

@@ -1,6 +1,7 @@
-//! `embed` stage: X_0, the token embeddings of every pool piece (ALGORITHM.md §6). Inputs
-//! `model`, `pool`; output `x` (transient activations, see `acts`). Invalidated by: the model
-//! record and the pool.
+//! `embed` stage: X_0, the token embeddings of every pool piece (ALGORITHM.md §6), written
+//! chunk by chunk in batch order (`acts`). Inputs `model`, `pool`; params `chunk-mib` (most
+//! bytes of activations per chunk); output `x` (transient activations). Invalidated by: the
+//! model record, the pool and `chunk-mib`.
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -10,22 +11,38 @@ use super::model_ref::{ModelRecord, open};
 use crate::data::Pool;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::model::Embeddings;
-use crate::supernet::acts::Acts;
+use crate::supernet::acts::{Batch, chunk_plan};
 use crate::{Error, Result};
 
-pub struct Embed;
+pub struct Embed(EmbedParams);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmbedParams {}
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EmbedParams {
+    #[serde(default = "d_chunk_mib")]
+    pub chunk_mib: u64,
+}
+
+fn d_chunk_mib() -> u64 {
+    acts::DEFAULT_CHUNK_MIB
+}
+
+/// Largest `chunk-mib` accepted (64 GiB).
+pub const MAX_CHUNK_MIB: u64 = 1 << 16;
 
 impl Stage for Embed {
     const KIND: &'static str = "embed";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     type Params = EmbedParams;
 
-    fn new(_p: EmbedParams) -> Result<Self> {
-        Ok(Embed)
+    fn new(p: EmbedParams) -> Result<Self> {
+        if p.chunk_mib == 0 || p.chunk_mib > MAX_CHUNK_MIB {
+            return Err(Error::PruneOption {
+                field: "chunk-mib",
+                reason: format!("{} is not between 1 and {MAX_CHUNK_MIB}", p.chunk_mib),
+            });
+        }
+        Ok(Embed(p))
     }
 
     fn code_versions(&self) -> Vec<(&'static str, u32)> {
@@ -41,21 +58,32 @@ impl Stage for Embed {
         let pool: Pool = ctx.input("pool")?.record("pool")?;
         let model = open(&record)?;
         let emb = Embeddings::load(&model.config, model.source.as_ref())?;
-        let ids: Vec<u32> = pool.pieces.iter().flatten().copied().collect();
-        if ids.is_empty() {
+        let lengths: Vec<usize> = pool.pieces.iter().map(Vec::len).collect();
+        let n: usize = lengths.iter().sum();
+        if n == 0 {
             return Err(Error::msg("the calibration pool is empty"));
         }
-        let n = ids.len();
-        // [tokens] → [1, tokens] → [1, tokens, hidden] → [tokens, hidden]
-        let x = emb
-            .forward(&Tensor::from_vec(ids, (1, n), &Device::Cpu)?)?
-            .squeeze(0)?;
-        let acts = Acts {
-            x,
-            lengths: pool.pieces.iter().map(Vec::len).collect(),
-        };
+        let plan = chunk_plan(&lengths, model.config.hidden_size, self.0.chunk_mib << 20);
+        let mut w = ctx.chunk_writer("x")?;
+        for (i, chunk) in plan.iter().enumerate().skip(w.written()) {
+            let batches = chunk
+                .iter()
+                .map(|pieces| {
+                    let s = lengths[pieces[0]];
+                    let ids: Vec<u32> = pieces.iter().flat_map(|&p| pool.pieces[p].clone()).collect();
+                    // [b, s] → [b, s, hidden]
+                    let x = emb.forward(&Tensor::from_vec(ids, (pieces.len(), s), &Device::Cpu)?)?;
+                    Ok(Batch {
+                        pieces: pieces.clone(),
+                        x,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            acts::push(&mut w, &batches)?;
+            ctx.report(i as u64 + 1, plan.len() as u64);
+        }
         let mut o = Outputs::new();
-        acts::write(&acts, &mut o, "x")?;
+        acts::finish(w, &lengths, &mut o, "x")?;
         o.metric("tokens", n as f64);
         Ok(o)
     }

@@ -3,7 +3,8 @@
 //! that cannot fit before it starts (`tyr plan --json` shows each estimate as `mem_bytes`).
 //!
 //! Each figure counts what today's code holds at the stage's peak (docs/ARCHITECTURE.md,
-//! "Memory"): the activations `X` (`tokens × hidden` f32) several times over, the layer's
+//! "Memory"): a few chunks of the activations `X` (layer stages stream X one chunk at a
+//! time), the layer's
 //! weights as read, packed and unpacked, the OBS matrices of the levels built at once, the
 //! teacher's top-k record, and so on, plus a fixed allowance for the process itself. They are
 //! upper-bound arithmetic, not measurements; the memory benchmark (`scripts/bench_memory.sh`)
@@ -25,6 +26,8 @@ pub struct Shapes<'a> {
     pub tokens: u64,
     pub top_k: u64,
     pub eval_seq_len: u64,
+    /// `[prune] chunk-mib` in bytes: the most activations one stored chunk of X holds.
+    pub chunk_bytes: u64,
 }
 
 impl Shapes<'_> {
@@ -35,6 +38,13 @@ impl Shapes<'_> {
     /// One copy of the activations X, f32.
     fn x(&self) -> u64 {
         self.tokens * self.hidden() * 4
+    }
+
+    /// One chunk of X as a layer stage holds it: at most `chunk_bytes`, at least one batch,
+    /// at most the whole of X.
+    fn chunk(&self) -> u64 {
+        let batch = PASS_TOKENS * self.hidden() * 4;
+        self.chunk_bytes.max(batch).min(self.x())
     }
 
     /// Layer `l`'s weights in f32.
@@ -61,18 +71,19 @@ impl Shapes<'_> {
         self.tokens * self.top_k.min(self.cfg.vocab_size as u64) * 8
     }
 
-    /// `embed`: the pool's ids, X_0 (built per batch, concatenated, encoded) and the table.
+    /// `embed`: the pool (its ids, 4 bytes a token), one chunk of X_0 built and encoded, and
+    /// the table.
     pub fn embed(&self) -> u64 {
-        BASE_BYTES + 3 * self.x() + self.embeddings()
+        BASE_BYTES + self.tokens * 4 + 2 * self.chunk() + self.embeddings()
     }
 
-    /// `layer-forward`: X_ℓ in, X_{ℓ+1} gathered per batch and concatenated, its encoding,
-    /// and the layer's weights as read and packed.
+    /// `layer-forward`: a chunk of X_ℓ as read and decoded, the chunk of X_{ℓ+1} and its
+    /// encoding, and the layer's weights as read and packed.
     pub fn layer_forward(&self, l: usize) -> u64 {
-        BASE_BYTES + 5 * self.x() + 3 * self.layer(l)
+        BASE_BYTES + 4 * self.chunk() + 3 * self.layer(l)
     }
 
-    /// `supernet-layer`: X and the statistics pass (≈ 4 X), the layer three times, the two
+    /// `supernet-layer`: a chunk of X as read and decoded (twice per pass at most), the layer three times, the two
     /// Hessians, and per level built at once the OBS working set (Hλ, its inverse and the
     /// gradient, d² f64 each, and the f64 weight), modules one after the other.
     pub fn supernet_layer(&self, l: usize, attn_levels: usize, ffn_levels: usize) -> u64 {
@@ -82,7 +93,7 @@ impl Shapes<'_> {
         let df = d.d_ff as u64;
         let level = |dim: u64| 3 * dim * dim * 8 + h * dim * 8;
         let obs = (attn_levels as u64 * level(da)).max(ffn_levels as u64 * level(df));
-        BASE_BYTES + 4 * self.x() + 3 * self.layer(l) + (da * da + df * df) * 8 + obs
+        BASE_BYTES + 4 * self.chunk() + 3 * self.layer(l) + (da * da + df * df) * 8 + obs
     }
 
     /// `supernet-part`: as `supernet-layer` for one module's share of levels.
@@ -203,12 +214,15 @@ mod tests {
             tokens,
             top_k: 8192,
             eval_seq_len: 4096,
+            chunk_bytes: 256 << 20,
         };
         let (small, paper) = (s(262_144), s(4 << 20));
-        // X at the paper's 4M tokens is 64 GiB; a layer forward holds it five times.
+        // X at the paper's 4M tokens is 64 GiB; a layer stage holds a few 256 MiB chunks of
+        // it, so its estimate does not grow with the tokens.
         assert_eq!(paper.x(), 64 << 30);
-        assert!(paper.layer_forward(0) > 5 * (64u64 << 30));
-        assert!(small.layer_forward(0) < paper.layer_forward(0) / 10);
+        assert_eq!(paper.chunk(), 256 << 20);
+        assert_eq!(small.layer_forward(0), paper.layer_forward(0));
+        assert!(paper.layer_forward(0) < 4 << 30);
         // The teacher record at top-k 8192: 4M × 8192 × 8 B = 256 GiB, held ~3 times.
         assert!(paper.teacher() > 3 * (256u64 << 30));
         // Export and eval do not depend on the token count.

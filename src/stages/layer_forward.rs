@@ -4,7 +4,7 @@
 //! variants never force a layer rebuild when activations were garbage-collected.
 //!
 //! Inputs: `model`, `x` (X_ℓ), `weights` (the layer's `supernet-layer` stage). Params: `layer`.
-//! Output: `x` (transient). Invalidated by: the layer, model record, X_ℓ, the averaged weights.
+//! Output: `x` (transient, chunk k computed from chunk k of X_ℓ). Invalidated by: the layer, model record, X_ℓ, the averaged weights.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +24,7 @@ pub struct LayerForward(LayerForwardParams);
 
 impl Stage for LayerForward {
     const KIND: &'static str = "layer-forward";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     type Params = LayerForwardParams;
 
     fn new(p: LayerForwardParams) -> Result<Self> {
@@ -45,7 +45,7 @@ impl Stage for LayerForward {
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outputs> {
         let record: ModelRecord = ctx.input("model")?.record("model")?;
-        let x = acts::read(ctx.input("x")?, "x")?;
+        let x = acts::Reader::open(ctx.input("x")?, "x")?;
         let w = ctx.input("weights")?.tensors("expected")?;
         let get = |k: &str| {
             w.get(k)
@@ -61,9 +61,8 @@ impl Stage for LayerForward {
             &ctx.compute()?,
         )?;
         let block = dense.block_with(&model.config, Some(&o_bar), Some(&d_bar))?;
-        let next = x.map_batches(|xb| block.forward(xb))?;
         let mut o = Outputs::new();
-        acts::write(&next, &mut o, "x")?;
+        acts::map_to_output(ctx, &x, &mut o, "x", |xb| block.forward(xb))?;
         Ok(o)
     }
 }

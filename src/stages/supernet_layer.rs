@@ -180,7 +180,7 @@ impl Stage for SupernetLayer {
                 p.expectation,
             )?
         } else {
-            let x = acts::read(ctx.input("x")?, "x")?;
+            let x = acts::Reader::open(ctx.input("x")?, "x")?;
             let opts = BuildOptions {
                 expectation: p.expectation,
                 ffn_stats: p.ffn_stats,

@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::acts::Acts;
+use super::acts::ActSource;
 use super::layer::{Collect, DenseLayer, collect_stats};
 use crate::model::ModelConfig;
 use crate::prune::expectation::{
@@ -137,7 +137,7 @@ pub struct LayerBuild {
 pub fn build_layer(
     cfg: &ModelConfig,
     dense: &DenseLayer,
-    x: &Acts,
+    x: &dyn ActSource,
     round: usize,
     attn_grid: &ModuleLevels,
     ffn_grid: &ModuleLevels,
@@ -388,7 +388,7 @@ pub struct ModulePart {
 pub fn build_module_part(
     cfg: &ModelConfig,
     dense: &DenseLayer,
-    x: &Acts,
+    x: &dyn ActSource,
     module: ModuleKind,
     levels: &[usize],
     ffn_o_proj: Option<&[f32]>,

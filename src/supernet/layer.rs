@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::acts::Acts;
+use super::acts::{ActSource, for_batches};
 use crate::model::{Block, BlockWeights, Compute, LayerDims, ModelConfig};
 use crate::prune::UnitLayout;
 use crate::prune::local::{Variant, VariantMetrics};
@@ -172,13 +172,13 @@ pub struct Collect {
 /// `XᵀX` are summed there in f32 and copied to the host once, at the end.
 pub fn collect_stats(
     block: &Block,
-    x: &Acts,
+    x: &dyn ActSource,
     what: Collect,
 ) -> Result<(Option<Hessian>, Option<Hessian>)> {
     let on_host = block.placement().0.is_cpu();
     let mut h_o = Gram::default();
     let mut h_d = Gram::default();
-    x.for_batches(|xb| {
+    for_batches(x, |xb| {
         let (_, taps) = block.forward_observed(xb)?;
         if what.o_proj
             && let Some(t) = &taps.o_proj_input

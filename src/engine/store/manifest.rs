@@ -19,6 +19,43 @@ pub struct OutputEntry {
     pub retention: Retention,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish: Option<String>,
+    /// A chunked output's chunks, in order (`digest` is then `chunk_list_digest` of them and
+    /// names no blob; `size_bytes` is their sum). Empty for every other kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// One blob of a chunked output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkRef {
+    pub digest: Digest,
+    pub size_bytes: u64,
+}
+
+impl OutputEntry {
+    /// The blobs that hold this output: its chunks, or the one blob `digest` names.
+    pub fn blobs(&self) -> Vec<ChunkRef> {
+        if self.kind == ArtifactKind::Chunks {
+            self.chunks.clone()
+        } else {
+            vec![ChunkRef {
+                digest: self.digest,
+                size_bytes: self.size_bytes,
+            }]
+        }
+    }
+}
+
+/// The digest standing for a chunked output: the chunks' digests and sizes, in order.
+pub fn chunk_list_digest(chunks: &[ChunkRef]) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(b"tyr-chunks");
+    for c in chunks {
+        h.update(&c.digest.0);
+        h.update(&c.size_bytes.to_le_bytes());
+    }
+    Digest(*h.finalize().as_bytes())
 }
 
 /// A committed stage.
@@ -66,6 +103,11 @@ impl Manifest {
         }
         if output_digest(&m.outputs) != m.output_digest {
             return Err("output digest does not match its outputs".into());
+        }
+        for (name, o) in &m.outputs {
+            if o.kind == ArtifactKind::Chunks && chunk_list_digest(&o.chunks) != o.digest {
+                return Err(format!("output `{name}`: digest does not match its chunks"));
+            }
         }
         Ok(m)
     }

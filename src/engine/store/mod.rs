@@ -321,6 +321,32 @@ impl Store {
         }
     }
 
+    /// Whether blob `d` exists with `size_bytes` bytes, without reading it: how a chunked
+    /// output's chunks are checked where re-hashing them all would read a whole activation set
+    /// (a consumer still checks each chunk's digest when it reads it, and `tyr verify` all).
+    pub fn blob_has_size(&self, d: &Digest, size_bytes: u64) -> bool {
+        fs::metadata(self.blob_path(d)).is_ok_and(|m| m.len() == size_bytes)
+    }
+
+    /// The state of a committed output's blobs as a plan sees it: `check_blob_sized` for one
+    /// blob; for chunks, their sizes only (`blob_has_size`): `Corrupt` when one has the wrong
+    /// size, else `Missing` when any is gone (a collected transient, or one whose collection
+    /// was interrupted).
+    pub fn output_state(&self, o: &manifest::OutputEntry) -> BlobState {
+        if o.kind != crate::engine::ArtifactKind::Chunks {
+            return self.check_blob_sized(&o.digest, o.size_bytes);
+        }
+        let mut state = BlobState::Ok;
+        for c in &o.chunks {
+            match fs::metadata(self.blob_path(&c.digest)) {
+                Err(_) => state = BlobState::Missing,
+                Ok(m) if m.len() != c.size_bytes => return BlobState::Corrupt,
+                Ok(_) => {}
+            }
+        }
+        state
+    }
+
     pub fn remove_blob(&self, d: &Digest) -> Result<()> {
         let p = self.blob_path(d);
         fsio::remove_if_exists(&p)?;

@@ -95,6 +95,9 @@ fn d_top_k() -> usize {
 fn d_search_cache_mib() -> u64 {
     4096
 }
+fn d_chunk_mib() -> u64 {
+    crate::stages::acts::DEFAULT_CHUNK_MIB
+}
 
 /// The `[prune]` table, typed (see the module docs for every key and default).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,6 +181,8 @@ pub struct PruneConfig {
     pub incremental_search: bool,
     #[serde(default = "d_search_cache_mib")]
     pub search_cache_mib: u64,
+    #[serde(default = "d_chunk_mib")]
+    pub chunk_mib: u64,
     #[serde(default)]
     pub final_refit: bool,
     #[serde(default = "d_true")]
@@ -379,7 +384,7 @@ impl PruneConfig {
     /// (the paper's settings sit orders of magnitude below each), so a typo such as
     /// `rounds = 1000000000000` is an error naming the key before anything is allocated.
     fn check_counts(&self) -> Result<()> {
-        let counts: [(&str, u64, u64, &str); 12] = [
+        let counts: [(&str, u64, u64, &str); 13] = [
             (
                 "rounds",
                 self.rounds as u64,
@@ -450,6 +455,12 @@ impl PruneConfig {
                 "search-cache-mib",
                 self.search_cache_mib,
                 MAX_CACHE_MIB,
+                "MiB",
+            ),
+            (
+                "chunk-mib",
+                self.chunk_mib,
+                crate::stages::embed::MAX_CHUNK_MIB,
                 "MiB",
             ),
         ];

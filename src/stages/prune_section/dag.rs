@@ -125,6 +125,7 @@ pub fn build(c: &PruneConfig, cfg: &ModelConfig, at: Where<'_>) -> Result<Vec<St
             tokens: c.calib_tokens as u64,
             top_k: c.top_k as u64,
             eval_seq_len: c.eval_seq_len.unwrap_or(c.seq_len) as u64,
+            chunk_bytes: c.chunk_mib << 20,
         },
         base: at.base,
         cache: at.cache.to_path_buf(),
@@ -374,7 +375,9 @@ impl Builder<'_> {
         self.push(
             ids::EMBED,
             Embed::KIND,
-            &EmbedParams {},
+            &EmbedParams {
+                chunk_mib: c.chunk_mib,
+            },
             &[
                 (ids::MODEL, one(ids::MODEL)),
                 ("pool", one(ids::CALIB_POOL)),

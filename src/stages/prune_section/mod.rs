@@ -47,6 +47,8 @@
 //!                              # their first changed layer; false: from layer 0 (same result)
 //! search-cache-mib = 4096      # memory for those cached hidden states, MiB (not in the key:
 //!                              # it changes what is recomputed, never a result)
+//! chunk-mib = 256              # most MiB of activations per stored chunk: layer stages read
+//!                              # and write X one chunk at a time [256]
 //! final-refit = false          # after the last search, re-prune each module at its chosen
 //!                              # level on the pruned model's own activations; `eval-tyr` and
 //!                              # `export` use it, `eval-searched` scores the searched layers

@@ -339,10 +339,10 @@ fn a_stage_over_the_memory_budget_fails_before_it_starts() {
 }
 
 #[test]
-fn a_teacher_killed_between_its_progress_parts_resumes_there_and_ends_identical() {
+fn a_teacher_killed_between_its_shards_resumes_there_and_ends_identical() {
     use common::{Scratch, results, tyr_env};
-    // Model, pool and teacher only: the teacher is the one stage that saves progress, and with
-    // a part after every batch (24 pieces of ≤ 64 tokens in batches of ≤ 1024) it saves two.
+    // Model, pool and teacher only. A shard closes at the end of the batch that brings it to
+    // 256 tokens: with 24 pieces of ≤ 64 tokens in batches of ≤ 1024 tokens, one per batch.
     let calib =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/data/tiny-calib.txt");
     let body = format!(
@@ -361,12 +361,11 @@ inputs = {{ model = "model" }}
 [[stage]]
 id = "teacher"
 kind = "teacher-topk"
-params = {{ top-k = 16 }}
+params = {{ top-k = 16, shard-tokens = 256 }}
 inputs = {{ model = "model", pool = "calib-pool" }}
 "#,
         calib.display()
     );
-    let parts = ("TYR_TEST_TEACHER_PART_SECONDS", "0");
     let run =
         |s: &Scratch, env: &[(&str, &str)]| tyr_env(&["run", s.pipeline().to_str().unwrap()], env);
     let reference = Scratch::new();
@@ -377,28 +376,18 @@ inputs = {{ model = "model", pool = "calib-pool" }}
     for nth in ["1", "2"] {
         let s = Scratch::new();
         s.write("teacher", &body);
-        let spec = format!("progress-after-rename:{nth}");
-        let killed = run(&s, &[parts, ("TYR_FAULT", spec.as_str())]);
+        let spec = format!("chunk-after-write:{nth}");
+        let killed = run(&s, &[("TYR_FAULT", spec.as_str())]);
         assert!(!killed.status.success(), "the fault {spec} was not reached");
-        let saved = std::fs::read_dir(s.workdir().join("progress"))
-            .unwrap()
-            .flatten()
-            .find(|e| e.path().extension().is_some_and(|x| x == "parts"))
-            .map(|e| std::fs::read_dir(e.path()).unwrap().count());
-        assert_eq!(
-            saved,
-            Some(nth.parse().unwrap()),
-            "parts on disk after {spec}"
-        );
-        let resumed = run(&s, &[parts, ("RUST_LOG", "info")]);
+        let resumed = run(&s, &[("RUST_LOG", "info")]);
         assert!(resumed.status.success(), "{}", text(&resumed));
         assert!(
-            text(&resumed).contains("resuming the teacher"),
+            text(&resumed).contains(&format!("resuming the teacher shards={nth}")),
             "{}",
             text(&resumed)
         );
         assert_eq!(results(&s.workdir()), want, "after a kill at {spec}");
-        // A committed stage leaves no parts behind.
+        // A committed stage leaves no progress behind.
         let left: Vec<_> = std::fs::read_dir(s.workdir().join("progress"))
             .unwrap()
             .flatten()

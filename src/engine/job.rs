@@ -78,7 +78,6 @@ pub(crate) fn run(job: Job) -> Result<Committed> {
     }
     let progress = job.store.progress_path(&key);
     fsio::remove_if_exists(&progress)?;
-    fsio::remove_dir_if_exists(&crate::engine::stage::parts_dir(&progress))?;
     fsio::remove_dir_if_exists(&crate::engine::chunks::chunks_dir(&progress))?;
     Ok(committed)
 }

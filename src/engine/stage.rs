@@ -244,62 +244,6 @@ impl<'a> StageContext<'a> {
         }
     }
 
-    /// Saves part `index` (0, 1, 2, …) of a progress record that grows (rows of a teacher, …):
-    /// each part is written once, so a stage that checkpoints often never rewrites what it has
-    /// saved before. A later attempt reads the parts back with `load_progress_parts`.
-    pub fn save_progress_part<T: Serialize>(&mut self, index: usize, part: &T) -> Result<()> {
-        let bytes = bincode::serialize(part).map_err(|e| {
-            Error::msg(format!(
-                "stage `{}`: encoding progress part {index}: {e}",
-                self.stage_id
-            ))
-        })?;
-        let path = parts_dir(&self.progress_path).join(format!("{index:08}.bin"));
-        fsio::write_atomic(&self.tmp_dir, &path, &bytes, WriteKind::Progress)
-    }
-
-    /// The progress parts saved for this key, from part 0 up to the first that is missing or
-    /// unreadable (a crash can only lose the part being written).
-    pub fn load_progress_parts<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
-        let dir = parts_dir(&self.progress_path);
-        let mut parts = Vec::new();
-        loop {
-            let path = dir.join(format!("{:08}.bin", parts.len()));
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(parts),
-                Err(e) => return Err(Error::io(&path, e)),
-            };
-            match bincode::deserialize(&bytes) {
-                Ok(p) => parts.push(p),
-                Err(e) => {
-                    tracing::warn!(stage = self.stage_id, part = parts.len(), error = %e,
-                        "ignoring an unreadable progress part and those after it");
-                    return Ok(parts);
-                }
-            }
-        }
-    }
-
-    /// Removes the progress parts from `keep` on (parts a resumed attempt will write anew).
-    pub fn truncate_progress_parts(&mut self, keep: usize) -> Result<()> {
-        let dir = parts_dir(&self.progress_path);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(());
-        };
-        for e in entries.flatten() {
-            let index = e
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".bin"))
-                .and_then(|n| n.parse::<usize>().ok());
-            if index.is_none_or(|i| i >= keep) {
-                fsio::remove_if_exists(&e.path())?;
-            }
-        }
-        Ok(())
-    }
-
     /// A writer for chunked output `name` (`engine::chunks`): each chunk pushed is durable at
     /// once, and a later attempt of this key continues after the chunks already written
     /// (`ChunkWriter::written`). Return the chunks with `Outputs::chunks`.
@@ -324,9 +268,4 @@ impl<'a> StageContext<'a> {
     pub fn report(&self, done: u64, total: u64) {
         (self.on_progress)(done, total);
     }
-}
-
-/// Where the parts of `progress_path`'s record go (`progress/<key>.parts/`).
-pub(crate) fn parts_dir(progress_path: &std::path::Path) -> PathBuf {
-    progress_path.with_extension("parts")
 }

@@ -157,6 +157,21 @@ impl TeacherTopK {
         &self.ids
     }
 
+    /// Rows `start..start + len` as a record of their own.
+    pub fn slice(&self, start: usize, len: usize) -> Result<TeacherTopK> {
+        let range = self.row_range(start, len)?;
+        let ids = match &self.ids {
+            TopKIds::U16(v) => TopKIds::U16(v[range.clone()].to_vec()),
+            TopKIds::U32(v) => TopKIds::U32(v[range.clone()].to_vec()),
+        };
+        Ok(TeacherTopK {
+            k: self.k,
+            vocab: self.vocab,
+            ids,
+            values: self.values[range].to_vec(),
+        })
+    }
+
     /// Row-major `[rows, k]` teacher logits.
     pub fn values(&self) -> &[f32] {
         &self.values

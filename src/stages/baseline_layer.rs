@@ -66,7 +66,8 @@ fn variant(
 
 impl Stage for BaselineLayer {
     const KIND: &'static str = "baseline-layer";
-    const VERSION: u32 = 1;
+    // 2: wanda-sp writes X as chunks (`acts`).
+    const VERSION: u32 = 2;
     type Params = BaselineLayerParams;
 
     fn new(p: BaselineLayerParams) -> Result<Self> {

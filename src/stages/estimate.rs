@@ -124,15 +124,26 @@ impl Shapes<'_> {
         }
     }
 
-    /// `teacher-topk`: the model, one batch of logits, and the record about three times over
-    /// (growing, its progress copy, the committed encoding).
+    /// `teacher-topk`: the model, one batch of logits, and one shard as built and encoded.
     pub fn teacher(&self) -> u64 {
-        BASE_BYTES + self.model() + 2 * self.logits(TEACHER_TOKENS) + 3 * self.teacher_record()
+        BASE_BYTES + self.model() + 2 * self.logits(TEACHER_TOKENS) + 2 * self.teacher_shard()
+    }
+
+    /// One shard of the teacher's output (`stages::teacher`: ~32 MiB, at least one batch).
+    fn teacher_shard(&self) -> u64 {
+        let batch = TEACHER_TOKENS * self.top_k.min(self.cfg.vocab_size as u64) * 8;
+        (32u64 << 20).max(batch).min(self.teacher_record())
+    }
+
+    /// The teacher's rows of a minibatch of `tokens`.
+    fn teacher_rows(&self, tokens: u64) -> u64 {
+        tokens * self.top_k.min(self.cfg.vocab_size as u64) * 8
     }
 
     /// `search`: every dense layer, and every variant it reads stays cached (the round's
     /// levels of each module, on average half the dense width: decoder × levels / 2),
-    /// embeddings and head twice, the teacher decoded beside its bytes, the parent cache (the
+    /// embeddings and head twice, the teacher's rows of the largest minibatch and the shard
+    /// they are cut from, the parent cache (the
     /// parent's hidden states at every layer for the largest minibatch whose states fit
     /// `cache_limit_bytes`, as `supernet::scorer` decides), and one minibatch's logits.
     pub fn search(
@@ -153,7 +164,8 @@ impl Shapes<'_> {
             + self.model()
             + 2 * self.embeddings()
             + decoder * max_levels as u64 / 2
-            + 2 * self.teacher_record()
+            + self.teacher_rows(selection_tokens.iter().copied().max().unwrap_or(0))
+            + 2 * self.teacher_shard()
             + cache_bytes
             + self.logits(PASS_TOKENS)
     }
@@ -223,8 +235,11 @@ mod tests {
         assert_eq!(paper.chunk(), 256 << 20);
         assert_eq!(small.layer_forward(0), paper.layer_forward(0));
         assert!(paper.layer_forward(0) < 4 << 30);
-        // The teacher record at top-k 8192: 4M × 8192 × 8 B = 256 GiB, held ~3 times.
-        assert!(paper.teacher() > 3 * (256u64 << 30));
+        // The teacher record at top-k 8192 is 4M × 8192 × 8 B = 256 GiB; the stage holds a
+        // shard of it, so its estimate does not grow with the tokens either.
+        assert_eq!(paper.teacher_record(), 256 << 30);
+        assert_eq!(small.teacher(), paper.teacher());
+        assert!(paper.search(4 << 30, &[131_072], 8) < paper.model() * 5);
         // Export and eval do not depend on the token count.
         assert_eq!(small.export(), paper.export());
         assert_eq!(small.eval(), paper.eval());

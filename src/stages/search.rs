@@ -20,12 +20,13 @@ use crate::data::Pool;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::prune::grid::TypeGrid;
 use crate::search::{
-    FitnessKind, MutationParams, Search, SearchParams, SearchProgress, TeacherTopK,
+    FitnessKind, MutationParams, Search, SearchParams, SearchProgress,
 };
 use crate::supernet::rounds::{
     AroundPrevious, RoundChoice, layer_levels, next_grids, search_space,
 };
-use crate::supernet::scorer::{ModelScorer, ScorerInputs};
+use super::teacher::Shards;
+use crate::supernet::scorer::{ModelScorer, ScorerInputs, TeacherSource};
 use crate::{Error, Result};
 
 /// Round 1's grids, fixed when the pipeline is expanded.
@@ -138,7 +139,8 @@ impl Stage for SearchStage {
         let p = &self.0;
         let record: ModelRecord = ctx.input("model")?.record("model")?;
         let pool: Pool = ctx.input("pool")?.record("pool")?;
-        let teacher: TeacherTopK = ctx.input("teacher")?.record("teacher")?;
+        let lens: Vec<usize> = pool.pieces.iter().map(Vec::len).collect();
+        let teacher = Shards::open(ctx.input("teacher")?, &lens)?;
         let layers = LayerStages(ctx.inputs("layers")?.to_vec());
         let (attn, ffn) = match (&p.grids, &p.around) {
             (Some(g), _) => (g.attn.clone(), g.ffn.clone()),
@@ -166,7 +168,6 @@ impl Stage for SearchStage {
             seed: ctx.seed(),
             round: p.round as u64,
         };
-        let lens: Vec<usize> = pool.pieces.iter().map(Vec::len).collect();
         let search = Search {
             space: &space,
             params: &params,
@@ -202,7 +203,7 @@ impl Stage for SearchStage {
             Ok(())
         })?;
         let fitness_metric = match p.fitness {
-            FitnessKind::TopKKl => format!("top-k KL, k = {}", teacher.k()),
+            FitnessKind::TopKKl => format!("top-k KL, k = {}", TeacherSource::k(&teacher)),
             FitnessKind::FullKl => "full-vocabulary KL".to_string(),
         };
         let choice = RoundChoice {

@@ -2,24 +2,30 @@
 //! position of the calibration pool, computed once and checkpointed (ALGORITHM.md §8). Every
 //! round's search and every target share it: its key is the model, the pool and k.
 //!
-//! Inputs: `model`, `pool`. Params: `top-k`. Output: record `teacher` (`TeacherTopK`, rows in
-//! pool order, piece after piece). About once a minute the rows computed since the last save are
-//! saved as a new progress part (`StageContext::save_progress_part`), so a killed run resumes
-//! near where it stopped and nothing saved is written twice (the single progress record this
-//! replaced was the whole growing record, rewritten every minute).
+//! Inputs: `model`, `pool`. Params: `top-k`, `shard-tokens`. Outputs: chunked `teacher`, one
+//! chunk per shard (a bincode `Shard`: the rows of consecutive pool pieces), and record
+//! `teacher-index` (`TeacherIndex`: k, V and where each shard ends). A shard is written as soon
+//! as it is complete, so a killed run resumes after the last shard on disk and nothing is
+//! written twice; the search reads only the shards of the pieces it scores (`Shards`).
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::model_ref::{ModelRecord, open};
 use crate::data::Pool;
-use crate::engine::{InputSlot, Outputs, Stage, StageContext};
+use crate::engine::{ArtifactSet, InputSlot, Outputs, Stage, StageContext};
 use crate::model::Llama;
 use crate::search::TeacherTopK;
+use crate::search::fitness::piece_offsets;
+use crate::supernet::scorer::TeacherSource;
 use crate::{Error, Result};
 
 /// Most tokens per teacher forward (the logits of a batch are `tokens × vocab` f32).
 pub const BATCH_TOKENS: usize = 1024;
+
+/// Default shard size: rows are added batch by batch until a shard holds this many bytes
+/// (8 bytes a top-k entry at most).
+const SHARD_BYTES: usize = 32 << 20;
 
 fn d_top_k() -> usize {
     8192
@@ -31,25 +37,66 @@ pub struct TeacherParams {
     /// k [8192]; clamped to the vocabulary.
     #[serde(default = "d_top_k")]
     pub top_k: usize,
+    /// Tokens after which a shard is closed (at the end of a forward batch); default: as many
+    /// as make 32 MiB of top-k entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_tokens: Option<usize>,
 }
 
-/// One progress part: the rows of pieces `..pieces_end` not in an earlier part.
+/// One chunk of the output: the rows of pieces `first_piece..end_piece`.
 #[derive(Serialize, Deserialize)]
-struct Part {
-    pieces_end: usize,
+struct Shard {
+    first_piece: usize,
+    end_piece: usize,
     rows: TeacherTopK,
 }
 
-/// How often the rows computed since the last part are saved as a new part.
-const PART_SECONDS: u64 = 60;
+/// The output's table of contents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TeacherIndex {
+    pub k: usize,
+    pub vocab: usize,
+    /// Rows in all (pool tokens).
+    pub rows: usize,
+    /// The piece each shard ends before, ascending; the last is the pool's piece count.
+    pub shard_ends: Vec<usize>,
+}
 
-/// `PART_SECONDS`, or the test hook `TYR_TEST_TEACHER_PART_SECONDS` (0: a part after every
-/// batch, so a test can kill the stage between parts).
-fn part_seconds() -> u64 {
-    std::env::var("TYR_TEST_TEACHER_PART_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(PART_SECONDS)
+/// The teacher's forward batches: consecutive pieces of one length, up to `BATCH_TOKENS`
+/// tokens, in pool order, as `start..end` piece ranges.
+fn batches(pool: &Pool) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut done = 0;
+    while done < pool.pieces.len() {
+        let len = pool.pieces[done].len();
+        let mut end = done + 1;
+        while end < pool.pieces.len()
+            && pool.pieces[end].len() == len
+            && (end + 1 - done) * len <= BATCH_TOKENS
+        {
+            end += 1;
+        }
+        out.push(done..end);
+        done = end;
+    }
+    out
+}
+
+/// The batches grouped into shards: a shard is closed after the batch that brings it to
+/// `shard_tokens` tokens.
+fn shards(pool: &Pool, shard_tokens: usize) -> Vec<Vec<std::ops::Range<usize>>> {
+    let mut out: Vec<Vec<std::ops::Range<usize>>> = vec![Vec::new()];
+    let mut tokens = 0;
+    for b in batches(pool) {
+        tokens += pool.pieces[b.clone()].iter().map(Vec::len).sum::<usize>();
+        out.last_mut().expect("one shard at least").push(b);
+        if tokens >= shard_tokens {
+            out.push(Vec::new());
+            tokens = 0;
+        }
+    }
+    out.retain(|s| !s.is_empty());
+    out
 }
 
 pub struct TeacherStage(TeacherParams);
@@ -57,12 +104,16 @@ pub struct TeacherStage(TeacherParams);
 impl Stage for TeacherStage {
     const KIND: &'static str = "teacher-topk";
     // 2: the record's arrays are little-endian byte strings (`le_bytes`), progress in parts.
-    const VERSION: u32 = 2;
+    // 3: shards (a chunked output) and an index.
+    const VERSION: u32 = 3;
     type Params = TeacherParams;
 
     fn new(p: TeacherParams) -> Result<Self> {
         if p.top_k == 0 {
             return Err(Error::msg("`top-k` must be at least 1"));
+        }
+        if p.shard_tokens == Some(0) {
+            return Err(Error::msg("`shard-tokens` must be at least 1"));
         }
         Ok(Self(p))
     }
@@ -81,90 +132,150 @@ impl Stage for TeacherStage {
         let model = open(&record)?;
         let llama = Llama::load_on(&model.config, model.source.as_ref(), &ctx.compute()?)?;
         let vocab = model.config.vocab_size;
-        let saved: Vec<Part> = ctx.load_progress_parts()?;
-        let (mut done, mut teacher, mut parts) = resume(saved, &pool, self.0.top_k, vocab)?;
-        ctx.truncate_progress_parts(parts)?;
-        if done > 0 {
-            tracing::info!(pieces = done, parts, "resuming the teacher");
+        let k = TeacherTopK::new(self.0.top_k, vocab)?.k();
+        let shard_tokens = self
+            .0
+            .shard_tokens
+            .unwrap_or((SHARD_BYTES / (8 * k)).max(1));
+        let plan = shards(&pool, shard_tokens);
+        let mut w = ctx.chunk_writer("teacher")?;
+        if w.written() > 0 {
+            tracing::info!(shards = w.written(), of = plan.len(), "resuming the teacher");
         }
-        // Rows since the last part; saved as the next part every PART_SECONDS, so nothing
-        // saved is ever written again.
-        let mut pending = TeacherTopK::new(self.0.top_k, vocab)?;
         let total = pool.pieces.len() as u64;
-        let every = part_seconds();
-        let mut last_save = std::time::Instant::now();
-        while done < pool.pieces.len() {
-            // Consecutive pieces of one length, up to BATCH_TOKENS tokens: pool order is kept.
-            let len = pool.pieces[done].len();
-            let mut end = done + 1;
-            while end < pool.pieces.len()
-                && pool.pieces[end].len() == len
-                && (end + 1 - done) * len <= BATCH_TOKENS
-            {
-                end += 1;
+        for shard in plan.iter().skip(w.written()) {
+            let mut rows = TeacherTopK::new(self.0.top_k, vocab)?;
+            for b in shard {
+                let len = pool.pieces[b.start].len();
+                if len > 0 {
+                    let ids: Vec<u32> = pool.pieces[b.clone()].iter().flatten().copied().collect();
+                    let n = b.len();
+                    let logits = llama.forward(&Tensor::from_vec(ids, (n, len), &Device::Cpu)?)?;
+                    rows.push_logits(&logits.reshape((n * len, vocab))?)?;
+                }
+                ctx.report(b.end as u64, total);
             }
-            if len > 0 {
-                let ids: Vec<u32> = pool.pieces[done..end].iter().flatten().copied().collect();
-                let b = end - done;
-                let logits = llama.forward(&Tensor::from_vec(ids, (b, len), &Device::Cpu)?)?;
-                pending.push_logits(&logits.reshape((b * len, vocab))?)?;
-            }
-            done = end;
-            if last_save.elapsed().as_secs() >= every && done < pool.pieces.len() {
-                let part = Part {
-                    pieces_end: done,
-                    rows: pending,
-                };
-                ctx.save_progress_part(parts, &part)?;
-                parts += 1;
-                teacher.append(&part.rows)?;
-                pending = TeacherTopK::new(self.0.top_k, vocab)?;
-                last_save = std::time::Instant::now();
-            }
-            ctx.report(done as u64, total);
+            let shard = Shard {
+                first_piece: shard[0].start,
+                end_piece: shard[shard.len() - 1].end,
+                rows,
+            };
+            let bytes = bincode::serialize(&shard)
+                .map_err(|e| Error::msg(format!("encoding a teacher shard: {e}")))?;
+            w.push_bytes(&bytes)?;
         }
-        teacher.append(&pending)?;
-        drop(pending);
+        let index = TeacherIndex {
+            k,
+            vocab,
+            rows: pool.pieces.iter().map(Vec::len).sum(),
+            shard_ends: plan.iter().map(|s| s[s.len() - 1].end).collect(),
+        };
         let mut o = Outputs::new();
-        o.metric("rows", teacher.rows() as f64);
-        o.metric("k", teacher.k() as f64);
-        o.record("teacher", &teacher)?;
+        o.metric("rows", index.rows as f64);
+        o.metric("k", k as f64);
+        o.metric("shards", plan.len() as f64);
+        o.record("teacher-index", &index)?;
+        o.chunks("teacher", w.finish());
         Ok(o)
     }
 }
 
-/// The pieces done, the rows so far and the next part's index, from the parts an interrupted
-/// attempt saved (each dropped once appended, so the rows are held once). Parts come from
-/// attempts of this same key (same model, pool and k), so they fit unless damaged; the first
-/// that does not fit, and every part after it, is recomputed.
-fn resume(
-    saved: Vec<Part>,
-    pool: &Pool,
-    k: usize,
-    vocab: usize,
-) -> Result<(usize, TeacherTopK, usize)> {
-    let mut teacher = TeacherTopK::new(k, vocab)?;
-    let mut done = 0;
-    let mut used = 0;
-    for p in saved {
-        let fits = p.pieces_end > done
-            && p.pieces_end <= pool.pieces.len()
-            && (p.rows.k(), p.rows.vocab()) == (teacher.k(), vocab)
-            && p.rows.rows()
-                == pool.pieces[done..p.pieces_end]
-                    .iter()
-                    .map(Vec::len)
-                    .sum::<usize>();
-        if !fits {
-            tracing::warn!(
-                part = used,
-                "a saved teacher part does not fit; recomputing from it"
-            );
-            break;
+/// The teacher as the search reads it: shard by shard, only those it is asked for.
+pub struct Shards<'a> {
+    set: &'a ArtifactSet,
+    index: TeacherIndex,
+    /// First row of every piece.
+    offsets: Vec<usize>,
+}
+
+impl<'a> Shards<'a> {
+    /// The `teacher-topk` stage's outputs in `set`, for the pool of `lengths` it was computed on.
+    pub fn open(set: &'a ArtifactSet, lengths: &[usize]) -> Result<Self> {
+        let index: TeacherIndex = set.record("teacher-index")?;
+        let chunks = set.chunk_count("teacher")?;
+        let sorted = index.shard_ends.windows(2).all(|w| w[0] < w[1]);
+        if chunks != index.shard_ends.len()
+            || !sorted
+            || index.shard_ends.last() != Some(&lengths.len())
+            || index.rows != lengths.iter().sum::<usize>()
+        {
+            return Err(Error::EngineArtifact {
+                stage: set.stage().to_string(),
+                output: "teacher-index".into(),
+                message: format!(
+                    "{chunks} shards ending at pieces {:?} do not cover a pool of {} pieces",
+                    index.shard_ends,
+                    lengths.len()
+                ),
+            });
         }
-        teacher.append(&p.rows)?;
-        done = p.pieces_end;
-        used += 1;
+        Ok(Self {
+            set,
+            index,
+            offsets: piece_offsets(lengths),
+        })
     }
-    Ok((done, teacher, used))
+
+    fn shard(&self, i: usize) -> Result<Shard> {
+        let bytes = self.set.chunk_bytes("teacher", i)?;
+        let bad = |m: String| Error::EngineArtifact {
+            stage: self.set.stage().to_string(),
+            output: "teacher".into(),
+            message: format!("shard {i}: {m}"),
+        };
+        let s: Shard = bincode::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        let first = if i == 0 { 0 } else { self.index.shard_ends[i - 1] };
+        let end = self.index.shard_ends[i];
+        let rows = self.row_of(end) - self.row_of(first);
+        if (s.first_piece, s.end_piece) != (first, end)
+            || (s.rows.k(), s.rows.vocab()) != (self.index.k, self.index.vocab)
+            || s.rows.rows() != rows
+        {
+            return Err(bad(format!(
+                "holds pieces {}..{} with {} rows of k = {}, the index says {first}..{end} \
+                 with {rows}",
+                s.first_piece,
+                s.end_piece,
+                s.rows.rows(),
+                s.rows.k()
+            )));
+        }
+        Ok(s)
+    }
+
+    fn row_of(&self, piece: usize) -> usize {
+        self.offsets.get(piece).copied().unwrap_or(self.index.rows)
+    }
+}
+
+impl TeacherSource for Shards<'_> {
+    fn rows(&self) -> usize {
+        self.index.rows
+    }
+
+    fn k(&self) -> usize {
+        self.index.k
+    }
+
+    fn piece_rows(&self, asks: &[(usize, usize, usize)]) -> Result<Vec<TeacherTopK>> {
+        let shard_of = |piece: usize| self.index.shard_ends.partition_point(|&e| e <= piece);
+        // Each shard read once, in order; the asked rows cut out of it and the shard dropped.
+        let mut order: Vec<usize> = (0..asks.len()).collect();
+        order.sort_by_key(|&i| shard_of(asks[i].0));
+        let mut out: Vec<Option<TeacherTopK>> = vec![None; asks.len()];
+        let mut held: Option<(usize, Shard)> = None;
+        for i in order {
+            let (piece, at, len) = asks[i];
+            let si = shard_of(piece);
+            if si >= self.index.shard_ends.len() {
+                return Err(Error::msg(format!("piece {piece} is past the teacher's pool")));
+            }
+            if held.as_ref().is_none_or(|(h, _)| *h != si) {
+                held = Some((si, self.shard(si)?));
+            }
+            let (_, s) = held.as_ref().expect("just read");
+            out[i] = Some(s.rows.slice(at - self.row_of(s.first_piece), len)?);
+        }
+        Ok(out.into_iter().map(|r| r.expect("every ask answered")).collect())
+    }
 }

@@ -55,13 +55,37 @@ pub trait VariantSource {
     fn variant(&self, layer: usize, module: ModuleKind, level: usize) -> Result<Variant>;
 }
 
+/// Where the scorer reads the teacher's top-k rows from: in a run, the `teacher-topk` stage's
+/// shards (only those of the minibatch being scored); in a test, a whole `TeacherTopK`.
+pub trait TeacherSource {
+    /// Rows in all: one per pool token.
+    fn rows(&self) -> usize;
+    fn k(&self) -> usize;
+    /// For each `(piece, first row of the piece, len)`, the first `len` rows of that piece.
+    fn piece_rows(&self, asks: &[(usize, usize, usize)]) -> Result<Vec<TeacherTopK>>;
+}
+
+impl TeacherSource for TeacherTopK {
+    fn rows(&self) -> usize {
+        TeacherTopK::rows(self)
+    }
+
+    fn k(&self) -> usize {
+        TeacherTopK::k(self)
+    }
+
+    fn piece_rows(&self, asks: &[(usize, usize, usize)]) -> Result<Vec<TeacherTopK>> {
+        asks.iter().map(|&(_, at, len)| self.slice(at, len)).collect()
+    }
+}
+
 /// What the scorer needs besides the model.
 pub struct ScorerInputs<'a> {
     pub space: &'a SearchSpace,
     /// The round's variants, every layer.
     pub variants: &'a dyn VariantSource,
     pub pieces: &'a [Vec<u32>],
-    pub teacher: &'a TeacherTopK,
+    pub teacher: &'a dyn TeacherSource,
     pub fitness: FitnessKind,
     /// Cache the parent's hidden states (on by default).
     pub incremental: bool,
@@ -83,6 +107,8 @@ pub struct ModelScorer<'a> {
     blocks: BTreeMap<(usize, usize, usize), Arc<Block>>,
     cache: Option<ParentCache>,
     teacher_cache: Option<((u64, u64, usize), Vec<Tensor>)>,
+    /// The teacher's rows of the minibatch being scored, by piece (`top-k-kl` only).
+    teacher_rows: Option<((u64, u64, usize), BTreeMap<usize, TeacherTopK>)>,
     /// Decoder layers forwarded so far (one layer of one group counts once).
     pub layers_forwarded: u64,
 }
@@ -129,6 +155,7 @@ impl<'a> ModelScorer<'a> {
             blocks: BTreeMap::new(),
             cache: None,
             teacher_cache: None,
+            teacher_rows: None,
             layers_forwarded: 0,
         })
     }
@@ -202,10 +229,32 @@ impl<'a> ModelScorer<'a> {
         Ok(states)
     }
 
-    /// The student's logits at the teacher's top-k ids of rows `row..row + n`: `[n, k]`.
-    fn student_at_ids(&self, hidden: &Tensor, row: usize, n: usize) -> Result<(Tensor, Tensor)> {
-        let t = self.inp.teacher;
-        let (ids, values) = t.tensors(row, n, self.head.lm_head_weight().device())?;
+    /// Reads the teacher's rows of minibatch `key`'s slices, unless they are the ones held.
+    fn load_teacher_rows(&mut self, key: (u64, u64, usize), groups: &[Group]) -> Result<()> {
+        if self.teacher_rows.as_ref().is_some_and(|(k, _)| *k == key) {
+            return Ok(());
+        }
+        self.teacher_rows = None;
+        let asks: Vec<(usize, usize, usize)> = groups
+            .iter()
+            .flat_map(|g| g.slices.iter())
+            .map(|s| (s.piece, self.offsets[s.piece], s.len))
+            .collect();
+        let rows = self.inp.teacher.piece_rows(&asks)?;
+        let by_piece = asks.iter().map(|a| a.0).zip(rows).collect();
+        self.teacher_rows = Some((key, by_piece));
+        Ok(())
+    }
+
+    /// The student's logits at the teacher's top-k ids of the first `n` rows of `piece`:
+    /// `[n, k]`.
+    fn student_at_ids(&self, hidden: &Tensor, piece: usize, n: usize) -> Result<(Tensor, Tensor)> {
+        let t = self
+            .teacher_rows
+            .as_ref()
+            .and_then(|(_, rows)| rows.get(&piece))
+            .ok_or_else(|| Error::msg(format!("the teacher's rows of piece {piece} are not read")))?;
+        let (ids, values) = t.tensors(0, n, self.head.lm_head_weight().device())?;
         let h = hidden.narrow(0, 0, n)?;
         if t.k() * 8 > self.cfg.vocab_size {
             let logits = self.head.logits(&h.unsqueeze(0)?)?.squeeze(0)?;
@@ -242,8 +291,7 @@ impl<'a> ModelScorer<'a> {
                 let hk = x.get(k)?; // [len, hidden]
                 match teacher {
                     None => {
-                        let (zs, zt) =
-                            self.student_at_ids(&hk, self.offsets[s.piece], g.len - 1)?;
+                        let (zs, zt) = self.student_at_ids(&hk, s.piece, g.len - 1)?;
                         mean.add_positions(&top_k_kl_gathered(&zs, &zt)?)?;
                     }
                     Some(t) => {
@@ -284,7 +332,10 @@ impl Scorer for ModelScorer<'_> {
         let key = (req.round, req.generation, req.stage);
         let teacher = match self.inp.fitness {
             FitnessKind::FullKl => Some(self.teacher_finals(key, &groups)?),
-            FitnessKind::TopKKl => None,
+            FitnessKind::TopKKl => {
+                self.load_teacher_rows(key, &groups)?;
+                None
+            }
         };
         let tokens: usize = groups.iter().map(|g| g.len * g.slices.len()).sum();
         let cache_bytes = tokens * self.cfg.hidden_size * 4 * (self.n_layers() + 1);

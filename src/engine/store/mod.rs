@@ -5,7 +5,7 @@
 //! <workdir>/blobs/ab/cdef…       content-addressed artifacts (BLAKE3 of the bytes)
 //! <workdir>/manifests/<key>.json one per committed stage: the source of truth
 //! <workdir>/progress/<key>.bin   progress records of unfinished long stages
-//! <workdir>/progress/<key>.parts/  parts of a growing progress record (one file per part)
+//! <workdir>/progress/<key>.chunks/ lists of the chunks an unfinished stage has written
 //! <workdir>/runs/<pipeline>.json pins: stage id → key of each pipeline's latest run
 //! <workdir>/index.sled/          sled index (manifest copies, run log, leases); rebuildable
 //! <workdir>/tmp/                 private temp files, emptied whenever the lock is taken

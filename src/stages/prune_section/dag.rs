@@ -140,7 +140,10 @@ pub fn build(c: &PruneConfig, cfg: &ModelConfig, at: Where<'_>) -> Result<Vec<St
         b.push(
             ids::TEACHER,
             TeacherStage::KIND,
-            &TeacherParams { top_k: c.top_k },
+            &TeacherParams {
+                top_k: c.top_k,
+                shard_tokens: None,
+            },
             &[
                 (ids::MODEL, one(ids::MODEL)),
                 ("pool", one(ids::CALIB_POOL)),

@@ -108,7 +108,11 @@ fn published(work: &Path) -> Vec<(String, Vec<u8>)> {
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
             let p = e.path();
-            let rel = p.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+            let rel = p
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             if p.is_dir() {
                 stack.push(p);
             } else if !rel.starts_with("report") {
@@ -132,7 +136,10 @@ fn activations_in_many_chunks_give_the_results_of_one_and_a_killed_stream_resume
     let many = tempfile::tempdir().unwrap();
     let o = tyr_in(many.path(), &["run"], &small, &[]);
     assert!(o.status.success(), "run failed:\n{}", text(&o));
-    assert!(published(many.path()) == want, "1 MiB chunks changed a result");
+    assert!(
+        published(many.path()) == want,
+        "1 MiB chunks changed a result"
+    );
     let chunks = |work: &Path| -> Vec<usize> {
         let mut n = Vec::new();
         for e in std::fs::read_dir(work.join("manifests")).unwrap().flatten() {
@@ -151,16 +158,28 @@ fn activations_in_many_chunks_give_the_results_of_one_and_a_killed_stream_resume
     // Killed after the third chunk written (X_0 has two, so mid-way through a layer's X), the
     // run resumes after the chunks on disk and ends with the same results.
     let w = tempfile::tempdir().unwrap();
-    let killed = tyr_in(w.path(), &["run"], &small, &[("TYR_FAULT", "chunk-after-write:3")]);
+    let killed = tyr_in(
+        w.path(),
+        &["run"],
+        &small,
+        &[("TYR_FAULT", "chunk-after-write:3")],
+    );
     assert!(!killed.status.success(), "the fault was not reached");
     let resumed = tyr_in(w.path(), &["run"], &small, &[("RUST_LOG", "info")]);
-    assert!(resumed.status.success(), "resume failed:\n{}", text(&resumed));
+    assert!(
+        resumed.status.success(),
+        "resume failed:\n{}",
+        text(&resumed)
+    );
     assert!(
         text(&resumed).contains("resuming after the chunks already written"),
         "no stage resumed mid-stream:\n{}",
         text(&resumed)
     );
-    assert!(published(w.path()) == want, "the resumed run's results differ");
+    assert!(
+        published(w.path()) == want,
+        "the resumed run's results differ"
+    );
     let v = common::tyr_env(&["verify", "--workdir", w.path().to_str().unwrap()], &[]);
     assert!(v.status.success(), "verify:\n{}", text(&v));
 }

@@ -193,6 +193,11 @@ impl Outputs {
     }
 }
 
+/// Values up to this size are kept once read (an `ArtifactSet` lives as long as the executor
+/// keeps the producer's outputs: until all its consumers have settled); larger ones are decoded
+/// for each read, so a round's dense-width weights are not all held at once.
+pub(crate) const CACHE_BYTES: u64 = 64 << 20;
+
 /// One artifact of an upstream stage as a consumer sees it.
 #[derive(Debug)]
 pub(crate) struct Entry {
@@ -250,7 +255,11 @@ impl ArtifactSet {
                 message: format!("blob {} does not match its digest", e.path.display()),
             });
         }
+        let large = bytes.len() as u64 > CACHE_BYTES;
         let v = Arc::new(Value::decode(e.kind, bytes)?);
+        if large {
+            return Ok(v);
+        }
         Ok(e.value.get_or_init(|| v).clone())
     }
 
@@ -296,7 +305,10 @@ impl ArtifactSet {
             return Err(Error::EngineArtifact {
                 stage: self.stage.clone(),
                 output: name.to_string(),
-                message: format!("chunk {i}: blob {} does not match its digest", path.display()),
+                message: format!(
+                    "chunk {i}: blob {} does not match its digest",
+                    path.display()
+                ),
             });
         }
         Ok(bytes)
@@ -315,6 +327,33 @@ impl ArtifactSet {
         let mut m = self.tensors(name)?;
         m.remove(name)
             .ok_or_else(|| self.wrong_kind(name, "a single tensor"))
+    }
+
+    /// Record `name`, decoded from memory when the producer handed it over, else read from the
+    /// store without keeping the bytes: for values read once each (a search or an export reads
+    /// thousands of variants, and the cache of `record` would hold every one).
+    pub fn record_uncached<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        let in_memory = self
+            .entries
+            .get(name)
+            .is_some_and(|e| e.value.get().is_some());
+        let e = match self.entries.get(name) {
+            Some(e) if !in_memory && e.kind == ArtifactKind::Record => e,
+            _ => return self.record(name),
+        };
+        let bytes = std::fs::read(&e.path).map_err(|err| Error::io(&e.path, err))?;
+        if Digest::of(&bytes) != e.digest {
+            return Err(Error::EngineArtifact {
+                stage: self.stage.clone(),
+                output: name.to_string(),
+                message: format!("blob {} does not match its digest", e.path.display()),
+            });
+        }
+        bincode::deserialize(&bytes).map_err(|err| Error::EngineArtifact {
+            stage: self.stage.clone(),
+            output: name.to_string(),
+            message: format!("decoding record: {err}"),
+        })
     }
 
     pub fn record<T: DeserializeOwned>(&self, name: &str) -> Result<T> {

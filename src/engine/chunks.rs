@@ -65,7 +65,11 @@ impl<'a> ChunkWriter<'a> {
             .take_while(|c| store.blob_has_size(&c.digest, c.size_bytes))
             .collect();
         if !refs.is_empty() {
-            tracing::info!(output, chunks = refs.len(), "resuming after the chunks already written");
+            tracing::info!(
+                output,
+                chunks = refs.len(),
+                "resuming after the chunks already written"
+            );
         }
         Ok(Self {
             store,

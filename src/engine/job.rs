@@ -137,7 +137,10 @@ fn attempt_inner(job: &Job, key: Digest) -> Result<Committed> {
                     });
                 }
                 chunks.clone_from(list);
-                (chunk_list_digest(list), list.iter().map(|c| c.size_bytes).sum())
+                (
+                    chunk_list_digest(list),
+                    list.iter().map(|c| c.size_bytes).sum(),
+                )
             }
             v => store.put_blob(&v.encode()?)?,
         };
@@ -154,10 +157,13 @@ fn attempt_inner(job: &Job, key: Digest) -> Result<Committed> {
                 chunks,
             },
         );
-        // Consumers get the value from memory, but a file's bytes and chunks are read from
-        // the store.
+        // Consumers get a small value from memory; a file's bytes, chunks and large values
+        // are read from the store (the executor keeps a committed stage's outputs until all its
+        // consumers have settled, so handing over a round's variants would hold them all).
         let value = OnceLock::new();
-        if !matches!(out.value, Value::File(_) | Value::Chunks(_)) {
+        if !matches!(out.value, Value::File(_) | Value::Chunks(_))
+            && size_bytes <= crate::engine::artifact::CACHE_BYTES
+        {
             let _ = value.set(Arc::new(out.value));
         }
         set.insert(

@@ -24,8 +24,8 @@ pub mod store;
 pub mod verify;
 pub mod worker;
 
-pub use chunks::ChunkWriter;
 pub use artifact::{ArtifactKind, ArtifactSet, Output, Outputs, Retention, Value};
+pub use chunks::ChunkWriter;
 pub use executor::{RunReport, human_bytes, run};
 pub use graph::{Graph, Header, Node};
 pub use job::{Observer, Outcome, Quiet};

@@ -176,8 +176,7 @@ pub fn repair(store: &Store, opened_notes: Vec<String>) -> Result<VerifyReport> 
     for m in disk.values() {
         let broken = m.outputs.iter().find(|(_, o)| {
             o.retention == Retention::Keep
-                && o
-                    .blobs()
+                && o.blobs()
                     .iter()
                     .any(|b| store.check_blob(&b.digest) != BlobState::Ok)
         });
@@ -222,12 +221,7 @@ pub fn gc(store: &Store) -> Result<GcReport> {
     let mut live = BTreeSet::new();
     for m in disk.values() {
         if pinned.contains(&m.key) {
-            live.extend(
-                m.outputs
-                    .values()
-                    .flat_map(|o| o.blobs())
-                    .map(|b| b.digest),
-            );
+            live.extend(m.outputs.values().flat_map(|o| o.blobs()).map(|b| b.digest));
         } else {
             let p = store.manifest_path(&m.key);
             r.bytes_freed += fs::metadata(&p).map(|x| x.len()).unwrap_or(0);

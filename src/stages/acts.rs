@@ -63,7 +63,11 @@ impl ActSource for Reader<'_> {
             ) else {
                 break;
             };
-            let pieces: Vec<usize> = p.to_vec1::<u32>()?.into_iter().map(|p| p as usize).collect();
+            let pieces: Vec<usize> = p
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|p| p as usize)
+                .collect();
             let len = match pieces.first().map(|&p| self.lengths.get(p)) {
                 Some(Some(&l)) => l,
                 _ => return Err(self.bad(i, format!("batch {j} names no piece of the pool"))),

@@ -70,9 +70,13 @@ impl Stage for Embed {
                 .iter()
                 .map(|pieces| {
                     let s = lengths[pieces[0]];
-                    let ids: Vec<u32> = pieces.iter().flat_map(|&p| pool.pieces[p].clone()).collect();
+                    let ids: Vec<u32> = pieces
+                        .iter()
+                        .flat_map(|&p| pool.pieces[p].clone())
+                        .collect();
                     // [b, s] → [b, s, hidden]
-                    let x = emb.forward(&Tensor::from_vec(ids, (pieces.len(), s), &Device::Cpu)?)?;
+                    let x =
+                        emb.forward(&Tensor::from_vec(ids, (pieces.len(), s), &Device::Cpu)?)?;
                     Ok(Batch {
                         pieces: pieces.clone(),
                         x,

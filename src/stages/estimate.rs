@@ -140,33 +140,35 @@ impl Shapes<'_> {
         tokens * self.top_k.min(self.cfg.vocab_size as u64) * 8
     }
 
-    /// `search`: every dense layer, and every variant it reads stays cached (the round's
-    /// levels of each module, on average half the dense width: decoder × levels / 2),
-    /// embeddings and head twice, the teacher's rows of the largest minibatch and the shard
-    /// they are cut from, the parent cache (the
-    /// parent's hidden states at every layer for the largest minibatch whose states fit
-    /// `cache_limit_bytes`, as `supernet::scorer` decides), and one minibatch's logits.
-    pub fn search(
-        &self,
-        cache_limit_bytes: u64,
-        selection_tokens: &[u64],
-        max_levels: usize,
-    ) -> u64 {
-        let states = |tokens: u64| tokens * self.hidden() * 4 * (self.cfg.n_layers() as u64 + 1);
-        let cache_bytes = selection_tokens
-            .iter()
-            .map(|&t| states(t))
-            .filter(|&b| b <= cache_limit_bytes)
+    /// `search` (layer-major, `supernet::scorer`): embeddings and head (twice when untied and
+    /// packed: counted as two tables); the dense layers when they all fit a quarter of the
+    /// cache budget, else one; assembled blocks within another quarter plus two (the parent's
+    /// and the one in use); the hidden states of a wave of candidates and the parent
+    /// (within half the budget, two at least) at the largest minibatch; that minibatch's
+    /// teacher rows and the shard they are cut from; one batch of logits.
+    pub fn search(&self, cache_limit_bytes: u64, selection_tokens: &[u64], offspring: u64) -> u64 {
+        let largest = (0..self.cfg.n_layers())
+            .map(|l| self.layer(l))
             .max()
             .unwrap_or(0);
         let decoder = self.cfg.decoder_params() as u64 * 4;
+        let dense = if decoder <= cache_limit_bytes / 4 {
+            decoder
+        } else {
+            largest
+        };
+        let candidates = offspring + 1;
+        let blocks = (cache_limit_bytes / 4).min(decoder * candidates) + 2 * largest;
+        let top = selection_tokens.iter().copied().max().unwrap_or(0);
+        let state = top * self.hidden() * 4;
+        let states = (cache_limit_bytes / 2).max(2 * state).min(candidates * state + state);
         BASE_BYTES
-            + self.model()
             + 2 * self.embeddings()
-            + decoder * max_levels as u64 / 2
-            + self.teacher_rows(selection_tokens.iter().copied().max().unwrap_or(0))
+            + dense
+            + blocks
+            + states
+            + self.teacher_rows(top)
             + 2 * self.teacher_shard()
-            + cache_bytes
             + self.logits(PASS_TOKENS)
     }
 
@@ -239,7 +241,15 @@ mod tests {
         // shard of it, so its estimate does not grow with the tokens either.
         assert_eq!(paper.teacher_record(), 256 << 30);
         assert_eq!(small.teacher(), paper.teacher());
-        assert!(paper.search(4 << 30, &[131_072], 8) < paper.model() * 5);
+        // Past a 4 GiB cache budget the search holds one dense layer, not the model: its
+        // estimate does not grow with the layer count (the teacher's rows of the 131k-token
+        // minibatch, 8.6 GB, are the largest part).
+        let sel = [2048, 16_384, 131_072];
+        let deep = llama8b(80);
+        let deep = Shapes { cfg: &deep, ..s(4 << 20) };
+        assert_eq!(deep.search(4 << 30, &sel, 128), paper.search(4 << 30, &sel, 128));
+        assert!(paper.search(4 << 30, &sel, 128) < paper.model());
+        assert_eq!(small.search(4 << 30, &[2048], 128), s(65_536).search(4 << 30, &[2048], 128));
         // Export and eval do not depend on the token count.
         assert_eq!(small.export(), paper.export());
         assert_eq!(small.eval(), paper.eval());

@@ -165,6 +165,6 @@ impl VariantSource for LayerStages {
             .0
             .get(layer)
             .ok_or_else(|| Error::msg(format!("no layer stage for layer {layer}")))?;
-        set.record(&supernet_layer::variant_name(module, level))
+        set.record_uncached(&supernet_layer::variant_name(module, level))
     }
 }

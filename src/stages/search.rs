@@ -16,16 +16,14 @@ use serde::{Deserialize, Serialize};
 
 use super::LayerStages;
 use super::model_ref::{ModelRecord, open};
+use super::teacher::Shards;
 use crate::data::Pool;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::prune::grid::TypeGrid;
-use crate::search::{
-    FitnessKind, MutationParams, Search, SearchParams, SearchProgress,
-};
+use crate::search::{FitnessKind, MutationParams, Search, SearchParams, SearchProgress};
 use crate::supernet::rounds::{
     AroundPrevious, RoundChoice, layer_levels, next_grids, search_space,
 };
-use super::teacher::Shards;
 use crate::supernet::scorer::{ModelScorer, ScorerInputs, TeacherSource};
 use crate::{Error, Result};
 

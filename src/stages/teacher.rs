@@ -140,7 +140,11 @@ impl Stage for TeacherStage {
         let plan = shards(&pool, shard_tokens);
         let mut w = ctx.chunk_writer("teacher")?;
         if w.written() > 0 {
-            tracing::info!(shards = w.written(), of = plan.len(), "resuming the teacher");
+            tracing::info!(
+                shards = w.written(),
+                of = plan.len(),
+                "resuming the teacher"
+            );
         }
         let total = pool.pieces.len() as u64;
         for shard in plan.iter().skip(w.written()) {
@@ -224,7 +228,11 @@ impl<'a> Shards<'a> {
             message: format!("shard {i}: {m}"),
         };
         let s: Shard = bincode::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-        let first = if i == 0 { 0 } else { self.index.shard_ends[i - 1] };
+        let first = if i == 0 {
+            0
+        } else {
+            self.index.shard_ends[i - 1]
+        };
         let end = self.index.shard_ends[i];
         let rows = self.row_of(end) - self.row_of(first);
         if (s.first_piece, s.end_piece) != (first, end)
@@ -268,7 +276,9 @@ impl TeacherSource for Shards<'_> {
             let (piece, at, len) = asks[i];
             let si = shard_of(piece);
             if si >= self.index.shard_ends.len() {
-                return Err(Error::msg(format!("piece {piece} is past the teacher's pool")));
+                return Err(Error::msg(format!(
+                    "piece {piece} is past the teacher's pool"
+                )));
             }
             if held.as_ref().is_none_or(|(h, _)| *h != si) {
                 held = Some((si, self.shard(si)?));
@@ -276,6 +286,9 @@ impl TeacherSource for Shards<'_> {
             let (_, s) = held.as_ref().expect("just read");
             out[i] = Some(s.rows.slice(at - self.row_of(s.first_piece), len)?);
         }
-        Ok(out.into_iter().map(|r| r.expect("every ask answered")).collect())
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every ask answered"))
+            .collect())
     }
 }

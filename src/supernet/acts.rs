@@ -74,10 +74,7 @@ pub trait ActSource {
 
 /// Runs `f` on every batch ([b, s, hidden]) of `x` in the fixed order, for its side effects
 /// (statistics).
-pub fn for_batches(
-    x: &dyn ActSource,
-    mut f: impl FnMut(&Tensor) -> Result<()>,
-) -> Result<()> {
+pub fn for_batches(x: &dyn ActSource, mut f: impl FnMut(&Tensor) -> Result<()>) -> Result<()> {
     for i in 0..x.chunk_count() {
         for b in x.chunk(i)? {
             f(&b.x)?;
@@ -150,9 +147,10 @@ impl Acts {
                 parts[p] = Some(b.x.get(k)?);
             }
         }
-        let parts: Vec<Tensor> = parts.into_iter().collect::<Option<_>>().ok_or_else(|| {
-            crate::Error::msg("the batches do not cover every piece of the pool")
-        })?;
+        let parts: Vec<Tensor> = parts
+            .into_iter()
+            .collect::<Option<_>>()
+            .ok_or_else(|| crate::Error::msg("the batches do not cover every piece of the pool"))?;
         Ok(Acts {
             x: Tensor::cat(&parts, 0)?,
             lengths,

@@ -2,15 +2,20 @@
 //! choice of one variant per module; its fitness on a minibatch is the mean KL(teacher ‖
 //! student) over the minibatch's positions (the last position of each piece excluded).
 //!
-//! Incremental evaluation: per (generation, selection stage) the parent's hidden state at every
-//! layer input is cached; a candidate starts at its first changed layer from the parent's state
-//! there, so unchanged leading layers cost nothing. The computation from that point is the same
-//! as a full forward's (same blocks, same batches), so the fitness is bit-identical to a full
-//! forward; `incremental = false` turns the cache off (tests compare both).
+//! Layer-major: one scorer call (one minibatch) advances the parent and every candidate
+//! together, layer by layer, so each layer's dense weights and the variants the candidates use
+//! there are needed for one step only; past the memory budget they are read for that step and
+//! dropped. Incremental evaluation comes with it: a candidate equals the parent up to its first
+//! changed layer, so it forks from the parent's hidden state there and the leading layers cost
+//! nothing. A candidate's computation is the same as its own full forward's (same blocks, same
+//! batches), so the fitness is bit-identical to one; `incremental = false` forks every
+//! candidate at layer 0 (tests compare both).
 //!
-//! Blocks are assembled from the dense layer and the chosen variants on demand and kept in a
-//! bounded cache. Student logits are computed only at the teacher's top-k ids when k is small
-//! against the vocabulary (a gathered `lm_head`), otherwise as full rows and gathered.
+//! Memory is bounded by `cache_limit_bytes` (`search-cache-mib`): candidates run in waves
+//! whose hidden states fit half of it; the dense layers stay loaded across calls only when all
+//! of them fit a quarter, and assembled blocks are kept across calls within the last quarter
+//! (the parent's first). Student logits are computed only at the teacher's top-k ids when k is
+//! small against the vocabulary (a gathered `lm_head`), otherwise as full rows and gathered.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,7 +30,7 @@ use crate::prune::ModuleKind;
 use crate::prune::local::Variant;
 use crate::search::TeacherTopK;
 use crate::search::fitness::{KlMean, piece_offsets, top_k_kl_gathered};
-use crate::search::{Configuration, FitnessKind, PieceSlice, ScoreRequest, Scorer, SearchSpace};
+use crate::search::{FitnessKind, PieceSlice, ScoreRequest, Scorer, SearchSpace};
 use crate::vocab::LayerLevels;
 use crate::{Error, Result};
 
@@ -38,13 +43,8 @@ struct Group {
     len: usize,
 }
 
-/// The parent's hidden states for one (generation, stage) minibatch.
-struct ParentCache {
-    key: (u64, u64, usize),
-    parent: Configuration,
-    /// Per group, the hidden state at the input of every layer and after the last (L + 1).
-    states: Vec<Vec<Tensor>>,
-}
+/// Which minibatch a scorer call is on: (round, generation, selection stage).
+type MinibatchKey = (u64, u64, usize);
 
 /// Where the scorer reads the round's variants from: in a run, the round's `supernet-layer`
 /// stages; in a test, a map.
@@ -75,7 +75,9 @@ impl TeacherSource for TeacherTopK {
     }
 
     fn piece_rows(&self, asks: &[(usize, usize, usize)]) -> Result<Vec<TeacherTopK>> {
-        asks.iter().map(|&(_, at, len)| self.slice(at, len)).collect()
+        asks.iter()
+            .map(|&(_, at, len)| self.slice(at, len))
+            .collect()
     }
 }
 
@@ -97,24 +99,30 @@ pub struct ScorerInputs<'a> {
 
 pub struct ModelScorer<'a> {
     cfg: ModelConfig,
+    src: &'a dyn TensorSource,
     emb: Embeddings,
     head: Head,
-    dense: Vec<DenseLayer>,
-    /// Dense blocks, only for `full-kl` (the teacher's logits are recomputed per minibatch).
-    dense_blocks: Vec<Block>,
+    /// Dense layers kept loaded across calls (all of them, or none past the budget).
+    dense: Vec<Option<Arc<DenseLayer>>>,
+    keep_dense: bool,
     inp: ScorerInputs<'a>,
     offsets: Vec<usize>,
-    blocks: BTreeMap<(usize, usize, usize), Arc<Block>>,
-    cache: Option<ParentCache>,
-    teacher_cache: Option<((u64, u64, usize), Vec<Tensor>)>,
+    /// Assembled blocks by (layer, attn level, ffn level), about `block_bytes` in all.
+    blocks: BTreeMap<(usize, usize, usize), (Arc<Block>, usize)>,
+    block_bytes: usize,
+    teacher_cache: Option<(MinibatchKey, Vec<Tensor>)>,
     /// The teacher's rows of the minibatch being scored, by piece (`top-k-kl` only).
-    teacher_rows: Option<((u64, u64, usize), BTreeMap<usize, TeacherTopK>)>,
+    teacher_rows: Option<(MinibatchKey, BTreeMap<usize, TeacherTopK>)>,
     /// Decoder layers forwarded so far (one layer of one group counts once).
     pub layers_forwarded: u64,
 }
 
 impl<'a> ModelScorer<'a> {
-    pub fn new(cfg: &ModelConfig, src: &dyn TensorSource, inp: ScorerInputs<'a>) -> Result<Self> {
+    pub fn new(
+        cfg: &ModelConfig,
+        src: &'a dyn TensorSource,
+        inp: ScorerInputs<'a>,
+    ) -> Result<Self> {
         let n = cfg.n_layers();
         if inp.variants.layers() != n || inp.space.len() != 2 * n {
             return Err(Error::msg(format!(
@@ -133,27 +141,18 @@ impl<'a> ModelScorer<'a> {
         }
         let emb = Embeddings::load_on(cfg, src, &inp.compute)?;
         let head = Head::load_on(cfg, src, &emb, &inp.compute)?;
-        let dense = (0..n)
-            .map(|l| DenseLayer::load_on(cfg, l, src, &inp.compute))
-            .collect::<Result<Vec<_>>>()?;
-        let dense_blocks = if inp.fitness == FitnessKind::FullKl {
-            dense
-                .iter()
-                .map(|d| d.block_with(cfg, None, None))
-                .collect::<Result<_>>()?
-        } else {
-            Vec::new()
-        };
+        let dense_bytes: usize = (0..n).map(|l| cfg.layer_params(l) * 4).sum();
         Ok(ModelScorer {
             cfg: cfg.clone(),
+            src,
             emb,
             head,
-            dense,
-            dense_blocks,
+            dense: (0..n).map(|_| None).collect(),
+            keep_dense: dense_bytes <= inp.cache_limit_bytes / 4,
             offsets: piece_offsets(&lens),
             inp,
             blocks: BTreeMap::new(),
-            cache: None,
+            block_bytes: 0,
             teacher_cache: None,
             teacher_rows: None,
             layers_forwarded: 0,
@@ -164,22 +163,66 @@ impl<'a> ModelScorer<'a> {
         self.dense.len()
     }
 
+    /// Dense layer `l`: the kept copy, or read now (and kept when they all fit).
+    fn dense(&mut self, l: usize) -> Result<Arc<DenseLayer>> {
+        if let Some(d) = &self.dense[l] {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(DenseLayer::load_on(
+            &self.cfg,
+            l,
+            self.src,
+            &self.inp.compute,
+        )?);
+        if self.keep_dense {
+            self.dense[l] = Some(d.clone());
+        }
+        Ok(d)
+    }
+
     /// Layer l's block with `levels = [attn, ffn]` removed units.
-    fn block(&mut self, l: usize, levels: LayerLevels, keep: &Configuration) -> Result<Arc<Block>> {
-        let key = (l, levels[0], levels[1]);
-        if let Some(b) = self.blocks.get(&key) {
+    fn block(&mut self, dense: &DenseLayer, levels: LayerLevels) -> Result<Arc<Block>> {
+        let key = (dense.layer, levels[0], levels[1]);
+        if let Some((b, _)) = self.blocks.get(&key) {
             return Ok(b.clone());
         }
-        // Bounded: past the cap keep only the parent's blocks.
-        if self.blocks.len() >= 2 * self.n_layers() + 32 {
-            self.blocks
-                .retain(|&(bl, a, f), _| levels_at(keep, bl) == [a, f]);
-        }
-        let attn = self.inp.variants.variant(l, ModuleKind::Attn, levels[0])?;
-        let ffn = self.inp.variants.variant(l, ModuleKind::Ffn, levels[1])?;
-        let b = Arc::new(assemble_block(&self.cfg, &self.dense[l], &attn, &ffn)?);
-        self.blocks.insert(key, b.clone());
+        let attn = self
+            .inp
+            .variants
+            .variant(dense.layer, ModuleKind::Attn, levels[0])?;
+        let ffn = self
+            .inp
+            .variants
+            .variant(dense.layer, ModuleKind::Ffn, levels[1])?;
+        let b = Arc::new(assemble_block(&self.cfg, dense, &attn, &ffn)?);
+        let d = b.dims();
+        let (h, dh) = (self.cfg.hidden_size, self.cfg.head_dim);
+        let bytes = 4 * (h * dh * (2 * d.n_q + 2 * d.n_kv) + 3 * h * d.d_ff);
+        self.block_bytes += bytes;
+        self.blocks.insert(key, (b.clone(), bytes));
         Ok(b)
+    }
+
+    /// After layer `l`'s step: past the block budget, drop that layer's blocks other than the
+    /// parent's, then the parent's too.
+    fn trim_blocks(&mut self, l: usize, parent: LayerLevels) {
+        let budget = self.inp.cache_limit_bytes / 4;
+        for keep_parent in [true, false] {
+            if self.block_bytes <= budget {
+                return;
+            }
+            let drop: Vec<_> = self
+                .blocks
+                .keys()
+                .filter(|&&(bl, a, f)| bl == l && !(keep_parent && [a, f] == parent))
+                .copied()
+                .collect();
+            for k in drop {
+                if let Some((_, b)) = self.blocks.remove(&k) {
+                    self.block_bytes -= b;
+                }
+            }
+        }
     }
 
     fn groups(mb: &[PieceSlice]) -> Vec<Group> {
@@ -206,31 +249,77 @@ impl<'a> ModelScorer<'a> {
         )?)
     }
 
-    /// Runs layers `from..L` of `config` on `x`; with `keep_states`, returns every layer input
-    /// and the final state (L + 1 − from tensors), else only the final state.
-    fn run_layers(
+    /// The final hidden states (one per group) of candidates `wave` of `req`, run layer by
+    /// layer beside the parent: candidate c takes the parent's state at layer `forks[c]` (its
+    /// first changed layer; 0 without incremental evaluation, L when it is the parent), and the
+    /// parent runs as far as the last fork.
+    fn run_wave(
         &mut self,
-        config: &Configuration,
-        parent: &Configuration,
-        from: usize,
-        mut x: Tensor,
-        keep_states: bool,
-    ) -> Result<Vec<Tensor>> {
-        let mut states = Vec::new();
-        for l in from..self.n_layers() {
-            if keep_states {
-                states.push(x.clone());
+        req: &ScoreRequest<'_>,
+        groups: &[Group],
+        wave: &[usize],
+        forks: &[usize],
+    ) -> Result<Vec<Vec<Tensor>>> {
+        let n = self.n_layers();
+        let parent_until = wave.iter().map(|&c| forks[c]).max().unwrap_or(0);
+        let mut x_parent = groups
+            .iter()
+            .map(|g| self.embed(g))
+            .collect::<Result<Vec<_>>>()?;
+        let mut states: Vec<Option<Vec<Tensor>>> = vec![None; wave.len()];
+        for l in 0..n {
+            for (i, &c) in wave.iter().enumerate() {
+                if forks[c] == l {
+                    states[i] = Some(x_parent.clone());
+                }
             }
-            let b = self.block(l, levels_at(config, l), parent)?;
-            x = b.forward(&x)?;
-            self.layers_forwarded += 1;
+            let dense = self.dense(l)?;
+            let parent_levels = levels_at(req.parent, l);
+            if l < parent_until {
+                let b = self.block(&dense, parent_levels)?;
+                for xg in x_parent.iter_mut() {
+                    *xg = b.forward(xg)?;
+                    self.layers_forwarded += 1;
+                }
+            }
+            // The candidates by the block they need here, one block at a time, so a step past
+            // the budget holds one block beyond it.
+            let mut by_block: BTreeMap<LayerLevels, Vec<usize>> = BTreeMap::new();
+            for (i, &c) in wave.iter().enumerate() {
+                if states[i].is_some() {
+                    by_block
+                        .entry(levels_at(&req.candidates[c], l))
+                        .or_default()
+                        .push(i);
+                }
+            }
+            for (levels, members) in by_block {
+                let b = self.block(&dense, levels)?;
+                for i in members {
+                    for xg in states[i].iter_mut().flatten() {
+                        *xg = b.forward(xg)?;
+                        self.layers_forwarded += 1;
+                    }
+                }
+                self.trim_blocks(l, parent_levels);
+            }
+            self.trim_blocks(l, parent_levels);
         }
-        states.push(x);
-        Ok(states)
+        Ok(wave
+            .iter()
+            .zip(states)
+            .map(|(&c, s)| match s {
+                Some(s) => s,
+                None => {
+                    debug_assert_eq!(forks[c], n);
+                    x_parent.clone()
+                }
+            })
+            .collect())
     }
 
     /// Reads the teacher's rows of minibatch `key`'s slices, unless they are the ones held.
-    fn load_teacher_rows(&mut self, key: (u64, u64, usize), groups: &[Group]) -> Result<()> {
+    fn load_teacher_rows(&mut self, key: MinibatchKey, groups: &[Group]) -> Result<()> {
         if self.teacher_rows.as_ref().is_some_and(|(k, _)| *k == key) {
             return Ok(());
         }
@@ -253,7 +342,9 @@ impl<'a> ModelScorer<'a> {
             .teacher_rows
             .as_ref()
             .and_then(|(_, rows)| rows.get(&piece))
-            .ok_or_else(|| Error::msg(format!("the teacher's rows of piece {piece} are not read")))?;
+            .ok_or_else(|| {
+                Error::msg(format!("the teacher's rows of piece {piece} are not read"))
+            })?;
         let (ids, values) = t.tensors(0, n, self.head.lm_head_weight().device())?;
         let h = hidden.narrow(0, 0, n)?;
         if t.k() * 8 > self.cfg.vocab_size {
@@ -306,20 +397,23 @@ impl<'a> ModelScorer<'a> {
         Ok(if m.is_nan() { f64::INFINITY } else { m })
     }
 
-    /// The dense model's final hidden states per group (`full-kl` only), cached per minibatch.
-    fn teacher_finals(&mut self, key: (u64, u64, usize), groups: &[Group]) -> Result<Vec<Tensor>> {
+    /// The dense model's final hidden states per group (`full-kl` only), cached per minibatch,
+    /// computed layer by layer (each dense block built for its step).
+    fn teacher_finals(&mut self, key: MinibatchKey, groups: &[Group]) -> Result<Vec<Tensor>> {
         if let Some((k, t)) = &self.teacher_cache
             && *k == key
         {
             return Ok(t.clone());
         }
-        let mut out = Vec::new();
-        for g in groups {
-            let mut x = self.embed(g)?;
-            for b in &self.dense_blocks {
-                x = b.forward(&x)?;
+        let mut out = groups
+            .iter()
+            .map(|g| self.embed(g))
+            .collect::<Result<Vec<_>>>()?;
+        for l in 0..self.n_layers() {
+            let b = self.dense(l)?.block_with(&self.cfg, None, None)?;
+            for x in out.iter_mut() {
+                *x = b.forward(x)?;
             }
-            out.push(x);
         }
         self.teacher_cache = Some((key, out.clone()));
         Ok(out)
@@ -337,61 +431,34 @@ impl Scorer for ModelScorer<'_> {
                 None
             }
         };
-        let tokens: usize = groups.iter().map(|g| g.len * g.slices.len()).sum();
-        let cache_bytes = tokens * self.cfg.hidden_size * 4 * (self.n_layers() + 1);
-        let use_cache = self.inp.incremental
-            && cache_bytes <= self.inp.cache_limit_bytes
-            && (req.candidates.len() > 1 || req.parent_included);
-        if use_cache
-            && !self
-                .cache
-                .as_ref()
-                .is_some_and(|c| c.key == key && &c.parent == req.parent)
-        {
-            let mut states = Vec::with_capacity(groups.len());
-            for g in &groups {
-                let x = self.embed(g)?;
-                states.push(self.run_layers(req.parent, req.parent, 0, x, true)?);
-            }
-            self.cache = Some(ParentCache {
-                key,
-                parent: req.parent.clone(),
-                states,
-            });
-        }
-        let mut out = Vec::with_capacity(req.candidates.len());
-        for cand in req.candidates {
-            let finals: Vec<Tensor> = if use_cache {
-                let cache = self
-                    .cache
-                    .take()
-                    .ok_or_else(|| Error::msg("parent cache lost"))?;
-                let from = self
-                    .inp
-                    .space
-                    .first_changed_layer(cand, &cache.parent)
-                    .unwrap_or(self.n_layers());
-                let r = (0..groups.len())
-                    .map(|gi| {
-                        let x = cache.states[gi][from].clone();
-                        Ok(self
-                            .run_layers(cand, req.parent, from, x, false)?
-                            .pop()
-                            .expect("run_layers returns the final state"))
-                    })
-                    .collect::<Result<Vec<_>>>();
-                self.cache = Some(cache);
-                r?
-            } else {
-                let mut f = Vec::with_capacity(groups.len());
-                for g in &groups {
-                    let x = self.embed(g)?;
-                    let mut s = self.run_layers(cand, req.parent, 0, x, false)?;
-                    f.push(s.pop().expect("run_layers returns the final state"));
+        let n = self.n_layers();
+        let forks: Vec<usize> = req
+            .candidates
+            .iter()
+            .map(|c| {
+                if self.inp.incremental {
+                    self.inp
+                        .space
+                        .first_changed_layer(c, req.parent)
+                        .unwrap_or(n)
+                } else {
+                    0
                 }
-                f
-            };
-            out.push(self.fitness(&groups, &finals, teacher.as_deref())?);
+            })
+            .collect();
+        // Waves whose hidden states, with the parent's, fit half the budget.
+        let tokens: usize = groups.iter().map(|g| g.len * g.slices.len()).sum();
+        let state_bytes = (tokens * self.cfg.hidden_size * 4).max(1);
+        let wave = (self.inp.cache_limit_bytes / 2 / state_bytes)
+            .saturating_sub(1)
+            .max(1);
+        let all: Vec<usize> = (0..req.candidates.len()).collect();
+        let mut out = vec![0.0; all.len()];
+        for w in all.chunks(wave) {
+            let finals = self.run_wave(req, &groups, w, &forks)?;
+            for (&c, f) in w.iter().zip(&finals) {
+                out[c] = self.fitness(&groups, f, teacher.as_deref())?;
+            }
         }
         Ok(out)
     }

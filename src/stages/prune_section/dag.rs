@@ -595,20 +595,10 @@ impl Builder<'_> {
         if let Some(s) = previous {
             inputs.push(("previous", one(s)));
         }
-        let round_levels = if t == 1 {
-            ga.modules
-                .iter()
-                .chain(&gf.modules)
-                .map(|m| m.levels.len())
-                .max()
-                .unwrap_or(1)
-        } else {
-            self.later_levels()
-        };
         let minibatches: Vec<u64> = c.selection.iter().map(|s| s[0] as u64).collect();
         let mem = self
             .shapes
-            .search(c.search_cache_mib << 20, &minibatches, round_levels);
+            .search(c.search_cache_mib << 20, &minibatches, c.offspring as u64);
         self.push(&id, SearchStage::KIND, &sp, &inputs, Some(mem))?
             .params
             .insert(

@@ -64,11 +64,11 @@ fn choices(
         out.push(LayerChoice {
             attn: ModuleChoice {
                 kept: heads.iter().map(|&h| h as u32).collect(),
-                weight: columns(&o, &o_cols)?,
+                weight: columns(&o, &o_cols)?.into(),
             },
             ffn: ModuleChoice {
                 kept: chans.iter().map(|&c| c as u32).collect(),
-                weight: columns(&down, &chans)?,
+                weight: columns(&down, &chans)?.into(),
             },
         });
     }

@@ -8,12 +8,13 @@
 #   scripts/bench_memory.sh [LAYERS…] [-- TOKENS…]   (build first: cargo build --release)
 #   scripts/bench_memory.sh 4 16 -- 8192 32768 65536  (the default)
 #
-# Extra settings go through SET, e.g. SET="--set prune.top-k=256". The calibration text is this
+# Extra settings go through SET, e.g. SET="--set prune.top-k=256"; TYR=/path/to/tyr measures
+# another build (an older one, for a before/after table). The calibration text is this
 # repository's own sources and docs (random models read bytes: one token per byte), cycled to
 # the largest token count asked for. Work folders go under ${WORK:-/tmp/tyr-bench-memory}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-T=$PWD/target/release/tyr
+T=${TYR:-$PWD/target/release/tyr}
 [ -x "$T" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 layers=()
 tokens=()

@@ -67,7 +67,7 @@ fn a_choice_with_unsorted_indices_or_a_wrong_weight_shape_is_an_error() {
         "{e}"
     );
     let mut ch = choices(&cfg);
-    ch[2].ffn.weight = det(cfg.hidden_size, 3, 0.5);
+    ch[2].ffn.weight = det(cfg.hidden_size, 3, 0.5).into();
     let e = sliced_config(&cfg, &ch).unwrap_err().to_string();
     assert!(e.contains("layer 2 ffn") && e.contains("shape"), "{e}");
     let mut ch = choices(&cfg);

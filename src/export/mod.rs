@@ -9,7 +9,8 @@ pub mod slice;
 pub use gguf::{GgufDtype, GgufExportOptions, GgufExportReport, write_gguf};
 pub use gguf_form::{GgufLayerForm, ZeroWidth, layer_form, written_config};
 pub use slice::{
-    LayerChoice, LayerPlan, ModuleChoice, SlicedSource, plan_layer, slice_model, sliced_config,
+    ChoiceWeight, LayerChoice, LayerPlan, ModuleChoice, SlicedSource, plan_layer, slice_model,
+    sliced_config,
 };
 
 // ---- report (report.json / report.html) ----

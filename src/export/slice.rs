@@ -5,6 +5,7 @@
 //! `SlicedSource` slices lazily, one tensor per request, so large models stream layer by layer.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
@@ -18,7 +19,59 @@ use crate::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct ModuleChoice {
     pub kept: Vec<u32>,
-    pub weight: Tensor,
+    pub weight: ChoiceWeight,
+}
+
+/// A refit output weight: in memory, or read when the slicer asks for it (the chosen variants
+/// of a 70B model are tens of GB; an export reads each as it writes that tensor).
+#[derive(Clone)]
+pub enum ChoiceWeight {
+    Tensor(Tensor),
+    Lazy {
+        dims: [usize; 2],
+        read: Arc<dyn Fn() -> Result<Tensor> + Send + Sync>,
+    },
+}
+
+impl ChoiceWeight {
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            ChoiceWeight::Tensor(t) => t.dims().to_vec(),
+            ChoiceWeight::Lazy { dims, .. } => dims.to_vec(),
+        }
+    }
+
+    /// The weight (read now when lazy, and checked against its declared dims).
+    pub fn tensor(&self) -> Result<Tensor> {
+        match self {
+            ChoiceWeight::Tensor(t) => Ok(t.clone()),
+            ChoiceWeight::Lazy { dims, read } => {
+                let t = read()?;
+                if t.dims() != dims {
+                    return Err(Error::msg(format!(
+                        "a chosen variant's weight read back as {:?}, expected {dims:?}",
+                        t.dims()
+                    )));
+                }
+                Ok(t)
+            }
+        }
+    }
+}
+
+impl From<Tensor> for ChoiceWeight {
+    fn from(t: Tensor) -> Self {
+        ChoiceWeight::Tensor(t)
+    }
+}
+
+impl std::fmt::Debug for ChoiceWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChoiceWeight::Tensor(t) => write!(f, "Tensor({:?})", t.dims()),
+            ChoiceWeight::Lazy { dims, .. } => write!(f, "Lazy({dims:?})"),
+        }
+    }
 }
 
 /// The chosen variants of one decoder layer.
@@ -72,14 +125,14 @@ pub fn plan_layer(cfg: &ModelConfig, l: usize, choice: &LayerChoice) -> Result<L
     let (h, dh) = (cfg.hidden_size, cfg.head_dim);
     check_kept(l, "attention", &choice.attn.kept, dense.n_q)?;
     check_kept(l, "ffn", &choice.ffn.kept, dense.d_ff)?;
-    let shape_err = |module: &'static str, want: [usize; 2], t: &Tensor| {
-        if t.dims() == want {
+    let shape_err = |module: &'static str, want: [usize; 2], w: &ChoiceWeight| {
+        if w.dims() == want {
             Ok(())
         } else {
             Err(Error::ExportChoice {
                 layer: l,
                 module,
-                msg: format!("refit weight has shape {:?}, expected {want:?}", t.dims()),
+                msg: format!("refit weight has shape {:?}, expected {want:?}", w.dims()),
             })
         }
     };
@@ -231,14 +284,16 @@ impl<'a> SlicedSource<'a> {
             | "self_attn.k_proj.bias"
             | "self_attn.v_proj.weight"
             | "self_attn.v_proj.bias" => select(&read()?, 0, &head_rows(&plan.kv_heads))?,
-            "self_attn.o_proj.weight" => {
-                select(&choice.attn.weight, 1, &head_rows(&plan.weight_blocks))?
-            }
+            "self_attn.o_proj.weight" => select(
+                &choice.attn.weight.tensor()?,
+                1,
+                &head_rows(&plan.weight_blocks),
+            )?,
             "mlp.gate_proj.weight"
             | "mlp.gate_proj.bias"
             | "mlp.up_proj.weight"
             | "mlp.up_proj.bias" => select(&read()?, 0, &plan.channels)?,
-            "mlp.down_proj.weight" => choice.ffn.weight.clone(),
+            "mlp.down_proj.weight" => choice.ffn.weight.tensor()?,
             _ => read()?,
         };
         Ok(Some(t))

@@ -161,7 +161,9 @@ impl Shapes<'_> {
         let blocks = (cache_limit_bytes / 4).min(decoder * candidates) + 2 * largest;
         let top = selection_tokens.iter().copied().max().unwrap_or(0);
         let state = top * self.hidden() * 4;
-        let states = (cache_limit_bytes / 2).max(2 * state).min(candidates * state + state);
+        let states = (cache_limit_bytes / 2)
+            .max(2 * state)
+            .min(candidates * state + state);
         BASE_BYTES
             + 2 * self.embeddings()
             + dense
@@ -246,10 +248,19 @@ mod tests {
         // minibatch, 8.6 GB, are the largest part).
         let sel = [2048, 16_384, 131_072];
         let deep = llama8b(80);
-        let deep = Shapes { cfg: &deep, ..s(4 << 20) };
-        assert_eq!(deep.search(4 << 30, &sel, 128), paper.search(4 << 30, &sel, 128));
+        let deep = Shapes {
+            cfg: &deep,
+            ..s(4 << 20)
+        };
+        assert_eq!(
+            deep.search(4 << 30, &sel, 128),
+            paper.search(4 << 30, &sel, 128)
+        );
         assert!(paper.search(4 << 30, &sel, 128) < paper.model());
-        assert_eq!(small.search(4 << 30, &[2048], 128), s(65_536).search(4 << 30, &[2048], 128));
+        assert_eq!(
+            small.search(4 << 30, &[2048], 128),
+            s(65_536).search(4 << 30, &[2048], 128)
+        );
         // Export and eval do not depend on the token count.
         assert_eq!(small.export(), paper.export());
         assert_eq!(small.eval(), paper.eval());

@@ -11,6 +11,8 @@
 //! the sliced model is never held whole.
 //! Invalidated by: params, the model, the layer stages' and the search's outputs.
 
+use std::sync::Arc;
+
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -19,11 +21,14 @@ use super::model_ref::{ModelLocation, ModelRecord, TextCodec, open};
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::export::report::unit_sparsity;
 use crate::export::{
-    GgufDtype, GgufExportOptions, LayerChoice, ModuleChoice, SlicedSource, ZeroWidth, write_gguf,
+    ChoiceWeight, GgufDtype, GgufExportOptions, LayerChoice, ModuleChoice, SlicedSource, ZeroWidth,
+    write_gguf,
 };
 use crate::model::hf::read_hf_config;
 use crate::model::{ModelConfig, SaveOptions, save_model};
+use crate::prune::ModuleKind;
 use crate::prune::local::Variant;
+use crate::supernet::scorer::VariantSource;
 use crate::vocab::LayerLevels;
 use crate::{Error, Result};
 
@@ -111,12 +116,15 @@ impl Stage for ExportStage {
         let what = format!("export `{}`", p.label);
         let chosen = Chosen::resolve(ctx, &what, &p.choice, p.from_search, cfg.n_layers())?
             .ok_or_else(|| Error::msg(format!("{what}: no choice")))?;
+        // Each chosen variant is read once here for its kept units and again when its tensor
+        // is written: the variants are never all held (tens of GB for 70B).
         let mut choices = Vec::with_capacity(cfg.n_layers());
         for l in 0..cfg.n_layers() {
             let (attn, ffn) = chosen.layer(l)?;
+            let [a, f] = chosen.levels()[l];
             choices.push(LayerChoice {
-                attn: module_choice(attn)?,
-                ffn: module_choice(ffn)?,
+                attn: module_choice(&chosen, l, ModuleKind::Attn, a, attn),
+                ffn: module_choice(&chosen, l, ModuleKind::Ffn, f, ffn),
             });
         }
         // Sliced as the writers read each tensor: the sliced model is never held whole.
@@ -208,11 +216,27 @@ impl Stage for ExportStage {
     }
 }
 
-/// A variant as the slicer takes it: kept units and the compact refit weight `[hidden, kept·w]`.
-fn module_choice(v: Variant) -> Result<ModuleChoice> {
+/// A variant as the slicer takes it: kept units and the compact refit weight `[hidden, kept·w]`,
+/// read again from the layer stage when the writer asks for it.
+fn module_choice(
+    chosen: &Chosen,
+    l: usize,
+    module: ModuleKind,
+    level: usize,
+    v: Variant,
+) -> ModuleChoice {
     let cols = v.weight.len().checked_div(v.d_out).unwrap_or(0);
-    Ok(ModuleChoice {
+    let dims = [v.d_out, cols];
+    let layers = chosen.layer_stages();
+    ModuleChoice {
         kept: v.kept,
-        weight: Tensor::from_vec(v.weight, (v.d_out, cols), &Device::Cpu)?,
-    })
+        weight: ChoiceWeight::Lazy {
+            dims,
+            read: Arc::new(move || {
+                let v = layers.variant(l, module, level)?;
+                let cols = v.weight.len().checked_div(v.d_out).unwrap_or(0);
+                Ok(Tensor::from_vec(v.weight, (v.d_out, cols), &Device::Cpu)?)
+            }),
+        },
+    }
 }

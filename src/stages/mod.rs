@@ -133,6 +133,11 @@ impl Chosen {
         }))
     }
 
+    /// The layer stages the variants are read from.
+    pub(crate) fn layer_stages(&self) -> LayerStages {
+        LayerStages(self.layers.0.clone())
+    }
+
     /// The `[attn, ffn]` levels of every layer.
     pub(crate) fn levels(&self) -> &[LayerLevels] {
         &self.levels

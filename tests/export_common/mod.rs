@@ -30,7 +30,7 @@ pub fn det(rows: usize, cols: usize, salt: f32) -> Tensor {
 fn choice(kept: &[u32], hidden: usize, width: usize, salt: f32) -> ModuleChoice {
     ModuleChoice {
         kept: kept.to_vec(),
-        weight: det(hidden, kept.len() * width, salt),
+        weight: det(hidden, kept.len() * width, salt).into(),
     }
 }
 
@@ -74,7 +74,7 @@ pub fn masked_dense(
         ] {
             let mut full = vec![vec![0f32; units * width]; h];
             if !ch.kept.is_empty() {
-                let w: Vec<Vec<f32>> = ch.weight.to_vec2().unwrap();
+                let w: Vec<Vec<f32>> = ch.weight.tensor().unwrap().to_vec2().unwrap();
                 for (i, &u) in ch.kept.iter().enumerate() {
                     for r in 0..h {
                         for k in 0..width {

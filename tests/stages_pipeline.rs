@@ -358,6 +358,67 @@ fn a_stage_over_the_memory_budget_fails_before_it_starts() {
 }
 
 #[test]
+fn a_tight_memory_budget_builds_fewer_levels_at_once() {
+    // Wide enough that one level's OBS working set (d_ff² f64 matrices) dominates a layer's
+    // estimate; the plan declares what the stage will hold.
+    let model = "prune.model={ source = \"random\", layers = 2, hidden = 256, head-dim = 32, \
+         heads = 8, kv-heads = 2, d-ff = 1024, vocab = 96, seed = 1 }";
+    let w = tempfile::tempdir().unwrap();
+    let estimate = |budget: &str| -> u64 {
+        let o = tyr_in(
+            w.path(),
+            &["plan", "--json", "--mem-budget", budget],
+            &["--set", model],
+            &[],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["id"] == "r1-layer-00")
+            .and_then(|v| v["mem_bytes"].as_u64())
+            .expect("r1-layer-00 in the plan")
+    };
+    let roomy = estimate("1T");
+    let tight = estimate(&format!("{}", roomy - 1));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores == 1 {
+        assert_eq!(tight, roomy, "one core builds one level at a time anyway");
+    } else {
+        assert!(
+            tight < roomy,
+            "{tight} ≥ {roomy}: the budget did not lower the parallelism"
+        );
+    }
+    // Keys do not see it (the grouping of levels changes no result): after a run of the tiny
+    // model, a budget that lowers a layer's parallelism finds every stage cached.
+    let t = tempfile::tempdir().unwrap();
+    let o = tyr_in(t.path(), &["run"], &[], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let layer = plan(t.path(), &[])
+        .into_iter()
+        .find(|s| s.0 == "r1-layer-00")
+        .unwrap();
+    assert_eq!(layer.1, "cached");
+    let o = tyr_in(
+        t.path(),
+        &["plan", "--json", "--mem-budget", "1T"],
+        &[],
+        &[],
+    );
+    let est = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["id"] == "r1-layer-00")
+        .and_then(|v| v["mem_bytes"].as_u64())
+        .unwrap();
+    let budget = format!("{}", est - 1);
+    for (id, state, _) in plan(t.path(), &["--mem-budget", &budget]) {
+        assert_eq!(state, "cached", "{id} reruns under a budget of {budget}");
+    }
+}
+
+#[test]
 fn a_teacher_killed_between_its_shards_resumes_there_and_ends_identical() {
     use common::{Scratch, results, tyr_env};
     // Model, pool and teacher only. A shard closes at the end of the batch that brings it to

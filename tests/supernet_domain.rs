@@ -36,6 +36,9 @@ fn options() -> BuildOptions {
             schedule: RemovalSchedule::Passes(4),
             ..LocalPruneOptions::ffn_default()
         },
+        // Every level at once; the parts below build one level at a time, so comparing them
+        // also checks that the grouping of levels changes nothing.
+        parallel_levels: 0,
     }
 }
 
@@ -193,7 +196,7 @@ fn parts(
     (0..shares)
         .map(|g| {
             let levels = level_share(&grid.levels, g, shares).unwrap();
-            build_module_part(cfg, dense, x, module, levels, ffn_o_proj, &opts).unwrap()
+            build_module_part(cfg, dense, x, module, levels, ffn_o_proj, &opts, 1).unwrap()
         })
         .collect()
 }

@@ -58,6 +58,9 @@ pub struct ExpandContext<'a> {
     pub base_dir: &'a Path,
     /// Ids of the stages written by hand, which generated stages may use as inputs.
     pub declared: &'a [String],
+    /// The run's memory budget (`pipeline.mem_budget_bytes`, default 80% of RAM): generated
+    /// stages size their parallelism to fit it.
+    pub mem_budget_bytes: u64,
 }
 
 /// Turns an extra top-level section of a pipeline file (e.g. `[prune]`) into stages.

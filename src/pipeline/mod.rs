@@ -72,6 +72,7 @@ pub fn load_str(
             seed: header.seed,
             base_dir: &base,
             declared: &declared,
+            mem_budget_bytes: header.mem_budget_bytes,
         };
         let generated = exp.expand(table, &ctx).map_err(|e| Error::Pipeline {
             file: path.to_path_buf(),

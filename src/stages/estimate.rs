@@ -83,24 +83,38 @@ impl Shapes<'_> {
         BASE_BYTES + 4 * self.chunk() + 3 * self.layer(l)
     }
 
-    /// `supernet-layer`: a chunk of X as read and decoded (twice per pass at most), the layer three times, the two
-    /// Hessians, and per level built at once the OBS working set (Hλ, its inverse and the
-    /// gradient, d² f64 each, and the f64 weight), modules one after the other.
-    pub fn supernet_layer(&self, l: usize, attn_levels: usize, ffn_levels: usize) -> u64 {
+    /// `supernet-layer`: a chunk of X as read and decoded (twice per pass at most), the layer
+    /// three times, the two Hessians, and per level built at once (`parallel` at most) the OBS
+    /// working set (Hλ, its inverse and the gradient, d² f64 each, and the f64 weight), modules
+    /// one after the other.
+    pub fn supernet_layer(
+        &self,
+        l: usize,
+        attn_levels: usize,
+        ffn_levels: usize,
+        parallel: usize,
+    ) -> u64 {
         let d = &self.cfg.layers[l];
         let h = self.hidden();
         let da = (d.n_q * self.cfg.head_dim) as u64;
         let df = d.d_ff as u64;
         let level = |dim: u64| 3 * dim * dim * 8 + h * dim * 8;
-        let obs = (attn_levels as u64 * level(da)).max(ffn_levels as u64 * level(df));
+        let at_once = |levels: usize| levels.min(parallel.max(1)) as u64;
+        let obs = (at_once(attn_levels) * level(da)).max(at_once(ffn_levels) * level(df));
         BASE_BYTES + 4 * self.chunk() + 3 * self.layer(l) + (da * da + df * df) * 8 + obs
     }
 
     /// `supernet-part`: as `supernet-layer` for one module's share of levels.
-    pub fn supernet_part(&self, l: usize, module: ModuleKind, levels: usize) -> u64 {
+    pub fn supernet_part(
+        &self,
+        l: usize,
+        module: ModuleKind,
+        levels: usize,
+        parallel: usize,
+    ) -> u64 {
         match module {
-            ModuleKind::Attn => self.supernet_layer(l, levels, 0),
-            ModuleKind::Ffn => self.supernet_layer(l, 0, levels),
+            ModuleKind::Attn => self.supernet_layer(l, levels, 0, parallel),
+            ModuleKind::Ffn => self.supernet_layer(l, 0, levels, parallel),
         }
     }
 

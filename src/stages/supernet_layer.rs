@@ -86,6 +86,10 @@ pub struct SupernetLayerParams {
     /// and averages; it reads no X [false].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub joined: bool,
+    /// Most levels built at once (0: one per core). Set by `[prune]` to fit the memory
+    /// budget; outside the key (levels are independent, so it changes no result).
+    #[serde(default, skip_serializing)]
+    pub parallel_levels: usize,
 }
 
 fn density_weighted() -> Expectation {
@@ -186,6 +190,7 @@ impl Stage for SupernetLayer {
                 ffn_stats: p.ffn_stats,
                 attn_pruning: p.attn_pruning,
                 ffn_pruning: p.ffn_pruning,
+                parallel_levels: p.parallel_levels,
             };
             build_layer(
                 cfg,

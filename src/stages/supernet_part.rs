@@ -133,7 +133,16 @@ impl Stage for SupernetPart {
         let _g = span.enter();
         ctx.report(0, 1);
         let x = acts::Reader::open(ctx.input("x")?, "x")?;
-        let part = build_module_part(cfg, &dense, &x, p.module, levels, o_bar.as_deref(), opts)?;
+        let part = build_module_part(
+            cfg,
+            &dense,
+            &x,
+            p.module,
+            levels,
+            o_bar.as_deref(),
+            opts,
+            b.parallel_levels,
+        )?;
         ctx.report(1, 1);
         let mut o = Outputs::new();
         o.record("part", &part)?.transient();

@@ -73,6 +73,9 @@ pub struct BuildOptions {
     pub ffn_stats: FfnStats,
     pub attn_pruning: LocalPruneOptions,
     pub ffn_pruning: LocalPruneOptions,
+    /// Most levels pruned at once (0: as many as the thread pool runs), so a layer's OBS
+    /// working sets fit the memory budget. Changes no result.
+    pub parallel_levels: usize,
 }
 
 /// What `build_layer` tells its caller while it works.
@@ -193,6 +196,7 @@ pub fn build_layer(
                 attn_layout,
                 &attn_grid.levels,
                 &opts.attn_pruning,
+                opts.parallel_levels,
             )?;
             ck.attn_built(&v)?;
             v
@@ -232,6 +236,7 @@ pub fn build_layer(
         ffn_layout,
         &ffn_grid.levels,
         &opts.ffn_pruning,
+        opts.parallel_levels,
     )?;
     ck.report(3, 4);
     let (d_bar, ffn_w) =
@@ -279,7 +284,8 @@ fn check_levels(layer: usize, module: ModuleKind, levels: &[usize], units: usize
     Ok(())
 }
 
-/// Every level of one module, levels in parallel (each is independent and deterministic).
+/// Every level of one module, up to `parallel` levels at once (each is independent and
+/// deterministic; 0: as many as the thread pool runs).
 fn build_variants(
     ctx: PruneContext,
     h: &Hessian,
@@ -288,6 +294,7 @@ fn build_variants(
     layout: UnitLayout,
     levels: &[usize],
     opts: &LocalPruneOptions,
+    parallel: usize,
 ) -> Result<Vec<Variant>> {
     let pruner = ModulePruner::new(
         ctx,
@@ -299,7 +306,20 @@ fn build_variants(
         },
         *opts,
     )?;
-    levels.par_iter().map(|&l| pruner.prune(l)).collect()
+    let at_once = if parallel == 0 {
+        levels.len()
+    } else {
+        parallel
+    };
+    let mut out = Vec::with_capacity(levels.len());
+    for group in levels.chunks(at_once.max(1)) {
+        let built: Vec<Variant> = group
+            .par_iter()
+            .map(|&l| pruner.prune(l))
+            .collect::<Result<_>>()?;
+        out.extend(built);
+    }
+    Ok(out)
 }
 
 fn digest_hex(h: &Hessian) -> String {
@@ -393,6 +413,7 @@ pub fn build_module_part(
     levels: &[usize],
     ffn_o_proj: Option<&[f32]>,
     opts: &LocalPruneOptions,
+    parallel_levels: usize,
 ) -> Result<ModulePart> {
     let layer = dense.layer;
     let (layout, weight) = match module {
@@ -431,6 +452,7 @@ pub fn build_module_part(
         layout,
         levels,
         opts,
+        parallel_levels,
     )?;
     Ok(ModulePart {
         module,

@@ -112,6 +112,8 @@ pub struct Where<'a> {
     pub pipeline: &'a str,
     /// The model, relative paths anchored.
     pub model: ModelSpec,
+    /// The run's memory budget: a layer builds as many levels at once as fit in it.
+    pub mem_budget_bytes: u64,
 }
 
 /// The stages of section `c` for a model of shapes `cfg`, in a fixed order.
@@ -129,6 +131,7 @@ pub fn build(c: &PruneConfig, cfg: &ModelConfig, at: Where<'_>) -> Result<Vec<St
         },
         base: at.base,
         cache: at.cache.to_path_buf(),
+        mem_budget: at.mem_budget_bytes,
         out: Vec::new(),
     };
     b.sources(at.model)?;
@@ -294,6 +297,7 @@ struct Builder<'a> {
     shapes: Shapes<'a>,
     base: &'a Path,
     cache: PathBuf,
+    mem_budget: u64,
     out: Vec<StageSpec>,
 }
 
@@ -439,6 +443,7 @@ impl Builder<'_> {
                 attn_pruning: c.local(c.attn_removal),
                 ffn_pruning: c.local(c.ffn_removal),
                 joined: false,
+                parallel_levels: 0, // not serialised: set with the estimate, outside the key
             };
             let id = ids::layer(t, l);
             let levels = if t == 1 {
@@ -477,6 +482,7 @@ impl Builder<'_> {
                 attn_pruning: c.local(c.attn_removal),
                 ffn_pruning: c.local(c.ffn_removal),
                 joined: false,
+                parallel_levels: 0, // not serialised: set with the estimate, outside the key
             };
             let id = ids::refit_layer(l);
             self.supernet_layer(&id, p, &x, Some(search), (1, 1))?;
@@ -508,8 +514,13 @@ impl Builder<'_> {
         let Some(shares) = self.c.supernet_shares() else {
             common.push(("x", one(x)));
             common.extend(previous.map(|s| ("previous", one(s))));
-            let mem = self.shapes.supernet_layer(l, levels.0, levels.1);
-            self.push(id, SupernetLayer::KIND, &p, &common, Some(mem))?;
+            let (par, mem) = self.parallel_levels(
+                |par| self.shapes.supernet_layer(l, levels.0, levels.1, par),
+                levels.0.max(levels.1),
+            );
+            self.push(id, SupernetLayer::KIND, &p, &common, Some(mem))?
+                .params
+                .insert("parallel-levels".into(), toml::Value::Integer(par as i64));
             return Ok(());
         };
         let mut parts: [Vec<String>; 2] = Default::default();
@@ -528,8 +539,15 @@ impl Builder<'_> {
                 if module == ModuleKind::Ffn && p.ffn_stats == FfnStats::ExpectedAttention {
                     inputs.push(("attn-parts", InputRef::Many(parts[0].clone())));
                 }
-                let mem = self.shapes.supernet_part(l, module, n.div_ceil(shares));
-                self.push(&pid, SupernetPart::KIND, &part, &inputs, Some(mem))?;
+                let share_levels = n.div_ceil(shares);
+                let (par, mem) = self.parallel_levels(
+                    |par| self.shapes.supernet_part(l, module, share_levels, par),
+                    share_levels,
+                );
+                let spec = self.push(&pid, SupernetPart::KIND, &part, &inputs, Some(mem))?;
+                if let Some(toml::Value::Table(b)) = spec.params.get_mut("build") {
+                    b.insert("parallel-levels".into(), toml::Value::Integer(par as i64));
+                }
                 parts[m].push(pid);
             }
         }
@@ -541,6 +559,19 @@ impl Builder<'_> {
         let mem = self.shapes.supernet_join(l, levels.0, levels.1);
         self.push(id, SupernetLayer::KIND, &joined, &common, Some(mem))?;
         Ok(())
+    }
+
+    /// How many levels a layer stage builds at once, and its estimate then: as many as this
+    /// machine has cores and `levels` allows, fewer when that would not fit the memory budget
+    /// (one at least; a stage over the budget even then is refused by the executor, naming
+    /// it). Outside the key: the levels are independent, so their grouping changes no result.
+    fn parallel_levels(&self, estimate: impl Fn(usize) -> u64, levels: usize) -> (usize, u64) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut par = cores.min(levels).max(1);
+        while par > 1 && estimate(par) > self.mem_budget {
+            par -= 1;
+        }
+        (par, estimate(par))
     }
 
     /// The `layer-forward` stage computing X_{l+1} from `x` and the layer stage `weights`.
@@ -642,6 +673,7 @@ impl Builder<'_> {
                         attn_pruning: c.local(c.attn_removal),
                         ffn_pruning: c.local(c.ffn_removal),
                         joined: false,
+                        parallel_levels: 0,
                     };
                     self.supernet_layer(&id, p, &x, None, (1, 1))?;
                 }

@@ -115,6 +115,7 @@ impl SectionExpander for PruneSection {
                 cache: &cache,
                 pipeline: ctx.pipeline,
                 model,
+                mem_budget_bytes: ctx.mem_budget_bytes,
             },
         )
     }

@@ -506,6 +506,22 @@ impl<'g> Coordinator<'g> {
     /// After node `i` settles: for each input whose consumers have all settled, delete its
     /// transient blobs and drop its in-memory outputs.
     fn collect_transients(&mut self, i: usize) -> Result<()> {
+        // Transient blobs of committed stages whose consumers are not all done yet.
+        let live: BTreeSet<Digest> = (0..self.states.len())
+            .filter(|&s| {
+                !self.graph.consumers[s]
+                    .iter()
+                    .all(|&c| matches!(self.states[c], State::Done { .. }))
+            })
+            .filter_map(|s| match &self.states[s] {
+                State::Done { manifest, .. } => Some(manifest),
+                _ => None,
+            })
+            .flat_map(|m| m.outputs.values())
+            .filter(|o| o.retention == Retention::Transient)
+            .flat_map(|o| o.blobs())
+            .map(|b| b.digest)
+            .collect();
         for d in self.graph.nodes[i].deps() {
             let all_done = self.graph.consumers[d]
                 .iter()
@@ -529,7 +545,11 @@ impl<'g> Coordinator<'g> {
                 .filter(|o| o.retention == Retention::Transient)
             {
                 for b in o.blobs() {
-                    if !self.kept.contains(&b.digest) && self.store.blob_path(&b.digest).exists() {
+                    // Blobs are shared by content: another stage's output may be these bytes.
+                    if !self.kept.contains(&b.digest)
+                        && !live.contains(&b.digest)
+                        && self.store.blob_path(&b.digest).exists()
+                    {
                         fault::hit("transient-before-delete");
                         self.store.remove_blob(&b.digest)?;
                         deleted = true;

@@ -1,7 +1,7 @@
 //! How the activations X_ℓ travel between layer stages: a transient chunked output `x`
 //! (`engine::chunks`) whose chunks hold whole batches in `supernet::acts` order — tensors
 //! `NNNNNN.x` ([b, s, hidden] f32) and `NNNNNN.pieces` ([b] u32, pool indices) per batch — and a
-//! transient record `x-lengths` (the pool's piece lengths). A producer writes a chunk as soon
+//! record `x-lengths` (the pool's piece lengths, kept: see `finish`). A producer writes a chunk as soon
 //! as it is computed and, resumed after a crash, continues after the last chunk it wrote; a
 //! consumer reads one chunk at a time. Nothing holds X whole.
 
@@ -107,10 +107,12 @@ pub fn push(w: &mut ChunkWriter<'_>, batches: &[Batch]) -> Result<()> {
     w.push(map)
 }
 
-/// Records the written chunks of `w` and the piece `lengths` as transient output `name`.
+/// Records the written chunks of `w` as transient output `name` and the piece `lengths` beside
+/// them. The lengths are kept, not transient: every X of a pool has the same lengths, so their
+/// records are one blob, which collecting one layer's X must not delete under the next's.
 pub fn finish(w: ChunkWriter<'_>, lengths: &[usize], out: &mut Outputs, name: &str) -> Result<()> {
     let lengths: Vec<u32> = lengths.iter().map(|&l| l as u32).collect();
-    out.record(lengths_name(name), &lengths)?.transient();
+    out.record(lengths_name(name), &lengths)?;
     out.chunks(name, w.finish()).transient();
     Ok(())
 }

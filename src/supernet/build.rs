@@ -286,6 +286,7 @@ fn check_levels(layer: usize, module: ModuleKind, levels: &[usize], units: usize
 
 /// Every level of one module, up to `parallel` levels at once (each is independent and
 /// deterministic; 0: as many as the thread pool runs).
+#[allow(clippy::too_many_arguments)]
 fn build_variants(
     ctx: PruneContext,
     h: &Hessian,

@@ -193,10 +193,13 @@ impl Outputs {
     }
 }
 
-/// Values up to this size are kept once read (an `ArtifactSet` lives as long as the executor
-/// keeps the producer's outputs: until all its consumers have settled); larger ones are decoded
-/// for each read, so a round's dense-width weights are not all held at once.
-pub(crate) const CACHE_BYTES: u64 = 64 << 20;
+/// Values up to this size are handed to consumers in memory and kept once read (an
+/// `ArtifactSet` lives as long as the executor keeps the producer's outputs: until all its
+/// consumers have settled); larger ones are read from the store for each use. Small: what passes
+/// it is records (a pool, a choice, an index); a layer's variants, which the search and the
+/// exports consume at the end of a round, are not held for the whole round (2.2 GB for 16 layers
+/// of hidden 1024 / FFN 4096 at 64 MiB).
+pub(crate) const CACHE_BYTES: u64 = 1 << 20;
 
 /// One artifact of an upstream stage as a consumer sees it.
 #[derive(Debug)]

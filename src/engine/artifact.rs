@@ -250,14 +250,7 @@ impl ArtifactSet {
         if let Some(v) = e.value.get() {
             return Ok(v.clone());
         }
-        let bytes = std::fs::read(&e.path).map_err(|err| Error::io(&e.path, err))?;
-        if Digest::of(&bytes) != e.digest {
-            return Err(Error::EngineArtifact {
-                stage: self.stage.clone(),
-                output: name.to_string(),
-                message: format!("blob {} does not match its digest", e.path.display()),
-            });
-        }
+        let bytes = self.read_blob(name, "", &e.path, &e.digest)?;
         let large = bytes.len() as u64 > CACHE_BYTES;
         let v = Arc::new(Value::decode(e.kind, bytes)?);
         if large {
@@ -303,18 +296,34 @@ impl ArtifactSet {
             output: name.to_string(),
             message: format!("has {} chunks, chunk {i} asked for", list.len()),
         })?;
+        self.read_blob(name, &format!("chunk {i}: "), path, &c.digest)
+    }
+
+    /// The bytes of blob `path`, checked against `digest` (`what` prefixes the message).
+    fn read_blob(
+        &self,
+        name: &str,
+        what: &str,
+        path: &std::path::Path,
+        digest: &Digest,
+    ) -> Result<Vec<u8>> {
         let bytes = std::fs::read(path).map_err(|err| Error::io(path, err))?;
-        if Digest::of(&bytes) != c.digest {
+        if Digest::of(&bytes) != *digest {
             return Err(Error::EngineArtifact {
                 stage: self.stage.clone(),
                 output: name.to_string(),
-                message: format!(
-                    "chunk {i}: blob {} does not match its digest",
-                    path.display()
-                ),
+                message: format!("{what}blob {} does not match its digest", path.display()),
             });
         }
         Ok(bytes)
+    }
+
+    fn decode_record<T: DeserializeOwned>(&self, name: &str, bytes: &[u8]) -> Result<T> {
+        bincode::deserialize(bytes).map_err(|e| Error::EngineArtifact {
+            stage: self.stage.clone(),
+            output: name.to_string(),
+            message: format!("decoding record: {e}"),
+        })
     }
 
     /// The named tensors of output `name`.
@@ -344,28 +353,13 @@ impl ArtifactSet {
             Some(e) if !in_memory && e.kind == ArtifactKind::Record => e,
             _ => return self.record(name),
         };
-        let bytes = std::fs::read(&e.path).map_err(|err| Error::io(&e.path, err))?;
-        if Digest::of(&bytes) != e.digest {
-            return Err(Error::EngineArtifact {
-                stage: self.stage.clone(),
-                output: name.to_string(),
-                message: format!("blob {} does not match its digest", e.path.display()),
-            });
-        }
-        bincode::deserialize(&bytes).map_err(|err| Error::EngineArtifact {
-            stage: self.stage.clone(),
-            output: name.to_string(),
-            message: format!("decoding record: {err}"),
-        })
+        let bytes = self.read_blob(name, "", &e.path, &e.digest)?;
+        self.decode_record(name, &bytes)
     }
 
     pub fn record<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
         match &*self.value(name)? {
-            Value::Record(b) => bincode::deserialize(b).map_err(|e| Error::EngineArtifact {
-                stage: self.stage.clone(),
-                output: name.to_string(),
-                message: format!("decoding record: {e}"),
-            }),
+            Value::Record(b) => self.decode_record(name, b),
             _ => Err(self.wrong_kind(name, "a record")),
         }
     }

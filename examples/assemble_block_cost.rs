@@ -10,7 +10,7 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use tyr::eval::bench::llama31_8b_config;
 use tyr::model::random::random_source;
-use tyr::model::{Block, Compute};
+use tyr::model::{Block, Compute, StorageDtype};
 use tyr::prune::local::Variant;
 use tyr::supernet::layer::{DenseLayer, assemble_block, unmeasured_metrics};
 
@@ -23,6 +23,7 @@ fn main() -> tyr::Result<()> {
         d_out: h,
         weight: vec![0.01; h * kept.len() * width],
         kept,
+        storage: StorageDtype::F32,
         metrics: unmeasured_metrics(),
     };
     let attn = variant((0..d.n_q as u32).step_by(2).collect(), dh);

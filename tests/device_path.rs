@@ -13,7 +13,7 @@ mod smollm2;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use tyr::model::random::random_source;
-use tyr::model::{Block, Compute, KvCache, Llama, ModelConfig, to_host_f32};
+use tyr::model::{Block, Compute, KvCache, Llama, ModelConfig, StorageDtype, to_host_f32};
 
 /// The device computes under test in `dtype`: the CPU always, the first GPU when there is one.
 fn computes(dtype: DType) -> Vec<(String, Compute)> {
@@ -358,6 +358,7 @@ fn blocks_assembled_on_the_device_equal_blocks_sliced_on_the_host() {
             .map(|x| x as f32 / 999.0 - 1.0)
             .collect(),
         kept,
+        storage: StorageDtype::F32,
         metrics: unmeasured_metrics(),
     };
     // Layer 0: 5 query heads on K/V heads [0, 0, 0, 1, 2], d_ff 40.

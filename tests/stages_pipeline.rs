@@ -184,6 +184,82 @@ fn activations_in_many_chunks_give_the_results_of_one_and_a_killed_stream_resume
     assert!(v.status.success(), "verify:\n{}", text(&v));
 }
 
+/// The bytes stage `stage` committed for its outputs whose names pass `pick`.
+fn output_bytes(work: &Path, stage: &str, pick: impl Fn(&str) -> bool) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(work.join("manifests")).unwrap().flatten() {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+        if m["stage"] == stage {
+            for (name, o) in m["outputs"].as_object().unwrap() {
+                if pick(name) {
+                    n += o["size_bytes"].as_u64().unwrap();
+                }
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn sixteen_bit_storage_halves_x_and_the_variants_and_a_killed_run_still_ends_identical() {
+    let f32_run = tempfile::tempdir().unwrap();
+    let o = tyr_in(f32_run.path(), &["run"], &["--set", WIDE_MODEL], &[]);
+    assert!(o.status.success(), "run failed:\n{}", text(&o));
+    let half = [
+        "--set",
+        WIDE_MODEL,
+        "--set",
+        "prune.activation-dtype=\"bf16\"",
+        "--set",
+        "prune.variant-dtype=\"bf16\"",
+    ];
+    let w = tempfile::tempdir().unwrap();
+    let o = tyr_in(w.path(), &["run"], &half, &[]);
+    assert!(o.status.success(), "run failed:\n{}", text(&o));
+    let want = published(w.path());
+    assert!(want.iter().any(|(f, _)| f == "ppl/tyr.json"), "{want:?}");
+
+    // X (embed's and a layer-forward's) and a layer's variant records: about half the bytes.
+    let is_variant = |n: &str| n.starts_with("attn-") || n.starts_with("ffn-");
+    for (stage, pick) in [
+        ("embed", &(|n: &str| n == "x") as &dyn Fn(&str) -> bool),
+        ("r1-forward-00", &|n: &str| n == "x"),
+        ("r1-layer-01", &is_variant),
+    ] {
+        let (full, small) = (
+            output_bytes(f32_run.path(), stage, pick),
+            output_bytes(w.path(), stage, pick),
+        );
+        assert!(
+            full > 0 && small * 10 < full * 6 && small * 10 > full * 4,
+            "{stage}: {small} bytes in bf16 against {full} in f32"
+        );
+    }
+
+    // Rounded where they are made, so a run killed mid-stream (1 MiB chunks) resumes to the
+    // same files as the uninterrupted one.
+    let small = [&half[..], &["--set", "prune.chunk-mib=1"]].concat();
+    let k = tempfile::tempdir().unwrap();
+    let killed = tyr_in(
+        k.path(),
+        &["run"],
+        &small,
+        &[("TYR_FAULT", "chunk-after-write:3")],
+    );
+    assert!(!killed.status.success(), "the fault was not reached");
+    let resumed = tyr_in(k.path(), &["run"], &small, &[]);
+    assert!(
+        resumed.status.success(),
+        "resume failed:\n{}",
+        text(&resumed)
+    );
+    assert!(
+        published(k.path()) == want,
+        "the resumed bf16 run's results differ"
+    );
+}
+
 #[test]
 fn a_new_forward_version_reruns_every_forward_stage_and_nothing_else() {
     let w = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
 use tyr::model::random::random_source;
-use tyr::model::{Llama, ModelConfig};
+use tyr::model::{Llama, ModelConfig, StorageDtype};
 use tyr::prune::ModuleKind;
 use tyr::prune::expectation::Expectation;
 use tyr::prune::grid::{GridOptions, TypeGrid, round1_grid};
@@ -39,6 +39,7 @@ fn options() -> BuildOptions {
         // Every level at once; the parts below build one level at a time, so comparing them
         // also checks that the grouping of levels changes nothing.
         parallel_levels: 0,
+        variant_dtype: StorageDtype::F32,
     }
 }
 
@@ -196,7 +197,18 @@ fn parts(
     (0..shares)
         .map(|g| {
             let levels = level_share(&grid.levels, g, shares).unwrap();
-            build_module_part(cfg, dense, x, module, levels, ffn_o_proj, &opts, 1).unwrap()
+            build_module_part(
+                cfg,
+                dense,
+                x,
+                module,
+                levels,
+                ffn_o_proj,
+                &opts,
+                1,
+                o.variant_dtype,
+            )
+            .unwrap()
         })
         .collect()
 }
@@ -243,6 +255,62 @@ fn a_layer_built_in_parts_and_joined_equals_one_build_bit_for_bit() {
             let joined = join_layer(&dense, 1, &a, &f, attn, ffn, opts.expectation).unwrap();
             assert_eq!(bits(&joined), bits(&whole), "{stats:?}, {shares} shares");
         }
+    }
+}
+
+#[test]
+fn sixteen_bit_variants_are_the_f32_ones_rounded_and_store_in_half_the_bytes() {
+    let cfg = common::uniform_config();
+    let src = random_source(&cfg, 5).unwrap();
+    let model = Llama::load(&cfg, &src).unwrap();
+    let x = x0(&cfg, &model, &pool(cfg.vocab_size));
+    let dense = DenseLayer::load(&cfg, 1, &src).unwrap();
+    let (a, f) = (levels(&[0, 1, 2, 3]), levels(&[0, 12, 24, 36]));
+    // Dense-attention statistics: the FFN's H does not depend on the attention's variants, so
+    // every 16-bit variant must be its f32 twin rounded.
+    let with = |variant_dtype| BuildOptions {
+        ffn_stats: FfnStats::DenseAttention,
+        variant_dtype,
+        ..options()
+    };
+    let full = build_layer(
+        &cfg,
+        &dense,
+        &x,
+        1,
+        &a,
+        &f,
+        &with(StorageDtype::F32),
+        &mut NoCheckpoint,
+    )
+    .unwrap();
+    for dtype in [StorageDtype::Bf16, StorageDtype::F16] {
+        let half =
+            build_layer(&cfg, &dense, &x, 1, &a, &f, &with(dtype), &mut NoCheckpoint).unwrap();
+        for (h, w) in half
+            .attn
+            .iter()
+            .chain(&half.ffn)
+            .zip(full.attn.iter().chain(&full.ffn))
+        {
+            assert_eq!((h.level, &h.kept, h.storage), (w.level, &w.kept, dtype));
+            let mut rounded = w.weight.clone();
+            dtype.round(&mut rounded);
+            assert_eq!(h.weight, rounded, "{dtype:?} level {}", h.level);
+            // The record keeps every bit, in 2 bytes a value.
+            let bytes = bincode::serialize(h).unwrap();
+            let back: Variant = bincode::deserialize(&bytes).unwrap();
+            assert_eq!(back, *h);
+            let f32_bytes = bincode::serialize(w).unwrap();
+            assert!(
+                h.weight.is_empty() || bytes.len() < f32_bytes.len() * 3 / 5,
+                "{} vs {} bytes",
+                bytes.len(),
+                f32_bytes.len()
+            );
+        }
+        // The averaged weights are made from the rounded variants.
+        assert_ne!(half.o_bar, full.o_bar);
     }
 }
 

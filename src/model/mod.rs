@@ -17,6 +17,7 @@ pub mod rope;
 pub mod saved;
 pub mod sgemm;
 pub mod source;
+pub mod storage;
 pub mod tokenizer;
 
 /// Version of the forward's arithmetic: bump it whenever any output bit of the embedding, a
@@ -55,3 +56,4 @@ pub use llama_block::{AttnWeights, Block, BlockTaps, BlockWeights, MlpWeights};
 pub use rope::Rope;
 pub use saved::{SaveOptions, save_llama, save_model};
 pub use source::{MemorySource, TensorSource};
+pub use storage::StorageDtype;

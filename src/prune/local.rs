@@ -10,11 +10,14 @@ use super::linalg::{Mat, NotPositiveDefinite};
 use super::obs::{FirstOrder, ObsState, refit, relative_error};
 use super::stats::{Hessian, damping_lambda};
 use super::{ModuleKind, UnitLayout, lowest_units};
+use crate::model::StorageDtype;
 use crate::{Error, Result};
 
 /// Version of the local-pruning code, part of every variant's checkpoint key (§6). Bump it
 /// whenever a change can alter any variant's bits.
-pub const LOCAL_PRUNE_VERSION: u32 = 1;
+///
+/// 2: a variant record names the dtype its weight is stored in (`variant-dtype`).
+pub const LOCAL_PRUNE_VERSION: u32 = 2;
 
 /// How the r removed units of one variant are split into passes (`attn-removal`/`ffn-removal`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,8 +99,9 @@ pub struct VariantMetrics {
     pub free_units: usize,
 }
 
-/// One module pruned at one level.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One module pruned at one level. Stored as a record whose weight is in `storage`'s dtype
+/// (`variant-dtype`); in memory the weight is f32 either way.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Variant {
     /// Units removed.
     pub level: usize,
@@ -106,11 +110,93 @@ pub struct Variant {
     /// Rows of `weight`.
     pub d_out: usize,
     /// The refit weight, HF layout [d_out, |kept|·width] row-major; empty at level = units.
+    /// Every value is one that `storage` holds, so storing it loses nothing.
     pub weight: Vec<f32>,
+    /// The dtype the record stores `weight` in.
+    pub storage: StorageDtype,
     pub metrics: VariantMetrics,
 }
 
+/// The record's weight field (same variant order in both directions).
+#[derive(Serialize)]
+enum WeightOut<'a> {
+    F32(&'a [f32]),
+    Bf16(Vec<u16>),
+    F16(Vec<u16>),
+}
+
+#[derive(Deserialize)]
+enum WeightIn {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+    F16(Vec<u16>),
+}
+
+#[derive(Serialize)]
+struct VariantOut<'a> {
+    level: usize,
+    kept: &'a [u32],
+    d_out: usize,
+    weight: WeightOut<'a>,
+    metrics: &'a VariantMetrics,
+}
+
+#[derive(Deserialize)]
+struct VariantIn {
+    level: usize,
+    kept: Vec<u32>,
+    d_out: usize,
+    weight: WeightIn,
+    metrics: VariantMetrics,
+}
+
+impl Serialize for Variant {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let weight = match (self.storage, self.storage.bits(&self.weight)) {
+            (StorageDtype::Bf16, Some(b)) => WeightOut::Bf16(b),
+            (StorageDtype::F16, Some(b)) => WeightOut::F16(b),
+            _ => WeightOut::F32(&self.weight),
+        };
+        VariantOut {
+            level: self.level,
+            kept: &self.kept,
+            d_out: self.d_out,
+            weight,
+            metrics: &self.metrics,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Variant {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = VariantIn::deserialize(d)?;
+        let (storage, weight) = match v.weight {
+            WeightIn::F32(w) => (StorageDtype::F32, w),
+            WeightIn::Bf16(b) => (StorageDtype::Bf16, StorageDtype::Bf16.from_bits(&b)),
+            WeightIn::F16(b) => (StorageDtype::F16, StorageDtype::F16.from_bits(&b)),
+        };
+        Ok(Variant {
+            level: v.level,
+            kept: v.kept,
+            d_out: v.d_out,
+            weight,
+            storage,
+            metrics: v.metrics,
+        })
+    }
+}
+
 impl Variant {
+    /// This variant with its weight rounded to `dtype`, to be stored in it. Applied where the
+    /// variant is made, before anything uses it, so the build, a resumed build and every reader
+    /// see the same values.
+    pub fn in_storage(mut self, dtype: StorageDtype) -> Self {
+        dtype.round(&mut self.weight);
+        self.storage = dtype;
+        self
+    }
+
     /// The refit weight padded back to the dense shape [d_out, units·width], zeros in the
     /// removed columns (what the expectation and a masked dense forward use).
     pub fn padded_weight(&self, layout: UnitLayout) -> Result<Vec<f32>> {
@@ -212,6 +298,7 @@ impl<'a> ModulePruner<'a> {
             kept,
             d_out: module.d_out,
             weight,
+            storage: StorageDtype::F32,
             metrics: VariantMetrics {
                 rel_error,
                 damping: opts.damping,
@@ -263,6 +350,7 @@ impl<'a> ModulePruner<'a> {
                         kept,
                         d_out: module.d_out,
                         weight,
+                        storage: StorageDtype::F32,
                         metrics,
                     });
                 }

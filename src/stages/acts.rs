@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use candle_core::{Device, Tensor};
 
 use crate::engine::{ArtifactSet, ChunkWriter, Outputs, StageContext};
+use crate::model::StorageDtype;
+use crate::model::storage::load_f32;
 use crate::supernet::acts::{ActSource, Batch, map_chunk};
 use crate::{Error, Result};
 
@@ -79,7 +81,11 @@ impl ActSource for Reader<'_> {
                     format!("batch {j} has shape {:?} for pieces {pieces:?}", x.dims()),
                 ));
             }
-            out.push(Batch { pieces, x });
+            // Stored in 16 bits or not, X is used in f32.
+            out.push(Batch {
+                pieces,
+                x: load_f32(x)?,
+            });
         }
         if out.is_empty() || !t.is_empty() {
             return Err(self.bad(i, "is not a chunk of activation batches".into()));
@@ -92,13 +98,13 @@ fn lengths_name(name: &str) -> String {
     format!("{name}-lengths")
 }
 
-/// Writes `batches` as the next chunk of `w`.
-pub fn push(w: &mut ChunkWriter<'_>, batches: &[Batch]) -> Result<()> {
+/// Writes `batches` as the next chunk of `w`, X in `dtype`.
+pub fn push(w: &mut ChunkWriter<'_>, batches: &[Batch], dtype: StorageDtype) -> Result<()> {
     let mut map = BTreeMap::new();
     for (j, b) in batches.iter().enumerate() {
         let pieces: Vec<u32> = b.pieces.iter().map(|&p| p as u32).collect();
         let n = pieces.len();
-        map.insert(format!("{j:06}.x"), b.x.contiguous()?);
+        map.insert(format!("{j:06}.x"), dtype.store(&b.x.contiguous()?)?);
         map.insert(
             format!("{j:06}.pieces"),
             Tensor::from_vec(pieces, n, &Device::Cpu)?,
@@ -117,19 +123,21 @@ pub fn finish(w: ChunkWriter<'_>, lengths: &[usize], out: &mut Outputs, name: &s
     Ok(())
 }
 
-/// X_{ℓ+1} = `f` on every batch of `x`, written chunk by chunk (chunk k from chunk k of `x`) as
-/// transient output `name`; a resumed attempt continues after the chunks already written.
+/// X_{ℓ+1} = `f` on every batch of `x`, written chunk by chunk (chunk k from chunk k of `x`) in
+/// `dtype` as transient output `name`; a resumed attempt continues after the chunks already
+/// written.
 pub fn map_to_output(
     ctx: &StageContext<'_>,
     x: &dyn ActSource,
     out: &mut Outputs,
     name: &str,
+    dtype: StorageDtype,
     mut f: impl FnMut(&Tensor) -> Result<Tensor>,
 ) -> Result<()> {
     let mut w = ctx.chunk_writer(name)?;
     let n = x.chunk_count();
     for i in w.written()..n {
-        push(&mut w, &map_chunk(x.chunk(i)?, &mut f)?)?;
+        push(&mut w, &map_chunk(x.chunk(i)?, &mut f)?, dtype)?;
         ctx.report(i as u64 + 1, n as u64);
     }
     finish(w, x.lengths(), out, name)

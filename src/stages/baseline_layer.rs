@@ -18,6 +18,7 @@ use super::acts;
 use super::model_ref::{ModelRecord, open};
 use super::supernet_layer::variant_name;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
+use crate::model::StorageDtype;
 use crate::prune::baselines::{
     kept_after_removing_lowest, magnitude_channel_scores, magnitude_head_scores, wanda_sp_scores,
 };
@@ -44,6 +45,9 @@ pub struct BaselineLayerParams {
     pub attn_level: usize,
     /// FFN channels removed.
     pub ffn_level: usize,
+    /// The dtype `wanda-sp`'s X_{ℓ+1} is stored in (`activation-dtype`) [f32].
+    #[serde(default, skip_serializing_if = "StorageDtype::is_f32")]
+    pub activation_dtype: StorageDtype,
 }
 
 pub struct BaselineLayer(BaselineLayerParams);
@@ -60,14 +64,15 @@ fn variant(
         weight: select_column_units(dense, d_out, l, &kept)?,
         kept,
         d_out,
+        storage: StorageDtype::F32,
         metrics: unmeasured_metrics(),
     })
 }
 
 impl Stage for BaselineLayer {
     const KIND: &'static str = "baseline-layer";
-    // 2: wanda-sp writes X as chunks (`acts`).
-    const VERSION: u32 = 2;
+    // 2: wanda-sp writes X as chunks (`acts`). 3: variant records name their weight's dtype.
+    const VERSION: u32 = 3;
     type Params = BaselineLayerParams;
 
     fn new(p: BaselineLayerParams) -> Result<Self> {
@@ -166,7 +171,9 @@ impl Stage for BaselineLayer {
                 )?;
                 let d_masked = pad_columns(&ffn.weight, &ffn.kept, h, fl)?;
                 let pruned = dense.block_with(cfg, Some(&o_masked), Some(&d_masked))?;
-                acts::map_to_output(ctx, &x, &mut o, "x", |xb| pruned.forward(xb))?;
+                acts::map_to_output(ctx, &x, &mut o, "x", p.activation_dtype, |xb| {
+                    pruned.forward(xb)
+                })?;
                 (attn, ffn)
             }
         };

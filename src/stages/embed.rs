@@ -1,7 +1,7 @@
 //! `embed` stage: X_0, the token embeddings of every pool piece (ALGORITHM.md §6), written
 //! chunk by chunk in batch order (`acts`). Inputs `model`, `pool`; params `chunk-mib` (most
-//! bytes of activations per chunk); output `x` (transient activations). Invalidated by: the
-//! model record, the pool and `chunk-mib`.
+//! bytes of activations per chunk, counted in f32) and `activation-dtype`; output `x`
+//! (transient activations). Invalidated by: the model record, the pool and the params.
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,7 @@ use super::acts;
 use super::model_ref::{ModelRecord, open};
 use crate::data::Pool;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
-use crate::model::Embeddings;
+use crate::model::{Embeddings, StorageDtype};
 use crate::supernet::acts::{Batch, chunk_plan};
 use crate::{Error, Result};
 
@@ -21,6 +21,9 @@ pub struct Embed(EmbedParams);
 pub struct EmbedParams {
     #[serde(default = "d_chunk_mib")]
     pub chunk_mib: u64,
+    /// The dtype X_0 is stored in [f32].
+    #[serde(default, skip_serializing_if = "StorageDtype::is_f32")]
+    pub activation_dtype: StorageDtype,
 }
 
 fn d_chunk_mib() -> u64 {
@@ -83,7 +86,7 @@ impl Stage for Embed {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            acts::push(&mut w, &batches)?;
+            acts::push(&mut w, &batches, self.0.activation_dtype)?;
             ctx.report(i as u64 + 1, plan.len() as u64);
         }
         let mut o = Outputs::new();

@@ -3,7 +3,8 @@
 //! supernet layer so the transient activations live in their own stage: consumers of the
 //! variants never force a layer rebuild when activations were garbage-collected.
 //!
-//! Inputs: `model`, `x` (X_ℓ), `weights` (the layer's `supernet-layer` stage). Params: `layer`.
+//! Inputs: `model`, `x` (X_ℓ), `weights` (the layer's `supernet-layer` stage). Params: `layer`,
+//! `activation-dtype`.
 //! Output: `x` (transient, chunk k computed from chunk k of X_ℓ). Invalidated by: the layer, model record, X_ℓ, the averaged weights.
 
 use serde::{Deserialize, Serialize};
@@ -12,12 +13,16 @@ use super::acts;
 use super::model_ref::{ModelRecord, open};
 use crate::Result;
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
+use crate::model::StorageDtype;
 use crate::supernet::layer::{DenseLayer, flat};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct LayerForwardParams {
     pub layer: usize,
+    /// The dtype X_{ℓ+1} is stored in (`activation-dtype`) [f32].
+    #[serde(default, skip_serializing_if = "StorageDtype::is_f32")]
+    pub activation_dtype: StorageDtype,
 }
 
 pub struct LayerForward(LayerForwardParams);
@@ -62,7 +67,9 @@ impl Stage for LayerForward {
         )?;
         let block = dense.block_with(&model.config, Some(&o_bar), Some(&d_bar))?;
         let mut o = Outputs::new();
-        acts::map_to_output(ctx, &x, &mut o, "x", |xb| block.forward(xb))?;
+        acts::map_to_output(ctx, &x, &mut o, "x", self.0.activation_dtype, |xb| {
+            block.forward(xb)
+        })?;
         Ok(o)
     }
 }

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::acts;
 use super::model_ref::{ModelRecord, open};
 use crate::engine::{InputSlot, Outputs, Stage, StageContext};
+use crate::model::StorageDtype;
 use crate::prune::ModuleKind;
 use crate::prune::expectation::Expectation;
 use crate::prune::local::{LOCAL_PRUNE_VERSION, LocalPruneOptions, Variant};
@@ -86,6 +87,10 @@ pub struct SupernetLayerParams {
     /// and averages; it reads no X [false].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub joined: bool,
+    /// The dtype the variants are stored in (`variant-dtype`) [f32]. Part of the key: a
+    /// 16-bit variant is rounded as it is made, so everything downstream sees other values.
+    #[serde(default, skip_serializing_if = "StorageDtype::is_f32")]
+    pub variant_dtype: StorageDtype,
     /// Most levels built at once (0: one per core). Set by `[prune]` to fit the memory
     /// budget; outside the key (levels are independent, so it changes no result).
     #[serde(default, skip_serializing)]
@@ -191,6 +196,7 @@ impl Stage for SupernetLayer {
                 attn_pruning: p.attn_pruning,
                 ffn_pruning: p.ffn_pruning,
                 parallel_levels: p.parallel_levels,
+                variant_dtype: p.variant_dtype,
             };
             build_layer(
                 cfg,

@@ -142,6 +142,7 @@ impl Stage for SupernetPart {
             o_bar.as_deref(),
             opts,
             b.parallel_levels,
+            b.variant_dtype,
         )?;
         ctx.report(1, 1);
         let mut o = Outputs::new();

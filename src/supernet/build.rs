@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::acts::ActSource;
 use super::layer::{Collect, DenseLayer, collect_stats};
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, StorageDtype};
 use crate::prune::expectation::{
     Expectation, ExpectationWeights, averaged_weight, expectation_weights,
 };
@@ -76,6 +76,9 @@ pub struct BuildOptions {
     /// Most levels pruned at once (0: as many as the thread pool runs), so a layer's OBS
     /// working sets fit the memory budget. Changes no result.
     pub parallel_levels: usize,
+    /// The dtype the variants are stored in (`variant-dtype`); their weights are rounded to it
+    /// as they are made.
+    pub variant_dtype: StorageDtype,
 }
 
 /// What `build_layer` tells its caller while it works.
@@ -197,6 +200,7 @@ pub fn build_layer(
                 &attn_grid.levels,
                 &opts.attn_pruning,
                 opts.parallel_levels,
+                opts.variant_dtype,
             )?;
             ck.attn_built(&v)?;
             v
@@ -237,6 +241,7 @@ pub fn build_layer(
         &ffn_grid.levels,
         &opts.ffn_pruning,
         opts.parallel_levels,
+        opts.variant_dtype,
     )?;
     ck.report(3, 4);
     let (d_bar, ffn_w) =
@@ -296,6 +301,7 @@ fn build_variants(
     levels: &[usize],
     opts: &LocalPruneOptions,
     parallel: usize,
+    storage: StorageDtype,
 ) -> Result<Vec<Variant>> {
     let pruner = ModulePruner::new(
         ctx,
@@ -316,7 +322,7 @@ fn build_variants(
     for group in levels.chunks(at_once.max(1)) {
         let built: Vec<Variant> = group
             .par_iter()
-            .map(|&l| pruner.prune(l))
+            .map(|&l| Ok(pruner.prune(l)?.in_storage(storage)))
             .collect::<Result<_>>()?;
         out.extend(built);
     }
@@ -415,6 +421,7 @@ pub fn build_module_part(
     ffn_o_proj: Option<&[f32]>,
     opts: &LocalPruneOptions,
     parallel_levels: usize,
+    variant_dtype: StorageDtype,
 ) -> Result<ModulePart> {
     let layer = dense.layer;
     let (layout, weight) = match module {
@@ -454,6 +461,7 @@ pub fn build_module_part(
         levels,
         opts,
         parallel_levels,
+        variant_dtype,
     )?;
     Ok(ModulePart {
         module,

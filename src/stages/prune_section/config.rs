@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::sources::{CalibEntry, EvalEntry, Sources};
 use crate::data::{TextFormat, reader::TextDocuments};
 use crate::export::{GgufDtype, ZeroWidth};
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, StorageDtype};
 use crate::prune::ModuleKind;
 use crate::prune::expectation::Expectation;
 use crate::prune::grid::{GridOptions, Round1Grid, TypeGrid, round1_grid};
@@ -183,6 +183,10 @@ pub struct PruneConfig {
     pub search_cache_mib: u64,
     #[serde(default = "d_chunk_mib")]
     pub chunk_mib: u64,
+    #[serde(default)]
+    pub activation_dtype: StorageDtype,
+    #[serde(default)]
+    pub variant_dtype: StorageDtype,
     #[serde(default)]
     pub final_refit: bool,
     #[serde(default = "d_true")]

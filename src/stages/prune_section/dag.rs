@@ -384,6 +384,7 @@ impl Builder<'_> {
             Embed::KIND,
             &EmbedParams {
                 chunk_mib: c.chunk_mib,
+                activation_dtype: c.activation_dtype,
             },
             &[
                 (ids::MODEL, one(ids::MODEL)),
@@ -444,6 +445,7 @@ impl Builder<'_> {
                 ffn_pruning: c.local(c.ffn_removal),
                 joined: false,
                 parallel_levels: 0, // not serialised: set with the estimate, outside the key
+                variant_dtype: c.variant_dtype,
             };
             let id = ids::layer(t, l);
             let levels = if t == 1 {
@@ -483,6 +485,7 @@ impl Builder<'_> {
                 ffn_pruning: c.local(c.ffn_removal),
                 joined: false,
                 parallel_levels: 0, // not serialised: set with the estimate, outside the key
+                variant_dtype: c.variant_dtype,
             };
             let id = ids::refit_layer(l);
             self.supernet_layer(&id, p, &x, Some(search), (1, 1))?;
@@ -580,7 +583,10 @@ impl Builder<'_> {
         self.push(
             id,
             LayerForward::KIND,
-            &LayerForwardParams { layer },
+            &LayerForwardParams {
+                layer,
+                activation_dtype: self.c.activation_dtype,
+            },
             &[
                 (ids::MODEL, one(ids::MODEL)),
                 ("x", one(x)),
@@ -674,6 +680,7 @@ impl Builder<'_> {
                         ffn_pruning: c.local(c.ffn_removal),
                         joined: false,
                         parallel_levels: 0,
+                        variant_dtype: c.variant_dtype,
                     };
                     self.supernet_layer(&id, p, &x, None, (1, 1))?;
                 }
@@ -688,6 +695,7 @@ impl Builder<'_> {
                         layer: l,
                         attn_level: a,
                         ffn_level: f,
+                        activation_dtype: c.activation_dtype,
                     };
                     let mut inputs = vec![(ids::MODEL, one(ids::MODEL))];
                     let reads_x = method == BaselineMethod::WandaSp;

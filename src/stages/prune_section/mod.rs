@@ -49,6 +49,11 @@
 //!                              # it changes what is recomputed, never a result)
 //! chunk-mib = 256              # most MiB of activations per stored chunk: layer stages read
 //!                              # and write X one chunk at a time [256]
+//! activation-dtype = "f32"     # | bf16 | f16: how X is stored (half the disk and reads in
+//!                              # 16 bits; compute stays f32) [f32]
+//! variant-dtype = "f32"        # | bf16 | f16: how the variants' weights are stored; they are
+//!                              # rounded as they are made, so the search and export use the
+//!                              # rounded weights [f32]
 //! final-refit = false          # after the last search, re-prune each module at its chosen
 //!                              # level on the pruned model's own activations; `eval-tyr` and
 //!                              # `export` use it, `eval-searched` scores the searched layers

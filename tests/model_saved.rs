@@ -186,12 +186,22 @@ fn sharded_bf16_directory_loads_like_the_f32_weights_rounded_to_bf16() {
         want_src.insert(n.clone(), t.to_dtype(DType::F32).unwrap());
     }
     let ids = random_ids(1, 8, cfg.vocab_size, 31);
-    let want = Llama::load(&cfg, &want_src).unwrap().forward(&ids).unwrap();
-    let got = Llama::load(&got_cfg, got_src.as_ref())
-        .unwrap()
-        .forward(&ids)
-        .unwrap();
+    let want_model = Llama::load(&cfg, &want_src).unwrap();
+    let got_model = Llama::load(&got_cfg, got_src.as_ref()).unwrap();
+    let want = want_model.forward(&ids).unwrap();
+    let got = got_model.forward(&ids).unwrap();
     assert_eq!(max_abs_diff(&want, &got), 0.0);
+    // The vocabulary tables stay in bf16 in memory (half the bytes of an f32 upcast); their rows
+    // are converted as they are used, with the same bits.
+    assert_eq!(got_model.embeddings().weight().dtype(), DType::BF16);
+    assert_eq!(got_model.head().lm_head_weight().dtype(), DType::BF16);
+    let hidden = want_model.hidden(&ids).unwrap();
+    let rows = Tensor::new(&[3u32, 0, 60, 17], &Device::Cpu).unwrap();
+    let (w, g) = (
+        want_model.head().logits_rows(&hidden, &rows).unwrap(),
+        got_model.head().logits_rows(&hidden, &rows).unwrap(),
+    );
+    assert_eq!(max_abs_diff(&w, &g), 0.0);
 }
 
 #[test]

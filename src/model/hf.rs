@@ -1,7 +1,8 @@
 //! Hugging Face model directories: the `config.json` mirror (lenient: unknown keys are ignored)
 //! resolved into a `ModelConfig`, and a memory-mapped safetensors source (one `model.safetensors`
 //! or shards listed in `model.safetensors.index.json`; bf16/f16/f32 converted to f32 when a
-//! tensor is read, so only the layer being processed is ever in memory). Our saved format
+//! tensor is read, so only the layer being processed is ever in memory, or kept in its 16 bits
+//! by `tensor_stored`, for the vocabulary tables). Our saved format
 //! (`saved.rs`) is such a directory whose `config.json` adds a `pruning` object with per-layer
 //! widths; it opens through the same `open_hf_dir`.
 
@@ -338,8 +339,9 @@ impl SafetensorsSource {
     }
 }
 
-impl TensorSource for SafetensorsSource {
-    fn tensor(&self, name: &str) -> Result<Tensor> {
+impl SafetensorsSource {
+    /// The bytes and entry of `name`, checked against its shape and dtype.
+    fn raw(&self, name: &str) -> Result<(&[u8], &Entry)> {
         let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
             tensor: name.into(),
             location: self.location(name),
@@ -371,6 +373,13 @@ impl TensorSource for SafetensorsSource {
                 e.dtype
             )));
         }
+        Ok((bytes, e))
+    }
+}
+
+impl TensorSource for SafetensorsSource {
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        let (bytes, e) = self.raw(name)?;
         let data: Vec<f32> = match e.dtype {
             Dtype::F32 => bytes
                 .chunks_exact(4)
@@ -386,6 +395,28 @@ impl TensorSource for SafetensorsSource {
                 .collect(),
         };
         Ok(Tensor::from_vec(data, e.shape.as_slice(), &Device::Cpu)?)
+    }
+
+    fn tensor_stored(&self, name: &str) -> Result<Tensor> {
+        let (bytes, e) = self.raw(name)?;
+        let shape = e.shape.as_slice();
+        Ok(match e.dtype {
+            Dtype::F16 => {
+                let v: Vec<half::f16> = bytes
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+                    .collect();
+                Tensor::from_vec(v, shape, &Device::Cpu)?
+            }
+            Dtype::BF16 => {
+                let v: Vec<half::bf16> = bytes
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
+                    .collect();
+                Tensor::from_vec(v, shape, &Device::Cpu)?
+            }
+            _ => self.tensor(name)?,
+        })
     }
 
     fn contains(&self, name: &str) -> bool {

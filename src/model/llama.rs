@@ -10,42 +10,57 @@ use super::attention::LayerKv;
 use super::compute::Compute;
 use super::llama_block::{Block, validate_dims};
 use super::sgemm::PackedWeight;
-use super::source::read_checked;
+use super::source::{read_checked, read_checked_stored};
 use super::{ModelConfig, TensorSource};
 use crate::{Error, Result};
 
 /// The token embedding table `[vocab, hidden]`.
 #[derive(Debug, Clone)]
 pub struct Embeddings {
+    /// `[vocab, hidden]`: on the host in the checkpoint's float dtype (a bf16 table stays bf16,
+    /// its looked-up rows are converted), or on a device in the compute dtype.
     weight: Tensor,
+    /// The dtype of the hidden states `forward` returns.
+    out: DType,
 }
 
 impl Embeddings {
+    /// The table on the host; hidden states in f32.
     pub fn load(cfg: &ModelConfig, src: &dyn TensorSource) -> Result<Self> {
-        let weight = read_checked(
+        let weight = read_checked_stored(
             src,
             "model.embed_tokens.weight",
             &[cfg.vocab_size, cfg.hidden_size],
         )?;
-        Ok(Embeddings { weight })
+        Ok(Embeddings {
+            weight,
+            out: DType::F32,
+        })
     }
 
     pub fn new(weight: Tensor) -> Result<Self> {
         weight.dims2()?;
         Ok(Embeddings {
+            out: weight.dtype(),
             weight: weight.contiguous()?,
         })
     }
 
+    /// The table as it is held (see the field).
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
-    /// The table, on `compute`'s device in its dtype (on the host in f32 for the packed path).
+    /// The table, on `compute`'s device in its dtype (on the host, as `load`, for the packed
+    /// path).
     pub fn load_on(cfg: &ModelConfig, src: &dyn TensorSource, compute: &Compute) -> Result<Self> {
         let host = Self::load(cfg, src)?;
+        if compute.is_packed() {
+            return Ok(host);
+        }
         Ok(Embeddings {
             weight: compute.place(&host.weight)?.contiguous()?,
+            out: compute.dtype(),
         })
     }
 
@@ -68,7 +83,11 @@ impl Embeddings {
             )));
         }
         let flat = flat.to_device(self.weight.device())?;
-        Ok(self.weight.index_select(&flat, 0)?.reshape((b, s, h))?)
+        Ok(self
+            .weight
+            .index_select(&flat, 0)?
+            .to_dtype(self.out)?
+            .reshape((b, s, h))?)
     }
 
     /// Convenience: embeds rows of token ids of equal length.
@@ -92,7 +111,8 @@ impl Embeddings {
 #[derive(Debug, Clone)]
 pub struct Head {
     norm: Tensor,
-    /// HF `lm_head.weight` `[vocab, hidden]`, on the head's device in its dtype.
+    /// HF `lm_head.weight` `[vocab, hidden]`: on a device in the compute dtype; on the host in
+    /// the checkpoint's float dtype (rows are converted as `logits_rows` gathers them).
     lm_head: Tensor,
     /// The same, packed for `sgemm`: the operand of full logits on the packed path; `None` on
     /// the device path, where logits are one matmul on the device.
@@ -124,7 +144,7 @@ impl Head {
         let lm_head = if cfg.tie_word_embeddings {
             embeddings.weight.clone()
         } else {
-            read_checked(src, "lm_head.weight", &[v, h])?
+            read_checked_stored(src, "lm_head.weight", &[v, h])?
         };
         if !compute.is_packed() {
             return Ok(Head {
@@ -134,7 +154,9 @@ impl Head {
                 eps: cfg.rms_norm_eps as f32,
             });
         }
-        let lm_head_packed = Some(PackedWeight::from_out_in(&[&lm_head])?);
+        let lm_head_packed = Some(PackedWeight::from_out_in(
+            &[&lm_head.to_dtype(DType::F32)?],
+        )?);
         Ok(Head {
             norm,
             lm_head,
@@ -144,7 +166,9 @@ impl Head {
     }
 
     pub fn new(cfg: &ModelConfig, norm: Tensor, lm_head: Tensor) -> Result<Self> {
-        let lm_head_packed = Some(PackedWeight::from_out_in(&[&lm_head])?);
+        let lm_head_packed = Some(PackedWeight::from_out_in(
+            &[&lm_head.to_dtype(DType::F32)?],
+        )?);
         Ok(Head {
             norm: norm.contiguous()?,
             lm_head: lm_head.contiguous()?,
@@ -192,8 +216,8 @@ impl Head {
             .to_dtype(DType::U32)?
             .flatten_all()?
             .to_device(self.lm_head.device())?;
-        let w = self.lm_head.index_select(&rows, 0)?;
         let n = self.normed(x)?.reshape((b * s, h))?;
+        let w = self.lm_head.index_select(&rows, 0)?.to_dtype(n.dtype())?;
         Ok(n.matmul(&w.t()?)?
             .to_dtype(DType::F32)?
             .reshape((b, s, ()))?)

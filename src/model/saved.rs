@@ -346,12 +346,15 @@ fn write_weights(dir: &Path, cfg: &ModelConfig, src: &dyn TensorSource) -> Resul
 }
 
 impl Llama {
-    /// Every weight under its HF name (shared storage, no copy), e.g. to save the model.
+    /// Every weight under its HF name in f32 (shared storage, no copy, for f32 weights), e.g. to
+    /// save the model.
     pub fn to_source(&self) -> Result<MemorySource> {
         let mut src = MemorySource::new();
         src.insert(
             "model.embed_tokens.weight",
-            self.embeddings().weight().clone(),
+            self.embeddings()
+                .weight()
+                .to_dtype(candle_core::DType::F32)?,
         );
         for (l, b) in self.blocks().iter().enumerate() {
             for (name, t) in b.weights()?.named_tensors(l) {
@@ -360,7 +363,8 @@ impl Llama {
         }
         src.insert("model.norm.weight", self.head().norm_weight().clone());
         if !self.config().tie_word_embeddings {
-            src.insert("lm_head.weight", self.head().lm_head_weight().clone());
+            let w = self.head().lm_head_weight();
+            src.insert("lm_head.weight", w.to_dtype(candle_core::DType::F32)?);
         }
         Ok(src)
     }

@@ -23,6 +23,13 @@ pub trait TensorSource: Send + Sync {
     fn location(&self, _name: &str) -> String {
         String::from("in-memory model")
     }
+    /// The tensor `name` in the float dtype it is stored in, where that is bf16, f16 or f32
+    /// (other formats, such as GGUF's quantized blocks, come as `tensor` gives them): for the
+    /// big tables kept whole (embeddings, `lm_head`), which are then converted a slice at a time
+    /// as they are used, never upcast whole.
+    fn tensor_stored(&self, name: &str) -> Result<Tensor> {
+        self.tensor(name)
+    }
 }
 
 /// Weights held in memory, by HF name. Used for random test models and small converted models.
@@ -65,13 +72,27 @@ impl TensorSource for MemorySource {
 /// Reads `name` from `src` as f32 and checks its shape: a missing tensor or a wrong shape is an
 /// error naming the tensor and where it was looked for.
 pub fn read_checked(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Tensor> {
+    Ok(checked(src, name, shape, |s| s.tensor(name))?.to_dtype(candle_core::DType::F32)?)
+}
+
+/// `read_checked` in the dtype the source stores `name` in (`TensorSource::tensor_stored`).
+pub fn read_checked_stored(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Tensor> {
+    checked(src, name, shape, |s| s.tensor_stored(name))
+}
+
+fn checked(
+    src: &dyn TensorSource,
+    name: &str,
+    shape: &[usize],
+    read: impl FnOnce(&dyn TensorSource) -> Result<Tensor>,
+) -> Result<Tensor> {
     if !src.contains(name) {
         return Err(crate::Error::MissingTensor {
             tensor: name.into(),
             location: src.location(name),
         });
     }
-    let t = src.tensor(name)?;
+    let t = read(src)?;
     if t.dims() != shape {
         return Err(crate::Error::TensorShape {
             tensor: name.into(),
@@ -80,5 +101,5 @@ pub fn read_checked(src: &dyn TensorSource, name: &str, shape: &[usize]) -> Resu
             found: t.dims().to_vec(),
         });
     }
-    Ok(t.to_dtype(candle_core::DType::F32)?)
+    Ok(t)
 }

@@ -358,7 +358,10 @@ impl<'a> ModelScorer<'a> {
         while at < n {
             let c = GATHER_ROWS.min(n - at);
             let idc = ids.narrow(0, at, c)?.flatten_all()?;
-            let wc = w.index_select(&idc, 0)?.reshape((c, t.k(), ()))?; // [c, k, hidden]
+            let wc = w
+                .index_select(&idc, 0)?
+                .to_dtype(normed.dtype())?
+                .reshape((c, t.k(), ()))?; // [c, k, hidden]
             let xc = normed.narrow(0, at, c)?.unsqueeze(D::Minus1)?; // [c, hidden, 1]
             parts.push(wc.matmul(&xc)?.squeeze(D::Minus1)?);
             at += c;

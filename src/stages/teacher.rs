@@ -284,7 +284,14 @@ impl TeacherSource for Shards<'_> {
                 held = Some((si, self.shard(si)?));
             }
             let (_, s) = held.as_ref().expect("just read");
-            out[i] = Some(s.rows.slice(at - self.row_of(s.first_piece), len)?);
+            let from = at.checked_sub(self.row_of(s.first_piece)).ok_or_else(|| {
+                Error::msg(format!(
+                    "row {at} of piece {piece} is before teacher shard {si}, which starts at \
+                     row {}",
+                    self.row_of(s.first_piece)
+                ))
+            })?;
+            out[i] = Some(s.rows.slice(from, len)?);
         }
         Ok(out
             .into_iter()

@@ -4,13 +4,13 @@
 //! together. A K/V head goes only when its whole group is gone; 0 kept units remove the branch.
 //! `SlicedSource` slices lazily, one tensor per request, so large models stream layer by layer.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
 use crate::model::llama_block::validate_dims;
 use crate::model::{LayerDims, MemorySource, ModelConfig, TensorSource};
+use crate::prune::slice::{HeadOrder, plan_heads};
 use crate::{Error, Result};
 
 /// One module's chosen variant: the sorted kept unit indices (query heads or FFN channels of the
@@ -96,22 +96,13 @@ pub struct LayerPlan {
     pub dims: LayerDims,
 }
 
+/// `prune::slice::check_kept`, its error naming the layer and module.
 fn check_kept(l: usize, module: &'static str, kept: &[u32], n: usize) -> Result<()> {
-    let bad = |msg: String| Error::ExportChoice {
+    crate::prune::slice::check_kept(kept, n).map_err(|e| Error::ExportChoice {
         layer: l,
         module,
-        msg,
-    };
-    if let Some(w) = kept.windows(2).find(|w| w[0] >= w[1]) {
-        return Err(bad(format!(
-            "kept indices must be strictly ascending, found {} then {}",
-            w[0], w[1]
-        )));
-    }
-    if let Some(&k) = kept.last().filter(|&&k| k as usize >= n) {
-        return Err(bad(format!("kept index {k} out of range for {n} units")));
-    }
-    Ok(())
+        msg: e.to_string(),
+    })
 }
 
 /// Resolves layer `l`'s slicing from its dense dims and its choice, checking the choice.
@@ -143,32 +134,29 @@ pub fn plan_layer(cfg: &ModelConfig, l: usize, choice: &LayerChoice) -> Result<L
     if !choice.ffn.kept.is_empty() {
         shape_err("ffn", [h, choice.ffn.kept.len()], &choice.ffn.weight)?;
     }
-    // New order: by dense K/V head, then by dense query index (`kept` is ascending already).
-    let mut blocks: Vec<usize> = (0..n_heads).collect();
-    blocks.sort_by_key(|&i| dense.kv_map[choice.attn.kept[i] as usize]);
-    let heads: Vec<usize> = blocks
-        .iter()
-        .map(|&i| choice.attn.kept[i] as usize)
-        .collect();
-    let kv_heads: Vec<usize> = {
-        let mut v: Vec<usize> = heads.iter().map(|&q| dense.kv_map[q]).collect();
-        v.dedup();
-        v
-    };
-    let kv_pos: BTreeMap<usize, usize> =
-        kv_heads.iter().enumerate().map(|(i, &j)| (j, i)).collect();
-    let kv_map = heads.iter().map(|&q| kv_pos[&dense.kv_map[q]]).collect();
+    // New order: by dense K/V head, then by dense query index.
+    let heads = plan_heads(
+        &dense.kv_map,
+        dense.n_kv,
+        &choice.attn.kept,
+        HeadOrder::GroupedByKv,
+    )
+    .map_err(|e| Error::ExportChoice {
+        layer: l,
+        module: "attention",
+        msg: e.to_string(),
+    })?;
     let channels: Vec<usize> = choice.ffn.kept.iter().map(|&c| c as usize).collect();
     let dims = LayerDims {
-        n_q: heads.len(),
-        n_kv: kv_heads.len(),
-        kv_map,
+        n_q: heads.heads.len(),
+        n_kv: heads.kv_heads.len(),
+        kv_map: heads.kv_map,
         d_ff: channels.len(),
     };
     Ok(LayerPlan {
-        heads,
-        weight_blocks: blocks,
-        kv_heads,
+        heads: heads.heads,
+        weight_blocks: heads.blocks,
+        kv_heads: heads.kv_heads,
         channels,
         dims,
     })

@@ -146,20 +146,70 @@ pub struct SlicedAttn {
     pub kv_map: Vec<usize>,
 }
 
-/// The K/V heads that `kept_heads` (checked, ascending query heads) still read, ascending, and
-/// each kept query head's index into them: a K/V head goes when its last query head does.
-pub fn kept_kv_heads(kv_map: &[usize], n_kv: usize, kept_heads: &[u32]) -> (Vec<u32>, Vec<usize>) {
+/// The order of a sliced layer's query heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadOrder {
+    /// As kept (ascending dense index), each with its own K/V index: what the search and the
+    /// evaluations assemble.
+    Kept,
+    /// Heads that share a K/V head contiguous (K/V ascending, then query ascending), the layout
+    /// GGUF readers and transformers expect: what export writes.
+    GroupedByKv,
+}
+
+/// Which dense heads a sliced attention keeps, and where they go. A K/V head goes only when
+/// every query head reading it is gone. The one place both the search's block assembly and
+/// export resolve heads, so they keep the same heads and K/V groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadPlan {
+    /// Dense query heads in their new order.
+    pub heads: Vec<usize>,
+    /// Position of each entry of `heads` in the kept list (its `o_proj` column block in a
+    /// variant's compact weight).
+    pub blocks: Vec<usize>,
+    /// Dense K/V heads kept, ascending.
+    pub kv_heads: Vec<usize>,
+    /// The new K/V index of each entry of `heads`.
+    pub kv_map: Vec<usize>,
+}
+
+/// The head plan of keeping query heads `kept` (ascending, checked) of a layer whose query head
+/// h reads K/V head `kv_map[h]` of `n_kv`.
+pub fn plan_heads(
+    kv_map: &[usize],
+    n_kv: usize,
+    kept: &[u32],
+    order: HeadOrder,
+) -> Result<HeadPlan> {
+    if kv_map.iter().any(|&j| j >= n_kv) {
+        return Err(shape_err(
+            "kv_map",
+            format!("entries < {n_kv}"),
+            format!("{kv_map:?}"),
+        ));
+    }
+    check_kept(kept, kv_map.len())?;
+    let mut blocks: Vec<usize> = (0..kept.len()).collect();
+    if order == HeadOrder::GroupedByKv {
+        // Stable: within a group, ascending query index.
+        blocks.sort_by_key(|&i| kv_map[kept[i] as usize]);
+    }
+    let heads: Vec<usize> = blocks.iter().map(|&i| kept[i] as usize).collect();
     let mut used = vec![false; n_kv];
-    kept_heads
+    heads.iter().for_each(|&h| used[kv_map[h]] = true);
+    let kv_heads: Vec<usize> = (0..n_kv).filter(|&j| used[j]).collect();
+    let mut new_index = vec![0; n_kv];
+    kv_heads
         .iter()
-        .for_each(|&h| used[kv_map[h as usize]] = true);
-    let kept_kv: Vec<u32> = (0..n_kv as u32).filter(|&j| used[j as usize]).collect();
-    let new_index = |j: usize| kept_kv.iter().position(|&x| x as usize == j).unwrap_or(0);
-    let new_map = kept_heads
-        .iter()
-        .map(|&h| new_index(kv_map[h as usize]))
-        .collect();
-    (kept_kv, new_map)
+        .enumerate()
+        .for_each(|(i, &j)| new_index[j] = i);
+    let kv_map = heads.iter().map(|&h| new_index[kv_map[h]]).collect();
+    Ok(HeadPlan {
+        heads,
+        blocks,
+        kv_heads,
+        kv_map,
+    })
 }
 
 /// Slices attention to `kept_heads` (ascending query-head indices). `kv_map[h]` is the K/V head
@@ -176,17 +226,18 @@ pub fn slice_attention(
         n_q,
         n_kv,
     } = *dims;
-    if kv_map.len() != n_q || kv_map.iter().any(|&j| j >= n_kv) {
+    if kv_map.len() != n_q {
         return Err(shape_err(
             "kv_map",
-            format!("{n_q} entries < {n_kv}"),
+            format!("{n_q} entries"),
             format!("{kv_map:?}"),
         ));
     }
     let q_units = UnitLayout::heads(n_q, head_dim);
     let kv_units = UnitLayout::heads(n_kv, head_dim);
-    check_kept(kept_heads, n_q)?;
-    let (kept_kv, new_map) = kept_kv_heads(kv_map, n_kv, kept_heads);
+    let plan = plan_heads(kv_map, n_kv, kept_heads, HeadOrder::Kept)?;
+    let kept_kv: Vec<u32> = plan.kv_heads.iter().map(|&j| j as u32).collect();
+    let new_map = plan.kv_map;
     let bias = |b: Option<&[f32]>, l: UnitLayout, kept: &[u32]| {
         b.map(|b| select_row_units(b, 1, l, kept)).transpose()
     };
@@ -227,4 +278,46 @@ pub fn slice_ffn(w: &FfnWeights, hidden: usize, d_ff: usize, kept: &[u32]) -> Re
         up: select_row_units(w.up, hidden, l, kept)?,
         down: select_column_units(w.down, hidden, l, kept)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_plans_keep_the_same_heads_in_either_order() {
+        // Uneven groups: heads 0–2 read K/V 0, head 3 K/V 1, head 4 K/V 2.
+        let map = [0, 0, 0, 1, 2];
+        let p = plan_heads(&map, 3, &[1, 3], HeadOrder::Kept).unwrap();
+        assert_eq!(
+            (p.heads, p.blocks, p.kv_heads, p.kv_map),
+            (vec![1, 3], vec![0, 1], vec![0, 1], vec![0, 1])
+        );
+        // Interleaved groups: the grouped order moves heads, and the blocks follow them.
+        let map = [1, 0, 1, 0];
+        let kept = [0, 1, 2, 3];
+        let g = plan_heads(&map, 2, &kept, HeadOrder::GroupedByKv).unwrap();
+        assert_eq!(
+            (&g.heads, &g.blocks, &g.kv_heads, &g.kv_map),
+            (
+                &vec![1, 3, 0, 2],
+                &vec![1, 3, 0, 2],
+                &vec![0, 1],
+                &vec![0, 0, 1, 1]
+            )
+        );
+        let k = plan_heads(&map, 2, &kept, HeadOrder::Kept).unwrap();
+        assert_eq!(
+            (&k.heads, &k.kv_map),
+            (&vec![0, 1, 2, 3], &vec![1, 0, 1, 0])
+        );
+        assert_eq!(k.kv_heads, g.kv_heads);
+        // A K/V head whose last query head goes, goes.
+        let p = plan_heads(&map, 2, &[1, 3], HeadOrder::GroupedByKv).unwrap();
+        assert_eq!((p.kv_heads, p.kv_map), (vec![0], vec![0, 0]));
+        // Bad input is an error, never a panic.
+        assert!(plan_heads(&map, 2, &[3, 1], HeadOrder::Kept).is_err());
+        assert!(plan_heads(&map, 2, &[4], HeadOrder::Kept).is_err());
+        assert!(plan_heads(&[0, 2], 2, &[0], HeadOrder::Kept).is_err());
+    }
 }

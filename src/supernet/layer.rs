@@ -10,7 +10,7 @@ use crate::model::{Block, BlockWeights, Compute, LayerDims, ModelConfig};
 use crate::prune::UnitLayout;
 use crate::prune::local::{Variant, VariantMetrics};
 use crate::prune::slice::{
-    AttnDims, AttnWeights as SliceAttn, check_kept, kept_kv_heads, select_row_units,
+    AttnDims, AttnWeights as SliceAttn, HeadOrder, check_kept, plan_heads, select_row_units,
     slice_attention,
 };
 use crate::prune::stats::Hessian;
@@ -418,7 +418,16 @@ fn assemble_on_device(
     };
     if !attn.kept.is_empty() {
         let a = dense.attn()?;
-        let (kept_kv, kv_map) = kept_kv_heads(&dense.dims.kv_map, dense.dims.n_kv, &attn.kept);
+        let plan = plan_heads(
+            &dense.dims.kv_map,
+            dense.dims.n_kv,
+            &attn.kept,
+            HeadOrder::Kept,
+        )?;
+        let (kept_kv, kv_map): (Vec<u32>, _) = (
+            plan.kv_heads.iter().map(|&j| j as u32).collect(),
+            plan.kv_map,
+        );
         let (qi, kvi) = (unit_rows(&attn.kept, dh)?, unit_rows(&kept_kv, dh)?);
         let nq = attn.kept.len();
         w.attn = Some(crate::model::AttnWeights {

@@ -56,6 +56,14 @@ impl Shapes<'_> {
         self.cfg.vocab_size as u64 * self.hidden() * 4
     }
 
+    /// The largest decoder layer's weights in f32.
+    fn largest_layer(&self) -> u64 {
+        (0..self.cfg.n_layers())
+            .map(|l| self.layer(l))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The whole model in f32 (decoder, embeddings, head).
     fn model(&self) -> u64 {
         self.cfg.total_params() as u64 * 4
@@ -138,9 +146,18 @@ impl Shapes<'_> {
         }
     }
 
-    /// `teacher-topk`: the model, one batch of logits, and one shard as built and encoded.
+    /// `teacher-topk`, layer by layer over groups of shards: the vocabulary tables (embeddings,
+    /// head and its packed copy), the largest layer three times (read, packed, in use), one
+    /// group's hidden states twice (`teacher::GROUP_BYTES` at most, and a layer's output beside
+    /// its input), one batch of logits with its top-k, and one shard as built and encoded.
     pub fn teacher(&self) -> u64 {
-        BASE_BYTES + self.model() + 2 * self.logits(TEACHER_TOKENS) + 2 * self.teacher_shard()
+        let group = (crate::stages::teacher::GROUP_BYTES as u64).min(self.x());
+        BASE_BYTES
+            + 3 * self.embeddings()
+            + 3 * self.largest_layer()
+            + 2 * group
+            + 2 * self.logits(TEACHER_TOKENS)
+            + 2 * self.teacher_shard()
     }
 
     /// One shard of the teacher's output (`stages::teacher`: ~32 MiB, at least one batch).
@@ -161,10 +178,7 @@ impl Shapes<'_> {
     /// (within half the budget, two at least) at the largest minibatch; that minibatch's
     /// teacher rows and the shard they are cut from; one batch of logits.
     pub fn search(&self, cache_limit_bytes: u64, selection_tokens: &[u64], offspring: u64) -> u64 {
-        let largest = (0..self.cfg.n_layers())
-            .map(|l| self.layer(l))
-            .max()
-            .unwrap_or(0);
+        let largest = self.largest_layer();
         let decoder = self.cfg.decoder_params() as u64 * 4;
         let dense = if decoder <= cache_limit_bytes / 4 {
             decoder
@@ -193,10 +207,7 @@ impl Shapes<'_> {
     /// states (`eval_ppl::GROUP_BYTES` at most) and one chunk of logits with its log-softmax
     /// (zero-shot scoring takes its logits in the same chunks).
     pub fn eval(&self) -> u64 {
-        let largest = (0..self.cfg.n_layers())
-            .map(|l| self.layer(l))
-            .max()
-            .unwrap_or(0);
+        let largest = self.largest_layer();
         let chunk = crate::eval::perplexity::LOGIT_ROWS_PER_CHUNK as u64;
         BASE_BYTES
             + 2 * self.embeddings()
@@ -257,6 +268,15 @@ mod tests {
         // shard of it, so its estimate does not grow with the tokens either.
         assert_eq!(paper.teacher_record(), 256 << 30);
         assert_eq!(small.teacher(), paper.teacher());
+        // It runs one decoder layer at a time, so it does not hold the model either, and more
+        // layers do not add to it.
+        assert!(paper.teacher() < paper.model() / 2);
+        let deeper = llama8b(80);
+        let deeper = Shapes {
+            cfg: &deeper,
+            ..s(4 << 20)
+        };
+        assert_eq!(deeper.teacher(), paper.teacher());
         // Past a 4 GiB cache budget the search holds one dense layer, not the model: its
         // estimate does not grow with the layer count (the teacher's rows of the 131k-token
         // minibatch, 8.6 GB, are the largest part).

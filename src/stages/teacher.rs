@@ -7,6 +7,9 @@
 //! `teacher-index` (`TeacherIndex`: k, V and where each shard ends). A shard is written as soon
 //! as it is complete, so a killed run resumes after the last shard on disk and nothing is
 //! written twice; the search reads only the shards of the pieces it scores (`Shards`).
+//!
+//! The model runs layer by layer over a group of shards (`GROUP_BYTES` of hidden states), so
+//! only one decoder layer is in memory at a time, as in `eval-ppl`.
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -14,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::model_ref::{ModelRecord, open};
 use crate::data::Pool;
 use crate::engine::{ArtifactSet, InputSlot, Outputs, Stage, StageContext};
-use crate::model::Llama;
+use crate::model::llama_block::validate_dims;
+use crate::model::{Block, Compute, Embeddings, Head, ModelConfig, TensorSource};
 use crate::search::TeacherTopK;
 use crate::search::fitness::piece_offsets;
 use crate::supernet::scorer::TeacherSource;
@@ -22,6 +26,10 @@ use crate::{Error, Result};
 
 /// Most tokens per teacher forward (the logits of a batch are `tokens × vocab` f32).
 pub const BATCH_TOKENS: usize = 1024;
+
+/// Most bytes of hidden states (f32) the teacher advances through the decoder together. Each
+/// layer is read once per group, so the teacher holds one layer, the vocabulary tables and this.
+pub const GROUP_BYTES: usize = 1 << 30;
 
 /// Default shard size: rows are added batch by batch until a shard holds this many bytes
 /// (8 bytes a top-k entry at most).
@@ -82,6 +90,89 @@ fn batches(pool: &Pool) -> Vec<std::ops::Range<usize>> {
     out
 }
 
+/// The dense model as the teacher runs it: the vocabulary tables held, decoder layers read one
+/// at a time.
+struct TeacherModel<'a> {
+    cfg: &'a ModelConfig,
+    src: &'a dyn TensorSource,
+    compute: &'a Compute,
+    emb: &'a Embeddings,
+    head: &'a Head,
+}
+
+/// The top-k rows of every shard of `group`: all its batches through layer 0, then layer 1, …,
+/// so one decoder layer is in memory at a time (`on_layer(l)` after each). Each batch goes
+/// through the same operations as in a whole-model forward, so its rows are the same bits.
+fn group_rows(
+    m: &TeacherModel<'_>,
+    pool: &Pool,
+    group: &[Vec<std::ops::Range<usize>>],
+    top_k: usize,
+    on_layer: &mut dyn FnMut(usize),
+) -> Result<Vec<TeacherTopK>> {
+    let mut xs: Vec<Vec<Tensor>> = group
+        .iter()
+        .map(|shard| {
+            shard
+                .iter()
+                .filter(|b| !pool.pieces[b.start].is_empty())
+                .map(|b| {
+                    let ids: Vec<u32> = pool.pieces[b.clone()].iter().flatten().copied().collect();
+                    let len = pool.pieces[b.start].len();
+                    m.emb
+                        .forward(&Tensor::from_vec(ids, (b.len(), len), &Device::Cpu)?)
+                })
+                .collect()
+        })
+        .collect::<Result<_>>()?;
+    for l in 0..m.cfg.n_layers() {
+        let block = Block::load_on(m.cfg, l, m.src, m.compute)?;
+        for x in xs.iter_mut().flatten() {
+            *x = block.forward(x)?;
+        }
+        on_layer(l);
+    }
+    let vocab = m.cfg.vocab_size;
+    xs.into_iter()
+        .map(|hidden| {
+            let mut rows = TeacherTopK::new(top_k, vocab)?;
+            for x in hidden {
+                let (n, len, _) = x.dims3()?;
+                rows.push_logits(&m.head.logits(&x)?.reshape((n * len, vocab))?)?;
+            }
+            Ok(rows)
+        })
+        .collect()
+}
+
+/// Consecutive shards whose hidden states (`token_bytes` a token) fit `group_bytes` together
+/// (one shard at least): the teacher advances a group through the decoder layer by layer.
+fn groups<'p>(
+    pool: &Pool,
+    shards: &'p [Vec<std::ops::Range<usize>>],
+    token_bytes: usize,
+    group_bytes: usize,
+) -> Vec<&'p [Vec<std::ops::Range<usize>>]> {
+    let tokens = |s: &Vec<std::ops::Range<usize>>| -> usize {
+        s.iter()
+            .map(|b| pool.pieces[b.clone()].iter().map(Vec::len).sum::<usize>())
+            .sum()
+    };
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < shards.len() {
+        let mut end = start + 1;
+        let mut bytes = tokens(&shards[start]) * token_bytes;
+        while end < shards.len() && bytes + tokens(&shards[end]) * token_bytes <= group_bytes {
+            bytes += tokens(&shards[end]) * token_bytes;
+            end += 1;
+        }
+        out.push(&shards[start..end]);
+        start = end;
+    }
+    out
+}
+
 /// The batches grouped into shards: a shard is closed after the batch that brings it to
 /// `shard_tokens` tokens.
 fn shards(pool: &Pool, shard_tokens: usize) -> Vec<Vec<std::ops::Range<usize>>> {
@@ -130,8 +221,20 @@ impl Stage for TeacherStage {
         let record: ModelRecord = ctx.input("model")?.record("model")?;
         let pool: Pool = ctx.input("pool")?.record("pool")?;
         let model = open(&record)?;
-        let llama = Llama::load_on(&model.config, model.source.as_ref(), &ctx.compute()?)?;
-        let vocab = model.config.vocab_size;
+        let (cfg, src, compute) = (&model.config, model.source.as_ref(), ctx.compute()?);
+        for (l, d) in cfg.layers.iter().enumerate() {
+            validate_dims(l, d)?;
+        }
+        let emb = Embeddings::load_on(cfg, src, &compute)?;
+        let head = Head::load_on(cfg, src, &emb, &compute)?;
+        let model_parts = TeacherModel {
+            cfg,
+            src,
+            compute: &compute,
+            emb: &emb,
+            head: &head,
+        };
+        let vocab = cfg.vocab_size;
         let k = TeacherTopK::new(self.0.top_k, vocab)?.k();
         let shard_tokens = self
             .0
@@ -146,27 +249,31 @@ impl Stage for TeacherStage {
                 "resuming the teacher"
             );
         }
-        let total = pool.pieces.len() as u64;
-        for shard in plan.iter().skip(w.written()) {
-            let mut rows = TeacherTopK::new(self.0.top_k, vocab)?;
-            for b in shard {
-                let len = pool.pieces[b.start].len();
-                if len > 0 {
-                    let ids: Vec<u32> = pool.pieces[b.clone()].iter().flatten().copied().collect();
-                    let n = b.len();
-                    let logits = llama.forward(&Tensor::from_vec(ids, (n, len), &Device::Cpu)?)?;
-                    rows.push_logits(&logits.reshape((n * len, vocab))?)?;
-                }
-                ctx.report(b.end as u64, total);
+        let groups = groups(
+            &pool,
+            &plan[w.written()..],
+            cfg.hidden_size * 4,
+            GROUP_BYTES,
+        );
+        let steps = (groups.len() * (cfg.n_layers() + 1)) as u64;
+        let mut step = 0;
+        for group in groups {
+            let rows = group_rows(&model_parts, &pool, group, self.0.top_k, &mut |_| {
+                step += 1;
+                ctx.report(step, steps);
+            })?;
+            for (shard, rows) in group.iter().zip(rows) {
+                let shard = Shard {
+                    first_piece: shard[0].start,
+                    end_piece: shard[shard.len() - 1].end,
+                    rows,
+                };
+                let bytes = bincode::serialize(&shard)
+                    .map_err(|e| Error::msg(format!("encoding a teacher shard: {e}")))?;
+                w.push_bytes(&bytes)?;
             }
-            let shard = Shard {
-                first_piece: shard[0].start,
-                end_piece: shard[shard.len() - 1].end,
-                rows,
-            };
-            let bytes = bincode::serialize(&shard)
-                .map_err(|e| Error::msg(format!("encoding a teacher shard: {e}")))?;
-            w.push_bytes(&bytes)?;
+            step += 1;
+            ctx.report(step, steps);
         }
         let index = TeacherIndex {
             k,
@@ -297,5 +404,82 @@ impl TeacherSource for Shards<'_> {
             .into_iter()
             .map(|r| r.expect("every ask answered"))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::random::random_source;
+    use crate::model::{LayerDims, Llama};
+
+    #[test]
+    fn layer_by_layer_groups_give_the_rows_of_whole_model_forwards() {
+        let cfg = ModelConfig {
+            hidden_size: 32,
+            head_dim: 8,
+            vocab_size: 61,
+            layers: vec![LayerDims::dense(4, 2, 48); 3],
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            max_position_embeddings: 256,
+            tie_word_embeddings: false,
+            attention_bias: false,
+            mlp_bias: false,
+            bos_token_id: None,
+            eos_token_id: None,
+        };
+        let src = random_source(&cfg, 3).unwrap();
+        // Pieces of three lengths, so batches differ in shape; shards of ~40 tokens.
+        let pool = Pool {
+            pieces: (0..12u32)
+                .map(|i| {
+                    (0..[16, 16, 16, 9][i as usize % 4])
+                        .map(|t| (i * 7 + t) % 61)
+                        .collect()
+                })
+                .collect(),
+        };
+        let plan = shards(&pool, 40);
+        assert!(plan.len() >= 3, "{plan:?}");
+        let compute = Compute::Packed;
+        let emb = Embeddings::load_on(&cfg, &src, &compute).unwrap();
+        let head = Head::load_on(&cfg, &src, &emb, &compute).unwrap();
+        let m = TeacherModel {
+            cfg: &cfg,
+            src: &src,
+            compute: &compute,
+            emb: &emb,
+            head: &head,
+        };
+        // Reference: each batch through the whole model at once.
+        let llama = Llama::load(&cfg, &src).unwrap();
+        let want: Vec<TeacherTopK> = plan
+            .iter()
+            .map(|shard| {
+                let mut rows = TeacherTopK::new(5, 61).unwrap();
+                for b in shard {
+                    let len = pool.pieces[b.start].len();
+                    let ids: Vec<u32> = pool.pieces[b.clone()].iter().flatten().copied().collect();
+                    let t = Tensor::from_vec(ids, (b.len(), len), &Device::Cpu).unwrap();
+                    let logits = llama.forward(&t).unwrap();
+                    rows.push_logits(&logits.reshape((b.len() * len, 61)).unwrap())
+                        .unwrap();
+                }
+                rows
+            })
+            .collect();
+        // One group of every shard, and one group per shard.
+        for group_bytes in [usize::MAX, 1] {
+            let mut got = Vec::new();
+            let mut layers = 0;
+            for g in groups(&pool, &plan, 32 * 4, group_bytes) {
+                got.extend(group_rows(&m, &pool, g, 5, &mut |_| layers += 1).unwrap());
+            }
+            assert_eq!(got, want, "group bytes {group_bytes}");
+            let n_groups = if group_bytes == 1 { plan.len() } else { 1 };
+            assert_eq!(layers, 3 * n_groups);
+        }
     }
 }

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Peak memory of a whole run against the model's depth and the calibration token count: the
 # `[prune]` pipeline on a random model with wide layers (hidden 1024, FFN 4096, 16 q / 4 kv
-# heads, vocab 4096, pieces of 512, one round, a short search, the uniform baseline), each
+# heads, vocab 4096; a bf16 safetensors file, `examples/write_random_hf.rs`; pieces of 512, one
+# round, a short search, the uniform baseline), each
 # configuration from a cold store, with the maximum resident set size that `/usr/bin/time -v`
 # reports and the largest per-stage estimate that `tyr plan --json` declared, side by side.
 #
-#   scripts/bench_memory.sh [LAYERS…] [-- TOKENS…]   (build first: cargo build --release)
+#   scripts/bench_memory.sh [LAYERS…] [-- TOKENS…]   (build first: cargo build --release --examples)
 #   scripts/bench_memory.sh 4 16 -- 8192 32768 65536  (the default)
 #
 # Extra settings go through SET, e.g. SET="--set prune.top-k=256"; TYR=/path/to/tyr measures
@@ -15,7 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${TYR:-$PWD/target/release/tyr}
-[ -x "$T" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+G=$PWD/target/release/examples/write_random_hf
+[ -x "$T" ] && [ -x "$G" ] || { echo "build first: cargo build --release --examples" >&2; exit 1; }
 layers=()
 tokens=()
 seen_sep=0
@@ -40,6 +42,11 @@ head -c 200000 "$corpus" > "$W/eval.txt"
 
 printf '%-7s %-8s %-10s %-14s %-12s %s\n' layers tokens wall_s max_rss_MiB largest_est stage
 for L in "${layers[@]}"; do
+  # The model as a file (bf16 safetensors, memory-mapped like a real checkpoint): a `random`
+  # spec would rebuild every layer in memory in each stage that opens the model, which grows
+  # with the depth for reasons no real run has.
+  model=$W/model-L$L
+  [ -f "$model/config.json" ] || "$G" "$model" "$L" 4096 1024 64 16 4 4096 > /dev/null
   for N in "${tokens[@]}"; do
     d=$W/L$L-N$N
     mkdir -p "$d"
@@ -49,7 +56,7 @@ name = "bench-memory"
 seed = 1
 
 [prune]
-model = { source = "random", layers = $L, hidden = 1024, head-dim = 64, heads = 16, kv-heads = 4, d-ff = 4096, vocab = 4096, seed = 1 }
+model = { source = "path", path = "$model" }
 calib = { source = "path", path = "$corpus" }
 calib-format = { format = "text", documents = "blank-lines" }
 eval = { source = "path", path = "$W/eval.txt" }

@@ -25,7 +25,15 @@ fn saved_model_reads_back_as_the_same_model() {
     let src = random_source(&cfg, 21).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tok = dir.path().join("source-tokenizer.json");
-    std::fs::write(&tok, br#"{"model":{"type":"BPE"}}"#).unwrap();
+    // BOS spelled by an added token, EOS only by the vocabulary.
+    std::fs::write(
+        &tok,
+        br#"{"added_tokens":[{"id":1,"content":"<s>","special":true}],
+            "model":{"type":"BPE","vocab":{"a":0,"<s>":1,"</s>":2}}}"#,
+    )
+    .unwrap();
+    cfg.bos_token_id = Some(1);
+    cfg.eos_token_id = Some(2);
     let mut source_config = serde_json::Map::new();
     source_config.insert(
         "architectures".into(),
@@ -110,6 +118,11 @@ fn saved_model_reads_back_as_the_same_model() {
     }
     assert_eq!(raw["num_attention_heads"], 4);
     assert!(out.join("tokenizer.json").exists());
+    let tok_cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(tok_cfg["bos_token"], "<s>");
+    assert_eq!(tok_cfg["eos_token"], "</s>");
+    assert_eq!(tok_cfg["tokenizer_class"], "PreTrainedTokenizerFast");
     // A removed branch's tensors are omitted.
     let names = open_hf_dir(&out).unwrap().1.names();
     assert!(

@@ -1,7 +1,8 @@
 //! Our saved format (ALGORITHM.md §10a): a Hugging Face style directory with `model.safetensors`
 //! (HF names, real per-layer shapes, f32) and a `config.json` that keeps the source model's keys
 //! and adds a `pruning` object with the per-layer widths, plus `tokenizer.json` when one is
-//! given. Query heads are written ordered by K/V head, so per-layer group sizes give the map.
+//! given and a `tokenizer_config.json` naming its BOS/EOS tokens (transformers' tokenizer reads
+//! them only from there; without them lm-eval cannot score a loglikelihood request). Query heads are written ordered by K/V head, so per-layer group sizes give the map.
 //! Tensors are streamed to disk one layer at a time; files appear atomically (temp → fsync →
 //! rename). The directory opens through `hf::open_hf_dir`.
 
@@ -89,9 +90,48 @@ pub fn save_model(
     if let Some(tok) = &opts.tokenizer_json {
         let bytes = std::fs::read(tok).map_err(|e| Error::io(tok, e))?;
         crate::atomic_file::write(&dir.join("tokenizer.json"), &bytes)?;
+        let tokenizer: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::msg(format!("{}: not JSON: {e}", tok.display())))?;
+        let text = serde_json::to_string_pretty(&tokenizer_config_json(cfg, &tokenizer))
+            .map_err(|e| Error::msg(format!("tokenizer_config.json: {e}")))?;
+        crate::atomic_file::write(&dir.join("tokenizer_config.json"), text.as_bytes())?;
     }
     tracing::info!(dir = %dir.display(), layers = cfg.n_layers(), "saved model");
     Ok(())
+}
+
+/// The `tokenizer_config.json` transformers' `AutoTokenizer` reads beside `tokenizer.json`: a
+/// fast tokenizer, with the BOS and EOS tokens of `cfg` spelled as `tokenizer.json` spells them
+/// (an id it does not name is left out).
+fn tokenizer_config_json(cfg: &ModelConfig, tokenizer: &Value) -> Value {
+    let spelled = |id: u32| -> Option<String> {
+        let added = tokenizer.get("added_tokens").and_then(Value::as_array);
+        let from_added = added.into_iter().flatten().find_map(|t| {
+            (t.get("id")?.as_u64()? == u64::from(id))
+                .then(|| t.get("content")?.as_str().map(str::to_string))
+                .flatten()
+        });
+        from_added.or_else(|| {
+            let vocab = tokenizer.pointer("/model/vocab")?.as_object()?;
+            vocab
+                .iter()
+                .find(|(_, v)| v.as_u64() == Some(u64::from(id)))
+                .map(|(k, _)| k.clone())
+        })
+    };
+    let mut m = Map::new();
+    m.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
+    m.insert(
+        "model_max_length".into(),
+        json!(cfg.max_position_embeddings),
+    );
+    m.insert("clean_up_tokenization_spaces".into(), json!(false));
+    for (key, id) in [("bos_token", cfg.bos_token_id), ("eos_token", cfg.eos_token_id)] {
+        if let Some(s) = id.and_then(spelled) {
+            m.insert(key.into(), json!(s));
+        }
+    }
+    Value::Object(m)
 }
 
 /// Saves a model held in memory.

@@ -1,5 +1,5 @@
 //! `export` stage: the chosen variants sliced into a physically smaller model (ALGORITHM.md §10),
-//! written in our saved format (`model.safetensors`, `config.json`, `tokenizer.json`) and as
+//! written in our saved format (`model.safetensors`, `config.json`, `tokenizer.json`, `tokenizer_config.json`) and as
 //! GGUF (`model.gguf`, llama.cpp's `llama` or `deci` architecture), all published under
 //! `out/<pipeline>/<dir>/`.
 //!
@@ -80,8 +80,8 @@ pub struct ExportStage(ExportParams);
 
 impl Stage for ExportStage {
     const KIND: &'static str = "export";
-    // 2: config.json carries transformers' `per_layer_config`.
-    const VERSION: u32 = 2;
+    // 2: config.json carries transformers' `per_layer_config`. 3: `tokenizer_config.json`.
+    const VERSION: u32 = 3;
     type Params = ExportParams;
 
     fn new(p: ExportParams) -> Result<Self> {

@@ -346,6 +346,8 @@ fn bad_prune_input_fails_with_an_error_naming_the_key() {
     assert!(e.contains("prune.export-baselines"), "{e}");
     let e = plan_error(&["prune.fitness=\"kl\""]);
     assert!(e.contains("fitness"), "{e}");
+    let e = plan_error(&["prune.budget=\"bytes\""]);
+    assert!(e.contains("prune.budget"), "{e}");
     // Splitting a layer's supernet.
     let e = plan_error(&["prune.supernet-split=\"heads\""]);
     assert!(e.contains("prune.supernet-split"), "{e}");
@@ -569,6 +571,52 @@ fn outputs_of(work: &Path, id: &str) -> std::collections::BTreeMap<String, Strin
         .iter()
         .map(|(k, v)| (k.clone(), v["digest"].as_str().unwrap().to_string()))
         .collect()
+}
+
+/// `budget = "params"`: each round's choice removes the budget within one FFN channel's weight,
+/// and the exported model has exactly the dense decoder's parameters less what the search
+/// counted for its choice (K/V heads included).
+#[test]
+fn a_parameter_budget_is_kept_by_each_round_and_counted_as_the_export_counts() {
+    let w = tempfile::tempdir().unwrap();
+    let set = [
+        "--set",
+        "prune.budget=\"params\"",
+        "--set",
+        "prune.baselines=[]",
+        "--set",
+        "prune.generations=6",
+    ];
+    let o = tyr_in(w.path(), &["run"], &set, &[]);
+    assert!(o.status.success(), "run failed:\n{}", text(&o));
+    let mut last = None;
+    for round in 1..=2 {
+        let p = w.path().join(format!("out/tiny/search/round-{round}.json"));
+        let choice: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        let split = &choice["params"];
+        let (removed, budget, tol) = (
+            split["removed"].as_i64().unwrap(),
+            split["budget"].as_i64().unwrap(),
+            split["tolerance"].as_i64().unwrap(),
+        );
+        // The tiny model: hidden 32, heads of 8 dims, FFN 48; 0.5 of its 3 × (4·512 + 2·512 +
+        // 48·96) prunable parameters.
+        assert_eq!(budget, 3 * (4 * 512 + 2 * 512 + 48 * 96) / 2);
+        assert_eq!(tol, 96, "one FFN channel: gate and up rows, a down column");
+        assert!((removed - budget).abs() <= tol, "round {round}: {split}");
+        assert_eq!(
+            split["removed-attn"].as_i64().or(split["removed_attn"].as_i64()).unwrap()
+                + split["removed_ffn"].as_i64().unwrap(),
+            removed
+        );
+        last = Some(removed);
+    }
+    let (dense, tyr) = (ppl(w.path(), "dense"), ppl(w.path(), "tyr"));
+    assert_eq!(
+        dense["decoder_params"].as_i64().unwrap() - tyr["decoder_params"].as_i64().unwrap(),
+        last.unwrap(),
+        "the exported model's parameters are not the dense ones less the search's count"
+    );
 }
 
 #[test]

@@ -113,8 +113,11 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         .layers
         .iter()
         .enumerate()
-        .map(|(l, d)| json!({"layer": l, "n_q": d.n_q, "n_kv": d.n_kv, "kv_map": d.kv_map, "d_ff": d.d_ff, "params": cfg.layer_params(l)}))
+        .map(|(l, d)| json!({"layer": l, "n_q": d.n_q, "n_kv": d.n_kv, "kv_map": d.kv_map, "d_ff": d.d_ff, "params": cfg.layer_params(l), "attn_params": cfg.attn_params(d.n_q, d.n_kv), "ffn_params": cfg.ffn_params(d.d_ff)}))
         .collect();
+    // The split of the prunable linear parameters between attention and FFN.
+    let attn: usize = cfg.layers.iter().map(|d| cfg.attn_params(d.n_q, d.n_kv)).sum();
+    let ffn: usize = cfg.layers.iter().map(|d| cfg.ffn_params(d.d_ff)).sum();
     let tokenizer = m
         .tokenizer
         .as_ref()
@@ -126,6 +129,8 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
             "config": cfg,
             "layers": layers,
             "decoder_params": cfg.decoder_params(),
+            "attn_params": attn,
+            "ffn_params": ffn,
             "total_params": cfg.total_params(),
             "tensors": m.source.names().len(),
             "tokenizer": tokenizer,
@@ -149,22 +154,29 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         println!("rope scaling llama3: {s:?}");
     }
     println!(
-        "{:>5} {:>5} {:>5} {:>7} {:>12}",
-        "layer", "n_q", "n_kv", "d_ff", "params"
+        "{:>5} {:>5} {:>5} {:>7} {:>12} {:>12} {:>12}",
+        "layer", "n_q", "n_kv", "d_ff", "attn", "ffn", "params"
     );
     for (l, d) in cfg.layers.iter().enumerate() {
         println!(
-            "{l:>5} {:>5} {:>5} {:>7} {:>12}",
+            "{l:>5} {:>5} {:>5} {:>7} {:>12} {:>12} {:>12}",
             d.n_q,
             d.n_kv,
             d.d_ff,
+            cfg.attn_params(d.n_q, d.n_kv),
+            cfg.ffn_params(d.d_ff),
             cfg.layer_params(l)
         );
     }
+    let share = |x: usize| 100.0 * x as f64 / (attn + ffn).max(1) as f64;
     println!(
-        "decoder params {}  total params {}",
+        "decoder params {}  total params {}  attention {} ({:.1}%)  FFN {} ({:.1}%)",
         cfg.decoder_params(),
-        cfg.total_params()
+        cfg.total_params(),
+        attn,
+        share(attn),
+        ffn,
+        share(ffn)
     );
     match &m.tokenizer {
         Some(t) => println!(

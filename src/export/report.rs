@@ -107,13 +107,25 @@ pub struct ParamCounts {
     pub decoder: u64,
     /// Decoder + embeddings + final norm + an untied `lm_head`.
     pub total: u64,
+    /// The prunable linear layers of the attention blocks (q, k, v, o with biases), and of the
+    /// FFNs (gate, up, down with biases): how a model splits what pruning can remove.
+    /// (Absent where only the totals are known.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ffn: Option<u64>,
 }
 
 impl ParamCounts {
     pub fn of(cfg: &ModelConfig) -> Self {
+        let sum = |f: &dyn Fn(&crate::model::LayerDims) -> usize| {
+            cfg.layers.iter().map(f).sum::<usize>() as u64
+        };
         ParamCounts {
             decoder: cfg.decoder_params() as u64,
             total: cfg.total_params() as u64,
+            attn: Some(sum(&|d| cfg.attn_params(d.n_q, d.n_kv))),
+            ffn: Some(sum(&|d| cfg.ffn_params(d.d_ff))),
         }
     }
 }

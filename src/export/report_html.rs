@@ -141,6 +141,19 @@ fn summary(h: &mut String, r: &Report) {
         params_arrow(decoder(p.dense), decoder(p.pruned)),
         params_arrow(total(p.dense), total(p.pruned))
     );
+    if let (Some(d), Some(q)) = (p.dense, p.pruned)
+        && let (Some(da), Some(qa), Some(df), Some(qf)) = (d.attn, q.attn, d.ffn, q.ffn)
+    {
+        let removed = |a: u64, b: u64| 100.0 * a.saturating_sub(b) as f64 / a.max(1) as f64;
+        let _ = write!(
+            detail,
+            "<br>attention {} (−{:.1}%), FFN {} (−{:.1}%)",
+            params_arrow(Some(da), Some(qa)),
+            removed(da, qa),
+            params_arrow(Some(df), Some(qf)),
+            removed(df, qf)
+        );
+    }
     if let Some(dup) = p.pruned_kv_duplicated {
         let _ = write!(
             detail,

@@ -68,13 +68,26 @@ impl ModelConfig {
     /// Parameters of decoder layer `l` (projections, norms and biases), ALGORITHM.md §3.
     pub fn layer_params(&self, l: usize) -> usize {
         let d = &self.layers[l];
+        self.attn_params(d.n_q, d.n_kv) + self.ffn_params(d.d_ff) + 2 * self.hidden_size
+    }
+
+    /// Parameters of an attention block with `n_q` query and `n_kv` K/V heads: the q, k, v and
+    /// o projections and their biases.
+    pub fn attn_params(&self, n_q: usize, n_kv: usize) -> usize {
         let (h, dh) = (self.hidden_size, self.head_dim);
-        let mut p = h * dh * (2 * d.n_q + 2 * d.n_kv) + 3 * h * d.d_ff + 2 * h;
+        let mut p = h * dh * (2 * n_q + 2 * n_kv);
         if self.attention_bias {
-            p += dh * (d.n_q + 2 * d.n_kv);
+            p += dh * (n_q + 2 * n_kv);
         }
+        p
+    }
+
+    /// Parameters of a gated FFN with `d_ff` channels: gate, up and down, and their biases.
+    pub fn ffn_params(&self, d_ff: usize) -> usize {
+        let h = self.hidden_size;
+        let mut p = 3 * h * d_ff;
         if self.mlp_bias {
-            p += 2 * d.d_ff + if d.d_ff > 0 { h } else { 0 };
+            p += 2 * d_ff + if d_ff > 0 { h } else { 0 };
         }
         p
     }

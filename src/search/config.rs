@@ -1,12 +1,14 @@
 //! The search state (ALGORITHM.md §3, §6, §8): the prunable modules, each module's grid of levels
 //! for one round, the per-type grid step, and a configuration (one level per module). The grids
 //! are built elsewhere (`prune::grid`) and handed in; this file only validates them and answers
-//! the questions mutation asks ("can this module go down one step?") and the budget check.
+//! the questions mutation asks ("can this module go down one step?") and the budget check: per
+//! type in units (the default), or in parameters when a [`ParamBudget`] is attached.
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::search::budget::{Move, ParamBudget, check_costs, fewest_moves};
 use crate::{Error, Result};
 
 pub use crate::vocab::ModuleKind;
@@ -73,13 +75,16 @@ impl Configuration {
 }
 
 /// The validated search space of one round: modules, grids, steps and the per-type budgets
-/// (Σ of the centres, which every configuration keeps exactly).
+/// (Σ of the centres, which every configuration keeps exactly), or a parameter budget.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SearchSpace {
     grids: Vec<ModuleGrid>,
     steps: Steps,
     budget_attn: u64,
     budget_ffn: u64,
+    /// Set: configurations keep this parameter total instead of the per-type unit budgets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    params: Option<ParamBudget>,
 }
 
 impl SearchSpace {
@@ -139,7 +144,124 @@ impl SearchSpace {
             budget_ffn: sum(ModuleKind::Ffn),
             grids,
             steps,
+            params: None,
         })
+    }
+
+    /// The same space under a parameter budget: `costs[m][i]` is what module m removes at the
+    /// i-th level of its grid.
+    pub fn with_param_budget(mut self, budget: ParamBudget) -> Result<Self> {
+        let levels: Vec<usize> = self.grids.iter().map(|g| g.levels.len()).collect();
+        check_costs(&budget.costs, &levels)?;
+        self.params = Some(budget);
+        Ok(self)
+    }
+
+    pub fn param_budget(&self) -> Option<&ParamBudget> {
+        self.params.as_ref()
+    }
+
+    /// Parameters module `m` removes at `level` (0 without a parameter budget or off the grid).
+    pub fn cost(&self, m: usize, level: u32) -> u64 {
+        let Some(p) = &self.params else { return 0 };
+        match self.grids[m].levels.binary_search(&level) {
+            Ok(i) => p.costs[m][i],
+            Err(_) => 0,
+        }
+    }
+
+    /// Parameters `config` removes, in total and from the modules of `kind`.
+    pub fn removed_params(&self, config: &Configuration, kind: Option<ModuleKind>) -> u64 {
+        (0..self.grids.len())
+            .filter(|&m| kind.is_none_or(|k| self.kind(m) == k))
+            .map(|m| self.cost(m, config.levels[m]))
+            .sum()
+    }
+
+    /// Under a parameter budget: how many parameters `config` removes beyond the budget
+    /// (negative: short of it). 0 without one.
+    pub fn excess(&self, config: &Configuration) -> i64 {
+        match &self.params {
+            Some(p) => self.removed_params(config, None) as i64 - p.budget as i64,
+            None => 0,
+        }
+    }
+
+    /// Where the search starts: every module at its centre, and under a parameter budget then
+    /// moved, one grid step at a time, until the configuration is within the budget (the
+    /// fewest moves; modules in a low-discrepancy order over the layers, so that the moves
+    /// spread over the depth). An error when no configuration on the grids comes within it.
+    pub fn start(&self) -> Result<Configuration> {
+        let mut c = self.centres();
+        let Some(p) = &self.params else { return Ok(c) };
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        // Golden-ratio order of the layers: consecutive picks land far apart.
+        let key = |m: &usize| {
+            let x = self.grids[*m].module.layer as f64 * 0.618_033_988_749_895;
+            ((x - x.floor()) * 1e9) as u64
+        };
+        order.sort_by_key(|m| (key(m), *m));
+        for _ in 0..self.len().max(1) * 64 {
+            let e = self.excess(&c);
+            let tol = p.tolerance as i64;
+            if e.abs() <= tol {
+                return Ok(c);
+            }
+            let options: Vec<Vec<Move>> = order
+                .iter()
+                .map(|&m| self.step_moves(&c, m, true, true))
+                .collect();
+            if let Some(moves) = fewest_moves(&options, -e - tol, -e + tol) {
+                for m in moves {
+                    c.levels[m.module] = m.level;
+                }
+                continue;
+            }
+            // Out of reach in one step per module: take the single move that closes the most.
+            let best = options
+                .iter()
+                .flatten()
+                .filter(|m| (e + m.change).abs() < e.abs())
+                .min_by_key(|m| (e + m.change).abs());
+            match best {
+                Some(m) => c.levels[m.module] = m.level,
+                None => break,
+            }
+        }
+        Err(Error::SearchConfiguration {
+            reason: format!(
+                "no configuration on this round's grids removes {} parameters ± {} (the centres \
+                 remove {}); widen the grids (`levels-each-side`) or use `budget = \"units\"`",
+                p.budget,
+                p.tolerance,
+                self.removed_params(&self.centres(), None)
+            ),
+        })
+    }
+
+    /// The one-step moves of module `m` from its level in `config`: down if `down`, up if
+    /// `up`, each with the parameters it removes more.
+    pub fn step_moves(&self, config: &Configuration, m: usize, down: bool, up: bool) -> Vec<Move> {
+        let level = config.levels[m];
+        let now = self.cost(m, level) as i64;
+        let mut out = Vec::with_capacity(2);
+        if down && self.can_lower(m, level) {
+            let l = level - self.step(m);
+            out.push(Move {
+                module: m,
+                level: l,
+                change: self.cost(m, l) as i64 - now,
+            });
+        }
+        if up && self.can_raise(m, level) {
+            let l = level + self.step(m);
+            out.push(Move {
+                module: m,
+                level: l,
+                change: self.cost(m, l) as i64 - now,
+            });
+        }
+        out
     }
 
     pub fn grids(&self) -> &[ModuleGrid] {
@@ -216,7 +338,7 @@ impl SearchSpace {
     }
 
     /// Checks that `config` has one on-grid level per module and removes exactly each type's
-    /// budget.
+    /// budget (under a parameter budget: the budget's parameters within its tolerance).
     pub fn check(&self, config: &Configuration) -> Result<()> {
         if config.levels.len() != self.grids.len() {
             return Err(Error::SearchConfiguration {
@@ -236,6 +358,18 @@ impl SearchSpace {
                     ),
                 });
             }
+        }
+        if let Some(p) = &self.params {
+            let got = self.removed_params(config, None);
+            if got.abs_diff(p.budget) > p.tolerance {
+                return Err(Error::SearchConfiguration {
+                    reason: format!(
+                        "removes {got} parameters, the budget is {} ± {}",
+                        p.budget, p.tolerance
+                    ),
+                });
+            }
+            return Ok(());
         }
         for kind in ModuleKind::ALL {
             let (got, want) = (self.removed(config, kind), self.budget(kind));

@@ -1,4 +1,5 @@
-//! The search loop of one round (ALGORITHM.md §8): start at all centres, then for each
+//! The search loop of one round (ALGORITHM.md §8): start at all centres (under a parameter
+//! budget, moved within it, §8.1), then for each
 //! generation mutate (λ distinct offspring), select by successive halving, and let the winner be
 //! the next parent. After every generation a [`SearchProgress`] record goes to a callback; a search
 //! resumed from that record replays the same draws (every stream is keyed by round and
@@ -110,12 +111,12 @@ impl Search<'_> {
         Ok(blake3::hash(&bytes).to_hex().to_string())
     }
 
-    /// The record of a search that has not started: all centres, no history.
+    /// The record of a search that has not started: the space's start, no history.
     pub fn start(&self) -> Result<SearchProgress> {
         Ok(SearchProgress {
             fingerprint: self.fingerprint()?,
             generation: 0,
-            parent: self.space.centres(),
+            parent: self.space.start()?,
             parent_fitness: None,
             history: Vec::new(),
         })

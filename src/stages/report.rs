@@ -46,7 +46,8 @@ pub struct ReportStage(ReportParams);
 impl Stage for ReportStage {
     const KIND: &'static str = "report";
     // 2: zero-shot accuracies (input `tasks`).
-    const VERSION: u32 = 2;
+    // 3: parameter counts split between attention and FFN.
+    const VERSION: u32 = 3;
     type Params = ReportParams;
 
     fn new(p: ReportParams) -> Result<Self> {
@@ -107,6 +108,8 @@ impl Stage for ReportStage {
                 r.params.pruned_kv_duplicated = Some(ParamCounts {
                     decoder: d as u64,
                     total: t as u64,
+                    attn: None,
+                    ffn: None,
                 });
             }
         } else {
@@ -170,6 +173,8 @@ impl Stage for ReportStage {
                     .or(evaluated.map(|e| ParamCounts {
                         decoder: e.decoder_params as u64,
                         total: e.total_params as u64,
+                        attn: None,
+                        ffn: None,
                     })),
                 unit_sparsity: match (exported, evaluated) {
                     (Some(e), _) => unit_sparsity(&model.config, &e.config),

@@ -8,7 +8,9 @@
 //! settings.
 //!
 //! Output: record `choice` (`supernet::rounds::RoundChoice`), also published as
-//! `search/round-{t}.json`. A progress record after every generation lets a killed search
+//! `search/round-{t}.json`; under `budget = "params"` also record `params`
+//! (`supernet::rounds::ParamSplit`: the budget and the attention/FFN split of the choice), which
+//! the published JSON then carries as `params`. A progress record after every generation lets a killed search
 //! resume at its last generation and end with the identical choice. Invalidated by: params, seed, the model, pool,
 //! teacher, the layer stages' outputs and the previous round's choice.
 
@@ -22,7 +24,8 @@ use crate::engine::{InputSlot, Outputs, Stage, StageContext};
 use crate::prune::grid::TypeGrid;
 use crate::search::{FitnessKind, MutationParams, Search, SearchParams, SearchProgress};
 use crate::supernet::rounds::{
-    AroundPrevious, RoundChoice, layer_levels, next_grids, search_space,
+    AroundPrevious, ParamSplit, RoundChoice, layer_levels, next_grids, param_budget,
+    prunable_params, search_space,
 };
 use crate::supernet::scorer::{ModelScorer, ScorerInputs, TeacherSource};
 use crate::{Error, Result};
@@ -59,6 +62,11 @@ pub struct SearchStageParams {
     pub selection: Vec<[usize; 2]>,
     #[serde(default)]
     pub fitness: FitnessKind,
+    /// `budget = "params"`: every configuration removes this fraction of the prunable linear
+    /// layers' parameters, split between attention and FFN as the search finds best
+    /// (ALGORITHM.md §8.1). Absent: the per-type unit budgets of the grids' centres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param_target: Option<f64>,
     /// Cache the parent's hidden states for incremental offspring evaluation [true].
     #[serde(default = "d_true")]
     pub incremental: bool,
@@ -107,6 +115,14 @@ impl Stage for SearchStage {
         if p.offspring == 0 {
             return Err(bad("offspring", "must be at least 1".into()));
         }
+        if let Some(t) = p.param_target
+            && !(0.0..1.0).contains(&t)
+        {
+            return Err(bad(
+                "param-target",
+                format!("{t} is not a fraction in [0, 1)"),
+            ));
+        }
         if p.cache_mib > 1 << 24 {
             return Err(bad(
                 "cache-mib",
@@ -148,7 +164,15 @@ impl Stage for SearchStage {
             }
             (None, None) => unreachable!("checked in new"),
         };
+        let model = open(&record)?;
         let space = search_space(&attn, &ffn)?;
+        let space = match p.param_target {
+            Some(t) => {
+                let budget = param_budget(&model.config, &space, &layers, t)?;
+                space.with_param_budget(budget)?
+            }
+            None => space,
+        };
         let params = SearchParams {
             generations: p.generations,
             mutation: MutationParams {
@@ -171,7 +195,6 @@ impl Stage for SearchStage {
             params: &params,
             piece_lens: &lens,
         };
-        let model = open(&record)?;
         let mut scorer = ModelScorer::new(
             &model.config,
             model.source.as_ref(),
@@ -225,8 +248,26 @@ impl Stage for SearchStage {
         }
         o.metric("layers_forwarded", scorer.layers_forwarded as f64);
         o.record("choice", &choice)?;
-        let json = serde_json::to_vec_pretty(&choice)
-            .map_err(|e| Error::msg(format!("encoding the round's choice: {e}")))?;
+        let encode = |e: serde_json::Error| Error::msg(format!("encoding the round's choice: {e}"));
+        let json = match p.param_target {
+            Some(t) => {
+                let split = ParamSplit::of(&space, &outcome.choice, t, prunable_params(&model.config));
+                tracing::info!(
+                    budget = split.budget,
+                    removed = split.removed,
+                    attn = split.removed_attn,
+                    ffn = split.removed_ffn,
+                    "parameter split of the choice"
+                );
+                o.record("params", &split)?;
+                let mut v = serde_json::to_value(&choice).map_err(encode)?;
+                if let Some(m) = v.as_object_mut() {
+                    m.insert("params".into(), serde_json::to_value(&split).map_err(encode)?);
+                }
+                serde_json::to_vec_pretty(&v).map_err(encode)?
+            }
+            None => serde_json::to_vec_pretty(&choice).map_err(encode)?,
+        };
         o.bytes("summary", json)
             .publish(format!("search/round-{}.json", p.round));
         Ok(o)

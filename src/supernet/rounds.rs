@@ -1,13 +1,17 @@
 //! What connects the coarse-to-fine rounds (ALGORITHM.md §8–§9): the record a `search` stage
 //! outputs (`RoundChoice`: the round's grids, the chosen level of every module, the history), how
-//! round t+1's grids follow from it (`next_grids`), and the search space of a round's grids.
+//! round t+1's grids follow from it (`next_grids`), the search space of a round's grids, and the
+//! parameter budget of a round (`param_budget`: what each level removes, counted from its variant).
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::ModelConfig;
 use crate::prune::grid::{GridOptions, TypeGrid, next_round_grid};
 use crate::search::{
-    Configuration, GenerationRecord, Module, ModuleGrid, ModuleKind, SearchSpace, Steps,
+    BudgetKind, Configuration, GenerationRecord, Module, ModuleGrid, ModuleKind, ParamBudget, SearchSpace,
+    Steps,
 };
+use crate::supernet::scorer::VariantSource;
 use crate::vocab::LayerLevels;
 use crate::{Error, Result};
 
@@ -47,6 +51,15 @@ impl RoundChoice {
 pub struct AroundPrevious {
     pub levels_each_side: usize,
     pub min_step: usize,
+    /// Under `params` the previous choice's split between the types is kept as the new per-type
+    /// totals (the parameter budget moves units between them); under `units` it must equal the
+    /// grids' budgets [units].
+    #[serde(default, skip_serializing_if = "is_units")]
+    pub budget: BudgetKind,
+}
+
+fn is_units(b: &BudgetKind) -> bool {
+    *b == BudgetKind::Units
 }
 
 impl AroundPrevious {
@@ -59,13 +72,21 @@ impl AroundPrevious {
     }
 }
 
-/// Round t+1's grids: centred on round t's choice, step halved (not below `min-step`).
+/// Round t+1's grids: centred on round t's choice, step halved (not below `min-step`); under a
+/// parameter budget each type's unit total is the choice's.
 pub fn next_grids(prev: &RoundChoice, around: &AroundPrevious) -> Result<(TypeGrid, TypeGrid)> {
     let opts = around.options();
-    Ok((
-        next_round_grid(&prev.attn, &prev.chosen(ModuleKind::Attn), &opts)?,
-        next_round_grid(&prev.ffn, &prev.chosen(ModuleKind::Ffn), &opts)?,
-    ))
+    let grid = |g: &TypeGrid, kind| {
+        let chosen = prev.chosen(kind);
+        let mut g = g.clone();
+        if around.budget == BudgetKind::Params {
+            g.budget = chosen.iter().sum();
+            let units: usize = g.modules.iter().map(|m| m.units).sum();
+            g.achieved_sparsity = g.budget as f64 / units.max(1) as f64;
+        }
+        next_round_grid(&g, &chosen, &opts)
+    };
+    Ok((grid(&prev.attn, ModuleKind::Attn)?, grid(&prev.ffn, ModuleKind::Ffn)?))
 }
 
 /// The search space of a round: modules layer by layer, attention before FFN (so module
@@ -134,4 +155,110 @@ pub fn configuration(levels: &[LayerLevels]) -> Configuration {
             .flat_map(|l| [l[0] as u32, l[1] as u32])
             .collect(),
     }
+}
+
+/// How a configuration splits the parameter budget (record `params` of a `search` stage under
+/// `budget = "params"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamSplit {
+    pub target: f64,
+    /// Parameters of the prunable linear layers (q, k, v, o, gate, up, down and their biases).
+    pub prunable: u64,
+    /// `round(target · prunable)`, and the tolerance every configuration keeps it within.
+    pub budget: u64,
+    pub tolerance: u64,
+    /// What the configuration removes: in all, from attention (K/V heads included), from FFNs.
+    pub removed: u64,
+    pub removed_attn: u64,
+    pub removed_ffn: u64,
+}
+
+impl ParamSplit {
+    pub fn of(space: &SearchSpace, config: &Configuration, target: f64, prunable: u64) -> Self {
+        let (budget, tolerance) = space
+            .param_budget()
+            .map_or((0, 0), |p| (p.budget, p.tolerance));
+        ParamSplit {
+            target,
+            prunable,
+            budget,
+            tolerance,
+            removed: space.removed_params(config, None),
+            removed_attn: space.removed_params(config, Some(ModuleKind::Attn)),
+            removed_ffn: space.removed_params(config, Some(ModuleKind::Ffn)),
+        }
+    }
+}
+
+/// Parameters of the prunable linear layers of `cfg`.
+pub fn prunable_params(cfg: &ModelConfig) -> u64 {
+    cfg.layers
+        .iter()
+        .map(|d| (cfg.attn_params(d.n_q, d.n_kv) + cfg.ffn_params(d.d_ff)) as u64)
+        .sum()
+}
+
+/// The parameter budget of a round (ALGORITHM.md §8.1): `round(target · prunable)` parameters,
+/// within one FFN channel's weight, and what each module removes at each level of its grid.
+/// An attention level removes its query heads (q rows, o columns) and every K/V head that its
+/// variant's kept heads no longer read, as the export counts them; so the attention variants
+/// are read (for their kept heads) once here.
+pub fn param_budget(
+    cfg: &ModelConfig,
+    space: &SearchSpace,
+    variants: &dyn VariantSource,
+    target: f64,
+) -> Result<ParamBudget> {
+    if !(0.0..1.0).contains(&target) {
+        return Err(Error::PruneTarget { target });
+    }
+    let mut costs = Vec::with_capacity(space.len());
+    for g in space.grids() {
+        let l = g.module.layer;
+        let d = cfg.layers.get(l).ok_or_else(|| {
+            Error::msg(format!("the search space has layer {l}, the model {}", cfg.n_layers()))
+        })?;
+        let mut row = Vec::with_capacity(g.levels.len());
+        for &level in &g.levels {
+            let removed = match g.module.kind {
+                ModuleKind::Attn => {
+                    let v = variants.variant(l, ModuleKind::Attn, level as usize)?;
+                    let mut kv: Vec<usize> = v
+                        .kept
+                        .iter()
+                        .map(|&h| d.kv_map.get(h as usize).copied())
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| {
+                            Error::msg(format!(
+                                "layer {l}: an attention variant keeps a head past the {} the model has",
+                                d.n_q
+                            ))
+                        })?;
+                    kv.sort_unstable();
+                    kv.dedup();
+                    cfg.attn_params(d.n_q, d.n_kv) - cfg.attn_params(v.kept.len(), kv.len())
+                }
+                ModuleKind::Ffn => {
+                    let kept = d.d_ff.checked_sub(level as usize).ok_or_else(|| {
+                        Error::msg(format!("layer {l}: FFN level {level} is past its {} channels", d.d_ff))
+                    })?;
+                    cfg.ffn_params(d.d_ff) - cfg.ffn_params(kept)
+                }
+            };
+            row.push(removed as u64);
+        }
+        costs.push(row);
+    }
+    let tolerance = cfg
+        .layers
+        .iter()
+        .filter(|d| d.d_ff > 0)
+        .map(|d| (cfg.ffn_params(d.d_ff) - cfg.ffn_params(d.d_ff - 1)) as u64)
+        .min()
+        .unwrap_or(0);
+    Ok(ParamBudget {
+        costs,
+        budget: (target * prunable_params(cfg) as f64).round() as u64,
+        tolerance,
+    })
 }

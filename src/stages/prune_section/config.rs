@@ -15,7 +15,7 @@ use crate::prune::expectation::Expectation;
 use crate::prune::grid::{GridOptions, Round1Grid, TypeGrid, round1_grid};
 use crate::prune::local::{LocalPruneOptions, RemovalSchedule};
 use crate::prune::obs::FirstOrder;
-use crate::search::FitnessKind;
+use crate::search::{BudgetKind, FitnessKind};
 use crate::stages::model_ref::ModelSpec;
 use crate::stages::supernet_layer::FfnStats;
 use crate::stages::supernet_part::MAX_SHARES;
@@ -128,6 +128,11 @@ pub struct PruneConfig {
     pub eval_tasks_limit: Option<usize>,
     #[serde(default = "d_target")]
     pub target: f64,
+    /// What `target` counts: `units` (that fraction of the heads and of the FFN channels) or
+    /// `params` (that fraction of the prunable linear parameters, split as the search finds best)
+    /// [units].
+    #[serde(default)]
+    pub budget: BudgetKind,
     #[serde(default)]
     pub initial_step: Option<f64>,
     #[serde(default)]

@@ -14,6 +14,7 @@ use crate::engine::{InputRef, Stage, StageSpec};
 use crate::model::ModelConfig;
 use crate::prune::expectation::Expectation;
 use crate::prune::grid::{GridOptions, Round1Grid, TypeGrid};
+use crate::search::BudgetKind;
 use crate::stages::baseline_layer::{BaselineLayer, BaselineLayerParams, BaselineMethod};
 use crate::stages::calib_pool::{CalibPool, CalibPoolParams, CalibSource};
 use crate::stages::embed::{Embed, EmbedParams};
@@ -401,6 +402,7 @@ impl Builder<'_> {
         AroundPrevious {
             levels_each_side: g.levels_each_side,
             min_step: g.min_step,
+            budget: self.c.budget,
         }
     }
 
@@ -620,6 +622,7 @@ impl Builder<'_> {
             selection: c.selection.clone(),
             fitness: c.fitness,
             incremental: c.incremental_search,
+            param_target: (c.budget == BudgetKind::Params).then_some(c.target),
             cache_mib: 0, // not serialised: set below, outside the key
         };
         let id = ids::search(t);

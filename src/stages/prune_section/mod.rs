@@ -22,6 +22,9 @@
 //! #   (`eval-tasks`), `tasks/<model>.json`, accuracies in the report [none]
 //! eval-tasks-limit = 500       # first N examples of each task [all]
 //! target = 0.5                 # unit sparsity per module type, 0 ≤ target < 1 [0.5]
+//! budget = "units"             # what target counts: units (heads and channels, per type) |
+//! #   params (the prunable linear parameters, K/V heads counted when a group empties; the
+//! #   search moves them between attention and FFN), ALGORITHM.md §8.1
 //! initial-step = 0.125         # Δ₁ as a fraction of the unit count
 //! levels-each-side = 4         # K
 //! round1-grid = "lattice"      # lattice | centred

@@ -129,6 +129,8 @@ fn demo(n_layers: usize, nan: bool, search: bool, eval: bool) -> Result<Report> 
         r.params.pruned_kv_duplicated = Some(ParamCounts {
             decoder: p.decoder + extra,
             total: p.total + extra,
+            attn: None,
+            ffn: None,
         });
     }
     if search {

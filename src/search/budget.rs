@@ -83,8 +83,7 @@ pub fn fewest_moves(options: &[Vec<Move>], lo: i64, hi: i64) -> Option<Vec<Move>
         let mut took = vec![0u8; width];
         for (j, m) in opts.iter().enumerate().take(254) {
             let step = m.change / g;
-            for v in 0..width {
-                let moves = best[v];
+            for (v, &moves) in best.iter().enumerate() {
                 if moves == NONE {
                     continue;
                 }

@@ -116,8 +116,7 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         .map(|(l, d)| json!({"layer": l, "n_q": d.n_q, "n_kv": d.n_kv, "kv_map": d.kv_map, "d_ff": d.d_ff, "params": cfg.layer_params(l), "attn_params": cfg.attn_params(d.n_q, d.n_kv), "ffn_params": cfg.ffn_params(d.d_ff)}))
         .collect();
     // The split of the prunable linear parameters between attention and FFN.
-    let attn: usize = cfg.layers.iter().map(|d| cfg.attn_params(d.n_q, d.n_kv)).sum();
-    let ffn: usize = cfg.layers.iter().map(|d| cfg.ffn_params(d.d_ff)).sum();
+    let (attn, ffn) = cfg.linear_params();
     let tokenizer = m
         .tokenizer
         .as_ref()

@@ -118,14 +118,12 @@ pub struct ParamCounts {
 
 impl ParamCounts {
     pub fn of(cfg: &ModelConfig) -> Self {
-        let sum = |f: &dyn Fn(&crate::model::LayerDims) -> usize| {
-            cfg.layers.iter().map(f).sum::<usize>() as u64
-        };
+        let (attn, ffn) = cfg.linear_params();
         ParamCounts {
             decoder: cfg.decoder_params() as u64,
             total: cfg.total_params() as u64,
-            attn: Some(sum(&|d| cfg.attn_params(d.n_q, d.n_kv))),
-            ffn: Some(sum(&|d| cfg.ffn_params(d.d_ff))),
+            attn: Some(attn as u64),
+            ffn: Some(ffn as u64),
         }
     }
 }

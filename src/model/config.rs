@@ -92,6 +92,17 @@ impl ModelConfig {
         p
     }
 
+    /// The prunable linear parameters of all decoder layers, split (attention, FFN): the q, k,
+    /// v, o projections and the gate, up, down projections, with their biases.
+    pub fn linear_params(&self) -> (usize, usize) {
+        self.layers.iter().fold((0, 0), |(a, f), d| {
+            (
+                a + self.attn_params(d.n_q, d.n_kv),
+                f + self.ffn_params(d.d_ff),
+            )
+        })
+    }
+
     /// Parameters of all decoder layers.
     pub fn decoder_params(&self) -> usize {
         (0..self.n_layers()).map(|l| self.layer_params(l)).sum()

@@ -1,10 +1,11 @@
 //! Our saved format (ALGORITHM.md §10a): a Hugging Face style directory with `model.safetensors`
 //! (HF names, real per-layer shapes, f32) and a `config.json` that keeps the source model's keys
-//! and adds a `pruning` object with the per-layer widths, plus `tokenizer.json` when one is
-//! given and a `tokenizer_config.json` naming its BOS/EOS tokens (transformers' tokenizer reads
-//! them only from there; without them lm-eval cannot score a loglikelihood request). Query heads are written ordered by K/V head, so per-layer group sizes give the map.
-//! Tensors are streamed to disk one layer at a time; files appear atomically (temp → fsync →
-//! rename). The directory opens through `hf::open_hf_dir`.
+//! and adds a `pruning` object with the per-layer widths, plus `tokenizer.json` when one is given
+//! and a `tokenizer_config.json` naming its BOS/EOS tokens (transformers' tokenizer reads them only
+//! from there; without them lm-eval cannot score a loglikelihood request). Query heads are written
+//! ordered by K/V head, so per-layer group sizes give the map. Tensors are streamed to disk one
+//! layer at a time; files appear atomically (temp → fsync → rename). The directory opens through
+//! `hf::open_hf_dir`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -126,7 +127,10 @@ fn tokenizer_config_json(cfg: &ModelConfig, tokenizer: &Value) -> Value {
         json!(cfg.max_position_embeddings),
     );
     m.insert("clean_up_tokenization_spaces".into(), json!(false));
-    for (key, id) in [("bos_token", cfg.bos_token_id), ("eos_token", cfg.eos_token_id)] {
+    for (key, id) in [
+        ("bos_token", cfg.bos_token_id),
+        ("eos_token", cfg.eos_token_id),
+    ] {
         if let Some(s) = id.and_then(spelled) {
             m.insert(key.into(), json!(s));
         }

@@ -64,7 +64,10 @@ pub fn fewest_moves(options: &[Vec<Move>], lo: i64, hi: i64) -> Option<Vec<Move>
     // Sums are tracked in units of g within a window that holds the target and one move
     // beyond it in each direction; a set whose partial sums leave it is not searched.
     let reach = changes.map(i64::abs).max().unwrap_or(0);
-    let (lo_g, hi_g) = (lo.div_euclid(g) + i64::from(lo.rem_euclid(g) != 0), hi.div_euclid(g));
+    let (lo_g, hi_g) = (
+        lo.div_euclid(g) + i64::from(lo.rem_euclid(g) != 0),
+        hi.div_euclid(g),
+    );
     if lo_g > hi_g {
         return None;
     }

@@ -211,10 +211,7 @@ impl SearchSpace {
                 .iter()
                 .map(|&m| self.step_moves(&c, m, true, true))
                 .collect();
-            if let Some(moves) = fewest_moves(&options, -e - tol, -e + tol) {
-                for m in moves {
-                    c.levels[m.module] = m.level;
-                }
+            if self.move_within_budget(&mut c, &options) {
                 continue;
             }
             // Out of reach in one step per module: take the single move that closes the most.
@@ -237,6 +234,23 @@ impl SearchSpace {
                 self.removed_params(&self.centres(), None)
             ),
         })
+    }
+
+    /// Under a parameter budget: applies to `config` the fewest of `options` (at most one move
+    /// per inner list) that bring it within the budget; false, and `config` unchanged, when no
+    /// such moves exist (or there is no parameter budget).
+    pub fn move_within_budget(&self, config: &mut Configuration, options: &[Vec<Move>]) -> bool {
+        let Some(p) = &self.params else { return false };
+        let (e, tol) = (self.excess(config), p.tolerance as i64);
+        match fewest_moves(options, -e - tol, -e + tol) {
+            Some(moves) => {
+                for m in moves {
+                    config.levels[m.module] = m.level;
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     /// The one-step moves of module `m` from its level in `config`: down if `down`, up if

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 
 use crate::rng::Stream;
-use crate::search::budget::{Move, fewest_moves};
+use crate::search::budget::Move;
 use crate::search::config::{Configuration, ModuleKind, SearchSpace};
 
 /// Failed draws of module a (no partner b of its type can go up) before a swap is skipped.
@@ -107,9 +107,9 @@ pub fn mutate(
 /// move between the types). Returns whether a trade happened (false when no module can go up or
 /// no such moves exist).
 pub fn trade_once(space: &SearchSpace, config: &mut Configuration, rng: &mut Stream) -> bool {
-    let Some(p) = space.param_budget() else {
+    if space.param_budget().is_none() {
         return false;
-    };
+    }
     let kind = ModuleKind::ALL[rng.below(2)];
     let raisable: Vec<usize> = (0..space.len())
         .filter(|&m| space.kind(m) == kind && space.can_raise(m, config.levels[m]))
@@ -129,17 +129,11 @@ pub fn trade_once(space: &SearchSpace, config: &mut Configuration, rng: &mut Str
             space.step_moves(&child, m, !same, same)
         })
         .collect();
-    let (e, tol) = (space.excess(&child), p.tolerance as i64);
-    match fewest_moves(&options, -e - tol, -e + tol) {
-        Some(moves) => {
-            for m in moves {
-                child.levels[m.module] = m.level;
-            }
-            *config = child;
-            true
-        }
-        None => false,
+    let moved = space.move_within_budget(&mut child, &options);
+    if moved {
+        *config = child;
     }
+    moved
 }
 
 /// Under a parameter budget: the fewest one-step moves of any modules that bring `config` within
@@ -158,15 +152,7 @@ pub fn mend(space: &SearchSpace, config: &mut Configuration, rng: &mut Stream) -
         .iter()
         .map(|&m| space.step_moves(config, m, true, true))
         .collect();
-    match fewest_moves(&options, -e - tol, -e + tol) {
-        Some(moves) => {
-            for m in moves {
-                config.levels[m.module] = m.level;
-            }
-            true
-        }
-        None => false,
-    }
+    space.move_within_budget(config, &options)
 }
 
 /// One offspring under a parameter budget: the parent after n_s operations, each a same-type

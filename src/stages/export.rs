@@ -1,7 +1,7 @@
 //! `export` stage: the chosen variants sliced into a physically smaller model (ALGORITHM.md §10),
-//! written in our saved format (`model.safetensors`, `config.json`, `tokenizer.json`, `tokenizer_config.json`) and as
-//! GGUF (`model.gguf`, llama.cpp's `llama` or `deci` architecture), all published under
-//! `out/<pipeline>/<dir>/`.
+//! written in our saved format (`model.safetensors`, `config.json`, `tokenizer.json`,
+//! `tokenizer_config.json`) and as GGUF (`model.gguf`, llama.cpp's `llama` or `deci` architecture),
+//! all published under `out/<pipeline>/<dir>/`.
 //!
 //! Inputs: `model`, `layers` (one stage per decoder layer with `attn-{level}` / `ffn-{level}`
 //! variant records) and, with `from-search`, `search` (whose choice picks the levels); otherwise

@@ -10,9 +10,10 @@
 //! Output: record `choice` (`supernet::rounds::RoundChoice`), also published as
 //! `search/round-{t}.json`; under `budget = "params"` also record `params`
 //! (`supernet::rounds::ParamSplit`: the budget and the attention/FFN split of the choice), which
-//! the published JSON then carries as `params`. A progress record after every generation lets a killed search
-//! resume at its last generation and end with the identical choice. Invalidated by: params, seed, the model, pool,
-//! teacher, the layer stages' outputs and the previous round's choice.
+//! the published JSON then carries as `params`. A progress record after every generation lets a
+//! killed search resume at its last generation and end with the identical choice. Invalidated by:
+//! params, seed, the model, pool, teacher, the layer stages' outputs and the previous round's
+//! choice.
 
 use serde::{Deserialize, Serialize};
 
@@ -251,7 +252,8 @@ impl Stage for SearchStage {
         let encode = |e: serde_json::Error| Error::msg(format!("encoding the round's choice: {e}"));
         let json = match p.param_target {
             Some(t) => {
-                let split = ParamSplit::of(&space, &outcome.choice, t, prunable_params(&model.config));
+                let split =
+                    ParamSplit::of(&space, &outcome.choice, t, prunable_params(&model.config));
                 tracing::info!(
                     budget = split.budget,
                     removed = split.removed,
@@ -262,7 +264,10 @@ impl Stage for SearchStage {
                 o.record("params", &split)?;
                 let mut v = serde_json::to_value(&choice).map_err(encode)?;
                 if let Some(m) = v.as_object_mut() {
-                    m.insert("params".into(), serde_json::to_value(&split).map_err(encode)?);
+                    m.insert(
+                        "params".into(),
+                        serde_json::to_value(&split).map_err(encode)?,
+                    );
                 }
                 serde_json::to_vec_pretty(&v).map_err(encode)?
             }

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::model::ModelConfig;
 use crate::prune::grid::{GridOptions, TypeGrid, next_round_grid};
 use crate::search::{
-    BudgetKind, Configuration, GenerationRecord, Module, ModuleGrid, ModuleKind, ParamBudget, SearchSpace,
-    Steps,
+    BudgetKind, Configuration, GenerationRecord, Module, ModuleGrid, ModuleKind, ParamBudget,
+    SearchSpace, Steps,
 };
 use crate::supernet::scorer::VariantSource;
 use crate::vocab::LayerLevels;
@@ -86,7 +86,10 @@ pub fn next_grids(prev: &RoundChoice, around: &AroundPrevious) -> Result<(TypeGr
         }
         next_round_grid(&g, &chosen, &opts)
     };
-    Ok((grid(&prev.attn, ModuleKind::Attn)?, grid(&prev.ffn, ModuleKind::Ffn)?))
+    Ok((
+        grid(&prev.attn, ModuleKind::Attn)?,
+        grid(&prev.ffn, ModuleKind::Ffn)?,
+    ))
 }
 
 /// The search space of a round: modules layer by layer, attention before FFN (so module
@@ -192,10 +195,8 @@ impl ParamSplit {
 
 /// Parameters of the prunable linear layers of `cfg`.
 pub fn prunable_params(cfg: &ModelConfig) -> u64 {
-    cfg.layers
-        .iter()
-        .map(|d| (cfg.attn_params(d.n_q, d.n_kv) + cfg.ffn_params(d.d_ff)) as u64)
-        .sum()
+    let (attn, ffn) = cfg.linear_params();
+    (attn + ffn) as u64
 }
 
 /// The parameter budget of a round (ALGORITHM.md §8.1): `round(target · prunable)` parameters,
@@ -216,7 +217,10 @@ pub fn param_budget(
     for g in space.grids() {
         let l = g.module.layer;
         let d = cfg.layers.get(l).ok_or_else(|| {
-            Error::msg(format!("the search space has layer {l}, the model {}", cfg.n_layers()))
+            Error::msg(format!(
+                "the search space has layer {l}, the model {}",
+                cfg.n_layers()
+            ))
         })?;
         let mut row = Vec::with_capacity(g.levels.len());
         for &level in &g.levels {
@@ -240,7 +244,10 @@ pub fn param_budget(
                 }
                 ModuleKind::Ffn => {
                     let kept = d.d_ff.checked_sub(level as usize).ok_or_else(|| {
-                        Error::msg(format!("layer {l}: FFN level {level} is past its {} channels", d.d_ff))
+                        Error::msg(format!(
+                            "layer {l}: FFN level {level} is past its {} channels",
+                            d.d_ff
+                        ))
                     })?;
                     cfg.ffn_params(d.d_ff) - cfg.ffn_params(kept)
                 }

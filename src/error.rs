@@ -148,6 +148,14 @@ pub enum Error {
         output: String,
         message: String,
     },
+    /// A chunk the stage wrote (or found already in the store, shared by content with another
+    /// stage's transient output) was collected before the commit; the attempt runs again.
+    #[error("stage `{stage}` output `{output}`: chunk {chunk} is not in the store")]
+    EngineChunkGone {
+        stage: String,
+        output: String,
+        chunk: usize,
+    },
     #[error("unknown stage kind `{kind}` (available: {available})")]
     EngineUnknownKind { kind: String, available: String },
     #[error("work directory {} is in use by {holder}; wait for that run to finish or stop it", workdir.display())]

@@ -203,6 +203,56 @@ fn transient_output_is_deleted_once_its_consumers_commit() {
     assert!(s.workdir().join("out/p/scaled.safetensors").exists());
 }
 
+/// Blobs are shared by content. `a` and `b` write the same chunk; `a`'s consumer commits and the
+/// chunk, `a`'s transient output, is collected while `b` (which found it already in the store)
+/// still runs. `b` must not commit a chunk that is gone: it runs again and writes it, and its
+/// consumer reads the right values.
+#[test]
+fn a_chunk_shared_with_a_collected_transient_is_written_again_before_the_commit() {
+    let s = Scratch::new();
+    let body = r#"
+[[stage]]
+id = "a"
+kind = "random-tensor"
+params = { rows = 8, cols = 16, transient = true, chunked = true }
+
+[[stage]]
+id = "a2"
+kind = "scale-tensor"
+params = { factor = 2.0 }
+inputs = { x = "a" }
+
+[[stage]]
+id = "b"
+kind = "random-tensor"
+params = { rows = 8, cols = 16, transient = true, chunked = true, hold_ms = 1500 }
+
+[[stage]]
+id = "b2"
+kind = "scale-tensor"
+params = { factor = 3.0, publish = "b2.safetensors" }
+inputs = { x = "b" }
+"#;
+    s.write("p", body);
+    let r = run_lib(&s, &[]);
+    assert!(r.failed().is_empty(), "{:?}", r.stages);
+    let p = s.workdir().join("out/p/b2.safetensors");
+    let b = candle_core::safetensors::load(&p, &candle_core::Device::Cpu).unwrap()["t"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    // `random-tensor`'s draws (the pipeline seed is 7), three times over.
+    let mut draws = tyr::rng::Stream::new(7, "random-tensor", &[8, 16]);
+    let want: Vec<f32> = (0..128).map(|_| 3.0f32 * draws.normal() as f32).collect();
+    assert_eq!(b, want);
+    assert!(
+        tyr::engine::verify::verify(&Store::open(&s.workdir(), OpenMode::Inspect).unwrap())
+            .problems
+            .is_empty()
+    );
+}
+
 #[test]
 fn failing_stage_stops_its_dependents_and_lets_others_finish() {
     let s = Scratch::new();

@@ -204,7 +204,8 @@ impl Stage for Count {
 }
 
 /// `random-tensor`: output `t`, a `rows × cols` f32 tensor of standard normals drawn from the
-/// pipeline seed; `transient = true` deletes it once its consumers committed.
+/// pipeline seed; `transient = true` deletes it once its consumers committed; `chunked` and
+/// `hold_ms` shape how and when it reaches the store (for the executor's tests).
 pub struct RandomTensor(RandomTensorParams);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -214,6 +215,18 @@ pub struct RandomTensorParams {
     pub cols: usize,
     #[serde(default)]
     pub transient: bool,
+    /// Write `t` as a one-chunk output while running (a `ChunkWriter`), as streamed
+    /// activations are, instead of returning it [false].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chunked: bool,
+    /// Wait this long after producing `t` before returning [0]: widens the window between a
+    /// blob reaching the store and the commit, for tests of the executor's collection.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hold_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Stage for RandomTensor {
@@ -233,7 +246,15 @@ impl Stage for RandomTensor {
         // [rows * cols] → [rows, cols]
         let t = Tensor::from_vec(v, (r, c), &Device::Cpu)?;
         let mut o = Outputs::new();
-        let out = o.tensor("t", t);
+        let out = if self.0.chunked {
+            let mut w = ctx.chunk_writer("t")?;
+            w.push(BTreeMap::from([("t".to_string(), t)]))?;
+            std::thread::sleep(std::time::Duration::from_millis(self.0.hold_ms));
+            o.chunks("t", w.finish())
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(self.0.hold_ms));
+            o.tensor("t", t)
+        };
         if self.0.transient {
             out.transient();
         }
@@ -241,7 +262,7 @@ impl Stage for RandomTensor {
     }
 }
 
-/// `scale-tensor`: input `x` (its tensor `t`); output `t` = factor · x, optionally published.
+/// `scale-tensor`: input `x` (its tensor `t`, or a one-chunk output `t`); output `t` = factor · x, optionally published.
 pub struct ScaleTensor(ScaleTensorParams);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -264,7 +285,19 @@ impl Stage for ScaleTensor {
         vec![InputSlot::one("x")]
     }
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outputs> {
-        let x = ctx.input("x")?.tensor("t")?;
+        let set = ctx.input("x")?;
+        // `t` as a tensor, or as the one chunk of a chunked output.
+        let x = match set.chunk_count("t") {
+            Ok(1) => set
+                .chunk("t", 0)?
+                .remove("t")
+                .ok_or_else(|| Error::EngineArtifact {
+                    stage: set.stage().to_string(),
+                    output: "t".into(),
+                    message: "its chunk has no tensor `t`".into(),
+                })?,
+            _ => set.tensor("t")?,
+        };
         let mut o = Outputs::new();
         let out = o.tensor("t", x.affine(self.0.factor, 0.0)?);
         if let Some(p) = &self.0.publish {

@@ -292,10 +292,28 @@ impl<'g> Coordinator<'g> {
                         .map(|b| b.digest),
                 );
                 self.pin(i, c.manifest.key)?;
+                // Blobs are shared by content: a blob this stage found already in the store
+                // (another stage's transient output of the same bytes) may have been collected
+                // while it ran, before its commit made it live. Then its outputs are incomplete
+                // on disk, and a consumer that must run has it run again first (`advance`).
+                let available = c
+                    .manifest
+                    .outputs
+                    .values()
+                    .flat_map(|o| o.blobs())
+                    .all(|b| self.store.blob_path(&b.digest).exists());
+                if !available {
+                    tracing::info!(stage = %id, "a blob it shares with another stage was collected while it ran");
+                }
+                let set = if available {
+                    c.set
+                } else {
+                    job::lazy_set(&self.store, &c.manifest, &id)
+                };
                 self.states[i] = State::Done {
                     manifest: Box::new(c.manifest),
-                    set: c.set,
-                    available: true,
+                    set,
+                    available,
                     outcome,
                 };
                 self.collect_transients(i)?;

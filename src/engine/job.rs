@@ -59,6 +59,9 @@ pub(crate) struct Committed {
     pub set: Arc<ArtifactSet>,
 }
 
+/// How many times an attempt whose chunk was collected before its commit runs again.
+const MAX_CHUNK_RETRIES: usize = 3;
+
 pub(crate) fn run(job: Job) -> Result<Committed> {
     let key = job.parts.key();
     let span = tracing::info_span!("stage", id = %job.id, kind = %job.kind);
@@ -68,7 +71,21 @@ pub(crate) fn run(job: Job) -> Result<Committed> {
         Some(ix) => Some(ix.start_attempt(&job.pipeline, &job.id, key)?),
         None => None,
     };
-    let result = attempt_inner(&job, key);
+    let mut result = attempt_inner(&job, key);
+    // Chunks are shared by content: a chunk this attempt found already in the store may have
+    // been another stage's transient output, collected before this commit. Running again
+    // resumes after the chunks still there and writes the rest.
+    for _ in 0..MAX_CHUNK_RETRIES {
+        let Err(Error::EngineChunkGone { output, chunk, .. }) = &result else {
+            break;
+        };
+        tracing::info!(
+            output,
+            chunk,
+            "a chunk was collected before the commit; running again"
+        );
+        result = attempt_inner(&job, key);
+    }
     if let (Err(e), Some(ix), Some(a)) = (&result, index, attempt) {
         ix.fail(a, &e.to_string())?;
     }
@@ -130,10 +147,10 @@ fn attempt_inner(job: &Job, key: Digest) -> Result<Committed> {
                     .enumerate()
                     .find(|(_, c)| !store.blob_has_size(&c.digest, c.size_bytes))
                 {
-                    return Err(Error::EngineArtifact {
+                    return Err(Error::EngineChunkGone {
                         stage: job.id.clone(),
                         output: name.clone(),
-                        message: format!("chunk {i} is not in the store"),
+                        chunk: i,
                     });
                 }
                 chunks.clone_from(list);

@@ -42,7 +42,7 @@ head -c 200000 "$corpus" > "$W/eval.txt"
 
 printf '%-7s %-8s %-10s %-14s %-12s %s\n' layers tokens wall_s max_rss_MiB largest_est stage
 for L in "${layers[@]}"; do
-  # The model as a file (bf16 safetensors, memory-mapped like a real checkpoint): a `random`
+  # The model as a file (bf16 safetensors, read a tensor at a time like a real checkpoint): a `random`
   # spec would rebuild every layer in memory in each stage that opens the model, which grows
   # with the depth for reasons no real run has.
   model=$W/model-L$L

@@ -293,10 +293,13 @@ struct Entry {
     end: usize,
 }
 
-/// Tensors of one or more memory-mapped safetensors files, read (and converted to f32) by name.
+/// Tensors of one or more safetensors files, read (and converted to f32) by name. Each read is
+/// a positioned read of that tensor's bytes, not a memory map kept open: a map's touched pages
+/// count in the process's resident set (and a cgroup's memory) until it is unmapped, so a stage
+/// that walks every layer would hold the whole file (16 GB for an 8B model in bf16) by its end.
 #[derive(Debug)]
 pub struct SafetensorsSource {
-    files: Vec<(PathBuf, memmap2::Mmap)>,
+    files: Vec<(PathBuf, std::fs::File)>,
     entries: BTreeMap<String, Entry>,
 }
 
@@ -307,13 +310,17 @@ impl SafetensorsSource {
         let mut entries = BTreeMap::new();
         for (i, path) in paths.iter().enumerate() {
             let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-            // SAFETY: the map is read-only; like every mmap-based loader we rely on the file not
-            // being truncated while the model is open.
+            // The header is parsed from a map of the whole file (the parser checks the data
+            // offsets against the file's length), which is dropped at once: only the header's
+            // pages are touched.
+            // SAFETY: the map is read-only and lives only for the parse; like every mmap-based
+            // loader we rely on the file not being truncated meanwhile.
             let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
             let (n, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| Error::ModelConfig {
                 path: path.clone(),
                 msg: format!("not a safetensors file: {e}"),
             })?;
+            drop(mmap);
             let base = 8 + n;
             for (name, info) in meta.tensors() {
                 let (s, e) = info.data_offsets;
@@ -328,7 +335,7 @@ impl SafetensorsSource {
                     },
                 );
             }
-            files.push((path.clone(), mmap));
+            files.push((path.clone(), f));
         }
         Ok(SafetensorsSource { files, entries })
     }
@@ -341,7 +348,7 @@ impl SafetensorsSource {
 
 impl SafetensorsSource {
     /// The bytes and entry of `name`, checked against its shape and dtype.
-    fn raw(&self, name: &str) -> Result<(&[u8], &Entry)> {
+    fn raw(&self, name: &str) -> Result<(Vec<u8>, &Entry)> {
         let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
             tensor: name.into(),
             location: self.location(name),
@@ -351,10 +358,6 @@ impl SafetensorsSource {
             location: self.location(name),
             msg,
         };
-        let bytes = self.files[e.file]
-            .1
-            .get(e.start..e.end)
-            .ok_or_else(|| bad("data runs past the end of the file".into()))?;
         let n: usize = e.shape.iter().product();
         let width = match e.dtype {
             Dtype::F32 => 4,
@@ -365,14 +368,24 @@ impl SafetensorsSource {
                 )));
             }
         };
-        if bytes.len() != n * width {
+        // The parser checked the offsets against the file's length when it was opened.
+        let len = e.end - e.start;
+        if Some(len) != n.checked_mul(width) {
             return Err(bad(format!(
-                "{} bytes for shape {:?} of {:?}",
-                bytes.len(),
-                e.shape,
-                e.dtype
+                "{len} bytes for shape {:?} of {:?}",
+                e.shape, e.dtype
             )));
         }
+        let (path, file) = &self.files[e.file];
+        let mut bytes = vec![0u8; len];
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut bytes, e.start as u64).map_err(
+            |err| match err.kind() {
+                std::io::ErrorKind::UnexpectedEof => {
+                    bad("data runs past the end of the file (was it truncated?)".into())
+                }
+                _ => Error::io(path, err),
+            },
+        )?;
         Ok((bytes, e))
     }
 }
@@ -500,8 +513,8 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     })
 }
 
-/// Opens a Hugging Face model directory (or one saved by tyr): its resolved config and a lazy,
-/// memory-mapped tensor source. Shapes are checked against the config when blocks are built.
+/// Opens a Hugging Face model directory (or one saved by tyr): its resolved config and a lazy
+/// tensor source (each tensor read when asked for). Shapes are checked against the config when blocks are built.
 pub fn open_hf_dir(dir: &Path) -> Result<(ModelConfig, Box<dyn TensorSource>)> {
     let (hf, _) = read_hf_config(dir)?;
     let cfg = hf.resolve(&dir.join("config.json"))?;

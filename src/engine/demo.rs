@@ -247,14 +247,14 @@ impl Stage for RandomTensor {
         let t = Tensor::from_vec(v, (r, c), &Device::Cpu)?;
         let mut o = Outputs::new();
         let out = if self.0.chunked {
+            // In the store now, before the hold below.
             let mut w = ctx.chunk_writer("t")?;
             w.push(BTreeMap::from([("t".to_string(), t)]))?;
-            std::thread::sleep(std::time::Duration::from_millis(self.0.hold_ms));
             o.chunks("t", w.finish())
         } else {
-            std::thread::sleep(std::time::Duration::from_millis(self.0.hold_ms));
             o.tensor("t", t)
         };
+        std::thread::sleep(std::time::Duration::from_millis(self.0.hold_ms));
         if self.0.transient {
             out.transient();
         }
@@ -262,7 +262,8 @@ impl Stage for RandomTensor {
     }
 }
 
-/// `scale-tensor`: input `x` (its tensor `t`, or a one-chunk output `t`); output `t` = factor · x, optionally published.
+/// `scale-tensor`: input `x` (its tensor `t`, or a one-chunk output `t`); output `t` =
+/// factor · x, optionally published.
 pub struct ScaleTensor(ScaleTensorParams);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -514,7 +514,8 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Opens a Hugging Face model directory (or one saved by tyr): its resolved config and a lazy
-/// tensor source (each tensor read when asked for). Shapes are checked against the config when blocks are built.
+/// tensor source (each tensor read when asked for). Shapes are checked against the config when
+/// blocks are built.
 pub fn open_hf_dir(dir: &Path) -> Result<(ModelConfig, Box<dyn TensorSource>)> {
     let (hf, _) = read_hf_config(dir)?;
     let cfg = hf.resolve(&dir.join("config.json"))?;

@@ -100,16 +100,20 @@ struct TeacherModel<'a> {
     head: &'a Head,
 }
 
-/// The top-k rows of every shard of `group`: all its batches through layer 0, then layer 1, …,
-/// so one decoder layer is in memory at a time (`on_layer(l)` after each). Each batch goes
-/// through the same operations as in a whole-model forward, so its rows are the same bits.
+/// The top-k rows of every shard of `group`, handed to `on_shard` in order: all its batches
+/// through layer 0, then layer 1, …, so one decoder layer is in memory at a time (`on_layer(l)`
+/// after each); then the logits shard by shard, so one shard's rows are held, not the group's
+/// (for a pool that fits one group that would be the whole record: 1.6 GB at 32k tokens and
+/// top-k 8192). Each batch goes through the same operations as in a whole-model forward, so its
+/// rows are the same bits.
 fn group_rows(
     m: &TeacherModel<'_>,
     pool: &Pool,
     group: &[Vec<std::ops::Range<usize>>],
     top_k: usize,
     on_layer: &mut dyn FnMut(usize),
-) -> Result<Vec<TeacherTopK>> {
+    on_shard: &mut dyn FnMut(TeacherTopK) -> Result<()>,
+) -> Result<()> {
     let mut xs: Vec<Vec<Tensor>> = group
         .iter()
         .map(|shard| {
@@ -133,16 +137,15 @@ fn group_rows(
         on_layer(l);
     }
     let vocab = m.cfg.vocab_size;
-    xs.into_iter()
-        .map(|hidden| {
-            let mut rows = TeacherTopK::new(top_k, vocab)?;
-            for x in hidden {
-                let (n, len, _) = x.dims3()?;
-                rows.push_logits(&m.head.logits(&x)?.reshape((n * len, vocab))?)?;
-            }
-            Ok(rows)
-        })
-        .collect()
+    for hidden in xs {
+        let mut rows = TeacherTopK::new(top_k, vocab)?;
+        for x in hidden {
+            let (n, len, _) = x.dims3()?;
+            rows.push_logits(&m.head.logits(&x)?.reshape((n * len, vocab))?)?;
+        }
+        on_shard(rows)?;
+    }
+    Ok(())
 }
 
 /// Consecutive shards whose hidden states (`token_bytes` a token) fit `group_bytes` together
@@ -255,25 +258,38 @@ impl Stage for TeacherStage {
             cfg.hidden_size * 4,
             GROUP_BYTES,
         );
-        let steps = (groups.len() * (cfg.n_layers() + 1)) as u64;
-        let mut step = 0;
+        // Progress: a step per layer of each group and one per shard written.
+        let steps = groups
+            .iter()
+            .map(|g| cfg.n_layers() + g.len())
+            .sum::<usize>() as u64;
+        let step = std::cell::Cell::new(0);
+        let tick = || {
+            step.set(step.get() + 1);
+            ctx.report(step.get(), steps);
+        };
         for group in groups {
-            let rows = group_rows(&model_parts, &pool, group, self.0.top_k, &mut |_| {
-                step += 1;
-                ctx.report(step, steps);
-            })?;
-            for (shard, rows) in group.iter().zip(rows) {
-                let shard = Shard {
-                    first_piece: shard[0].start,
-                    end_piece: shard[shard.len() - 1].end,
-                    rows,
-                };
-                let bytes = bincode::serialize(&shard)
-                    .map_err(|e| Error::msg(format!("encoding a teacher shard: {e}")))?;
-                w.push_bytes(&bytes)?;
-            }
-            step += 1;
-            ctx.report(step, steps);
+            let mut shards_done = 0;
+            group_rows(
+                &model_parts,
+                &pool,
+                group,
+                self.0.top_k,
+                &mut |_| tick(),
+                &mut |rows| {
+                    tick();
+                    let shard = &group[shards_done];
+                    shards_done += 1;
+                    let shard = Shard {
+                        first_piece: shard[0].start,
+                        end_piece: shard[shard.len() - 1].end,
+                        rows,
+                    };
+                    let bytes = bincode::serialize(&shard)
+                        .map_err(|e| Error::msg(format!("encoding a teacher shard: {e}")))?;
+                    w.push_bytes(&bytes)
+                },
+            )?;
         }
         let index = TeacherIndex {
             k,
@@ -475,7 +491,14 @@ mod tests {
             let mut got = Vec::new();
             let mut layers = 0;
             for g in groups(&pool, &plan, 32 * 4, group_bytes) {
-                got.extend(group_rows(&m, &pool, g, 5, &mut |_| layers += 1).unwrap());
+                let mut in_group = 0;
+                group_rows(&m, &pool, g, 5, &mut |_| layers += 1, &mut |rows| {
+                    in_group += 1;
+                    got.push(rows);
+                    Ok(())
+                })
+                .unwrap();
+                assert_eq!(in_group, g.len());
             }
             assert_eq!(got, want, "group bytes {group_bytes}");
             let n_groups = if group_bytes == 1 { plan.len() } else { 1 };

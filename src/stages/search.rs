@@ -39,8 +39,13 @@ pub struct RoundGrids {
     pub ffn: TypeGrid,
 }
 
+/// The default `search-cache-mib`. On the reference settings (SmolLM2-135M, 32k tokens, top-k
+/// 8192, λ = 16) 1024 gave the same generation times as 4096 and 1.25 GB less peak RSS (issue
+/// 10's note); larger models' pipelines set more (`pipelines/llama-3.1-8b-50.toml`).
+pub const DEFAULT_CACHE_MIB: usize = 1024;
+
 fn d_cache_mib() -> usize {
-    4096
+    DEFAULT_CACHE_MIB
 }
 fn d_true() -> bool {
     true
@@ -71,7 +76,7 @@ pub struct SearchStageParams {
     /// Cache the parent's hidden states for incremental offspring evaluation [true].
     #[serde(default = "d_true")]
     pub incremental: bool,
-    /// The largest parent cache, MiB [4096]. Not part of the key: the cache only decides
+    /// The largest parent cache, MiB [`DEFAULT_CACHE_MIB`]. Not part of the key: the cache only decides
     /// what is recomputed, never a result bit.
     #[serde(default = "d_cache_mib", skip_serializing)]
     pub cache_mib: usize,

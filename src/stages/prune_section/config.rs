@@ -93,7 +93,7 @@ fn d_top_k() -> usize {
     8192
 }
 fn d_search_cache_mib() -> u64 {
-    4096
+    crate::stages::search::DEFAULT_CACHE_MIB as u64
 }
 fn d_chunk_mib() -> u64 {
     crate::stages::acts::DEFAULT_CHUNK_MIB

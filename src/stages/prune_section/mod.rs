@@ -48,8 +48,10 @@
 //! fitness = "top-k-kl"         # | full-kl
 //! incremental-search = true    # offspring start from the parent's cached hidden states at
 //!                              # their first changed layer; false: from layer 0 (same result)
-//! search-cache-mib = 4096      # memory for those cached hidden states, MiB (not in the key:
-//!                              # it changes what is recomputed, never a result)
+//! search-cache-mib = 1024      # MiB for the search's hidden states and caches: candidates
+//!                              # run in waves within half, the dense layers stay loaded when
+//!                              # they fit a quarter, assembled blocks a quarter; not in the
+//!                              # key (it changes what is recomputed, never a result) [1024]
 //! chunk-mib = 256              # most MiB of activations per stored chunk: layer stages read
 //!                              # and write X one chunk at a time [256]
 //! activation-dtype = "f32"     # | bf16 | f16: how X is stored (half the disk and reads in

@@ -13,19 +13,39 @@ unsafe extern "C" {
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
 }
 
-/// mimalloc's `mi_option_purge_delay` (the same index in its v2 and v3 headers).
+/// mimalloc's `mi_option_purge_delay` and `mi_option_arena_purge_mult` (the same indices in its
+/// v2 and v3 headers).
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+const MI_OPTION_ARENA_PURGE_MULT: std::ffi::c_int = 24;
 
+/// How long mimalloc keeps freed memory before handing it back to the OS, in ms.
+///
 /// The forward allocates and frees activations of tens of MB per layer and, with logits, hundreds
-/// of MB per batch; by default mimalloc hands freed memory back to the OS after a delay, so the
-/// next layer or batch faults the pages back in and the kernel zeroes them (7% of a batch-8
-/// forward with logits in the profile of the notes; a 1 s delay did not remove it). Freed memory
-/// is therefore kept for reuse until the process exits. Measured on the quickstart: 7% less wall
-/// time for 8% more peak RSS. An explicit `MIMALLOC_PURGE_DELAY` in the environment still wins.
+/// of MB per batch; with mimalloc's default (10 ms) the next layer or batch faults those pages
+/// back in and the kernel zeroes them. Keeping freed memory forever (-1, until issue 10's stop
+/// 30) avoided that, but then a run's RSS only grows: free space of one stage that the next
+/// stage cannot use (another size, another thread) stays resident, and the 8B-shape benchmark
+/// was killed for memory at 20,138 MiB where its largest stage declares 12,992 MiB. Measured on
+/// `tyr bench forward --batch 8 --logits` (SmolLM2 shape, 2-core AMD EPYC): 10 ms 527 tokens/s,
+/// 1 s 569, 10 s 636–681, never 661–668. Ten seconds keeps a stage's own reuse warm and lets
+/// what a finished stage freed go. The large blocks (mimalloc's arenas) wait as long, not ten
+/// times as long (its v2 default multiplier). Explicit `MIMALLOC_PURGE_DELAY` and
+/// `MIMALLOC_ARENA_PURGE_MULT` in the environment still win.
+const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
+
 fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets an option value; mimalloc allows this at any time.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    for (var, option, value) in [
+        (
+            "MIMALLOC_PURGE_DELAY",
+            MI_OPTION_PURGE_DELAY,
+            PURGE_DELAY_MS,
+        ),
+        ("MIMALLOC_ARENA_PURGE_MULT", MI_OPTION_ARENA_PURGE_MULT, 1),
+    ] {
+        if std::env::var_os(var).is_none() {
+            // SAFETY: sets an option value; mimalloc allows this at any time.
+            unsafe { mi_option_set(option, value) };
+        }
     }
 }
 

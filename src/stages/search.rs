@@ -76,8 +76,9 @@ pub struct SearchStageParams {
     /// Cache the parent's hidden states for incremental offspring evaluation [true].
     #[serde(default = "d_true")]
     pub incremental: bool,
-    /// The largest parent cache, MiB [`DEFAULT_CACHE_MIB`]. Not part of the key: the cache only decides
-    /// what is recomputed, never a result bit.
+    /// Memory for the search's hidden states and caches, MiB [`DEFAULT_CACHE_MIB`]
+    /// (`supernet::scorer`). Not part of the key: it only decides what is recomputed, never a
+    /// result bit.
     #[serde(default = "d_cache_mib", skip_serializing)]
     pub cache_mib: usize,
 }

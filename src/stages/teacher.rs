@@ -100,7 +100,8 @@ struct TeacherModel<'a> {
     head: &'a Head,
 }
 
-/// The top-k rows of every shard of `group`, handed to `on_shard` in order: all its batches
+/// The top-k rows of every shard of `group`, handed to `on_shard` in order with the shard's
+/// index in `group`: all its batches
 /// through layer 0, then layer 1, …, so one decoder layer is in memory at a time (`on_layer(l)`
 /// after each); then the logits shard by shard, so one shard's rows are held, not the group's
 /// (for a pool that fits one group that would be the whole record: 1.6 GB at 32k tokens and
@@ -112,7 +113,7 @@ fn group_rows(
     group: &[Vec<std::ops::Range<usize>>],
     top_k: usize,
     on_layer: &mut dyn FnMut(usize),
-    on_shard: &mut dyn FnMut(TeacherTopK) -> Result<()>,
+    on_shard: &mut dyn FnMut(usize, TeacherTopK) -> Result<()>,
 ) -> Result<()> {
     let mut xs: Vec<Vec<Tensor>> = group
         .iter()
@@ -137,13 +138,13 @@ fn group_rows(
         on_layer(l);
     }
     let vocab = m.cfg.vocab_size;
-    for hidden in xs {
+    for (i, hidden) in xs.into_iter().enumerate() {
         let mut rows = TeacherTopK::new(top_k, vocab)?;
         for x in hidden {
             let (n, len, _) = x.dims3()?;
             rows.push_logits(&m.head.logits(&x)?.reshape((n * len, vocab))?)?;
         }
-        on_shard(rows)?;
+        on_shard(i, rows)?;
     }
     Ok(())
 }
@@ -269,17 +270,15 @@ impl Stage for TeacherStage {
             ctx.report(step.get(), steps);
         };
         for group in groups {
-            let mut shards_done = 0;
             group_rows(
                 &model_parts,
                 &pool,
                 group,
                 self.0.top_k,
                 &mut |_| tick(),
-                &mut |rows| {
+                &mut |i, rows| {
                     tick();
-                    let shard = &group[shards_done];
-                    shards_done += 1;
+                    let shard = &group[i];
                     let shard = Shard {
                         first_piece: shard[0].start,
                         end_piece: shard[shard.len() - 1].end,
@@ -492,7 +491,8 @@ mod tests {
             let mut layers = 0;
             for g in groups(&pool, &plan, 32 * 4, group_bytes) {
                 let mut in_group = 0;
-                group_rows(&m, &pool, g, 5, &mut |_| layers += 1, &mut |rows| {
+                group_rows(&m, &pool, g, 5, &mut |_| layers += 1, &mut |i, rows| {
+                    assert_eq!(i, in_group, "shards are handed over in order");
                     in_group += 1;
                     got.push(rows);
                     Ok(())

@@ -53,7 +53,7 @@ est = {}
 for line in open(f"{d}/plan.jsonl"):
     try:
         j = json.loads(line)
-        est[j["id"]] = j.get("mem_bytes") or j.get("estimate_bytes") or 0
+        est[j["id"]] = j["mem_bytes"]
     except (ValueError, KeyError):
         pass
 samples = [tuple(map(float, l.split())) for l in open(f"{d}/rss.txt") if len(l.split()) == 2]
